@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# vmlaunch-rig set-up and entry point on a fresh Debian 12 machine (run as root or with sudo).
+#
+#   ./dev.sh run [rig run options]   install what is needed, then run the default matrix slice
+#   ./dev.sh test [pytest options]   install what is needed, then run the rig's test suite
+#   ./dev.sh install                 only install (apt packages, .venv with the Python deps)
+#
+# Installing is idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+
+APT_PACKAGES=(
+  # emulators and their firmware
+  bochs bochsbios vgabios qemu-system-x86 qemu-utils
+  # libvirt, embedded driver (no daemon needed) + headers for libvirt-python
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
+  # guest images: suite chroots, kernel packages, initramfs, boot ISO
+  debootstrap dpkg busybox-static cpio kmod grub-pc-bin grub-common xorriso mtools
+  # util-linux gives unshare and setpriv; python3-venv for the .venv
+  util-linux python3-venv python3-dev gcc
+)
+
+need_apt() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  printf '%s\n' "${missing[@]}"
+}
+
+install() {
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  mapfile -t missing < <(need_apt | sed '/^$/d')
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "dev.sh: installing Debian packages: ${missing[*]}" >&2
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
+  fi
+  # libvirt's QEMU driver, even embedded, looks up its default user when run as root.
+  if ! getent group libvirt-qemu >/dev/null; then "${sudo[@]}" groupadd -r libvirt-qemu; fi
+  if ! getent passwd libvirt-qemu >/dev/null; then
+    "${sudo[@]}" useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+  fi
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+  fi
+  if ! .venv/bin/python -c "import rig.cli, libvirt, xdist, hypothesis, fabric" 2>/dev/null \
+     || [ pyproject.toml -nt .venv/.installed ]; then
+    echo "dev.sh: installing Python packages into .venv" >&2
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    touch .venv/.installed
+  fi
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  install) install ;;
+  run) install; exec .venv/bin/rig run -n auto "$@" ;;
+  test) install; exec .venv/bin/python -m pytest -n auto "$@" ;;
+  *) echo "usage: ./dev.sh run|test|install [args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,217 @@
+"""`rig` command line: run, doctor, images, clean.
+
+Exit codes: 0 all passed or skipped, 1 a check failed, 2 bad input or usage,
+3 infrastructure error (see rig.errors.ExitCode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rig.artifacts import HOST_TOOLS, Artifacts, Cache, default_cache_root
+from rig.errors import ExitCode, RigError, UsageError
+from rig.hostcheck import kvm_usable
+from rig.lanes import backend_for
+from rig.matrix import load_matrix
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_matrix() -> Path:
+    local = Path("matrix.yaml")
+    return local if local.exists() else REPO_ROOT / "matrix.yaml"
+
+
+def _jobs(value: str) -> str:
+    if value == "auto" or (value.isdigit() and int(value) >= 0):
+        return value
+    raise argparse.ArgumentTypeError(f"-n takes a number or 'auto', not {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rig", description="Prove the vmlaunch driver across a matrix."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def matrix_filters(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--matrix", type=Path, default=None, help="matrix file (default matrix.yaml)"
+        )
+        sp.add_argument("--lane", action="append", default=[], help="lane (repeatable)")
+        sp.add_argument("--kernel", action="append", default=[], help="kernel name (repeatable)")
+        sp.add_argument("--cpu", action="append", default=[], help="CPU generation (repeatable)")
+        sp.add_argument("--cache", type=Path, default=None, help="artifact cache directory")
+
+    run = sub.add_parser("run", help="run matrix cells and write JUnit XML")
+    matrix_filters(run)
+    run.add_argument("--driver", type=Path, default=REPO_ROOT / "driver", help="driver sources")
+    run.add_argument("--junit", type=Path, default=Path("rig-junit.xml"), help="JUnit XML output")
+    run.add_argument("-n", dest="jobs", type=_jobs, default="1", help="workers: N or auto")
+    run.add_argument("--timeout", type=int, default=None, help="per-cell timeout (seconds)")
+    run.add_argument("--param", action="append", default=[], help="module parameter name=value")
+    run.add_argument("--uri", default=None, help="libvirt URI for libvirt lanes (default embedded)")
+    run.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"), help="run directories")
+    run.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+
+    doctor = sub.add_parser("doctor", help="what this host can run, lane by lane")
+    doctor.add_argument("--matrix", type=Path, default=None)
+
+    images = sub.add_parser("images", help="build, list or prune cached artifacts")
+    isub = images.add_subparsers(dest="images_command", required=True)
+    ib = isub.add_parser("build", help="build kernels and driver modules for the selected cells")
+    matrix_filters(ib)
+    ib.add_argument("--driver", type=Path, default=REPO_ROOT / "driver")
+    il = isub.add_parser("list", help="list cached artifacts")
+    il.add_argument("--cache", type=Path, default=None)
+    ip = isub.add_parser("prune", help="delete every cached artifact")
+    ip.add_argument("--cache", type=Path, default=None)
+
+    clean = sub.add_parser("clean", help="kill and delete what dead runs left behind")
+    clean.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"))
+    clean.add_argument("--cache", type=Path, default=None)
+    return p
+
+
+class _Outcome:
+    """pytest plugin object that remembers the session's report stats for our exit code."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, list[Any]] = {}
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        self.stats = dict(terminalreporter.stats)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pytest
+
+    from rig.plugin import exit_code_from
+
+    matrix_path = (args.matrix or _default_matrix()).resolve()
+    matrix = load_matrix(matrix_path)  # MatrixError (exit 2) before anything starts
+    cells = matrix.select(lanes=args.lane, kernels=args.kernel, cpus=args.cpu)
+    if not cells:
+        raise UsageError("the selection contains no cell", fix="check --lane/--kernel/--cpu")
+    if not args.driver.is_dir():
+        raise UsageError(f"driver directory {args.driver} does not exist", fix="pass --driver DIR")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    argv = [
+        str(matrix_path),
+        "-p", "no:vmlaunch_rig", "-p", "rig.plugin", "-p", "no:cacheprovider",
+        "--rootdir", str(matrix_path.parent),
+        "-o", "junit_family=xunit1", "-o", "junit_logging=all",
+        "-o", "junit_suite_name=vmlaunch-rig", "-o", "console_output_style=classic",
+        "-W", "ignore::pytest.PytestAssertRewriteWarning",
+        f"--junitxml={args.junit}", "-rfE", "--show-capture=no",
+        "--rig-driver", str(args.driver.resolve()),
+        "--rig-runs-dir", str(args.runs_dir.resolve()),
+    ]  # fmt: skip
+    if args.cache:
+        argv += ["--rig-cache", str(args.cache)]
+    for lane in args.lane:
+        argv += ["--rig-lane", lane]
+    for kernel in args.kernel:
+        argv += ["--rig-kernel", kernel]
+    for cpu in args.cpu:
+        argv += ["--rig-cpu", cpu]
+    for param in args.param:
+        argv += ["--rig-param", param]
+    if args.timeout:
+        argv += ["--rig-timeout", str(args.timeout)]
+    if args.uri:
+        argv += ["--rig-uri", args.uri]
+    if args.jobs not in ("0", "1"):
+        argv += ["-n", args.jobs, "--dist", "loadgroup"]
+    argv += list(args.pytest_args)
+    outcome = _Outcome()
+    rc = pytest.main(argv, plugins=[outcome])
+    if rc in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR):
+        return int(ExitCode.USAGE if rc == pytest.ExitCode.USAGE_ERROR else ExitCode.INFRA)
+    if rc == pytest.ExitCode.INTERRUPTED:
+        return int(ExitCode.INFRA)
+    return int(exit_code_from(outcome.stats))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    matrix = load_matrix((args.matrix or _default_matrix()).resolve())
+    pool = default_cache_root() / "libvirt-embed"
+    print("host:")
+    kvm = kvm_usable()
+    print(f"  usable KVM with nested VMX: {'yes' if kvm is None else 'no: ' + kvm}")
+    for tool, (package, purpose) in sorted(HOST_TOOLS.items()):
+        where = shutil.which(tool)
+        print(f"  {tool:14} {'ok' if where else 'MISSING (apt-get install ' + package + ')'}"
+              f"  [{purpose}]")  # fmt: skip
+    print("lanes:")
+    runnable = 0
+    for lane in matrix.lanes.values():
+        why = backend_for(lane, embed_pool=pool).unavailable()
+        runnable += why is None
+        print(f"  {lane.name:6} {'can run here' if why is None else 'SKIPPED here: ' + why}")
+    return int(ExitCode.OK if runnable else ExitCode.INFRA)
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    cache = Cache(args.cache or default_cache_root())
+    if args.images_command == "list":
+        total = 0
+        for kind, name, size in cache.entries():
+            total += size
+            print(f"{kind:10} {name:48} {size / 2**20:8.1f} MiB")
+        print(f"{'total':59} {total / 2**20:8.1f} MiB  ({cache.root})")
+        return 0
+    if args.images_command == "prune":
+        for kind, name, _size in cache.entries():
+            shutil.rmtree(cache.root / kind / name)
+            print(f"removed {kind}/{name}")
+        return 0
+    matrix = load_matrix((args.matrix or _default_matrix()).resolve())
+    cells = matrix.select(lanes=args.lane, kernels=args.kernel, cpus=args.cpu)
+    arts = Artifacts(cache)
+    failed = 0
+    for spec in {c.kernel.name: c.kernel for c in cells}.values():
+        kernel = arts.kernel(spec)
+        build = arts.module(kernel, args.driver.resolve())
+        failed += not build.ok
+        print(f"{spec.name:6} {spec.abi:28} module {'ok' if build.ok else 'FAILED'}"
+              f" ({build.warnings} warnings)")  # fmt: skip
+    return int(ExitCode.CHECK_FAILED if failed else ExitCode.OK)
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from rig.sweep import sweep, sweep_embed_pool
+
+    result = sweep(args.runs_dir.resolve())
+    qemus = sweep_embed_pool((args.cache or default_cache_root()) / "libvirt-embed")
+    print(
+        f"checked {result.runs_checked} dead runs: killed {result.processes_killed + qemus} "
+        f"processes, removed {result.scratch_removed} scratch files"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"run": cmd_run, "doctor": cmd_doctor, "images": cmd_images, "clean": cmd_clean}
+    try:
+        return handlers[args.command](args)
+    except RigError as exc:
+        print(f"rig: error: {exc.render()}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("rig: interrupted", file=sys.stderr)
+        return int(ExitCode.INFRA)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Typed records passed between the pipeline stages.
+
+matrix -> artifacts -> provision -> guest -> verdict -> report. Each stage consumes the
+records of the stage before it and produces its own; nothing flows backwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+STAGES: tuple[str, ...] = ("build", "vmxon", "vmlaunch", "vmcall_exit", "teardown")
+"""The five checks (JUnit testcases) of every matrix cell, in order."""
+
+
+# --------------------------------------------------------------------------- matrix
+@dataclass(frozen=True)
+class KernelSpec:
+    """One guest kernel: a Debian kernel package from one suite."""
+
+    name: str  # "6.12": the name used in matrix.yaml and on the command line
+    suite: str  # Debian suite whose toolchain builds the module: "trixie"
+    abi: str  # kernel ABI name, as in linux-image-<abi>: "6.12.57+deb13-amd64"
+    version: str = ""  # pinned Debian package version of linux-image-<abi> ("" = newest)
+    mirror: str = "http://deb.debian.org/debian"
+    extra_suites: tuple[str, ...] = ()  # e.g. ("bookworm-security",) for newest 6.1
+    check_valid_until: bool = True  # False for suites whose Release looks expired (sid)
+
+
+@dataclass(frozen=True)
+class CpuSpec:
+    """One CPU generation and its model name in each lane ("" = not available there)."""
+
+    name: str  # "haswell"
+    models: dict[str, str] = field(default_factory=dict, hash=False)  # lane -> model
+
+    def model_for(self, lane: str) -> str | None:
+        return self.models.get(lane) or None
+
+
+@dataclass(frozen=True)
+class LaneSpec:
+    name: str  # "bochs" | "tcg" | "kvm"
+    backend: str  # "bochs" | "libvirt"
+    vmx: bool  # does the guest CPU of this lane have VMX at all?
+    guest: str = "initramfs"  # "initramfs" | "vm"
+    uri: str = ""  # libvirt connection ("" = embedded default)
+    domain_type: str = "qemu"  # libvirt <domain type=...>: "qemu" (TCG) or "kvm"
+
+
+@dataclass(frozen=True)
+class Cell:
+    lane: LaneSpec
+    kernel: KernelSpec
+    cpu: CpuSpec
+    timeout_s: int = 300
+    memory_mib: int = 512
+    vcpus: int = 1
+    skip_reason: str | None = None  # excluded in matrix.yaml, or the lane lacks this CPU
+
+    @property
+    def id(self) -> str:
+        return f"{self.lane.name}-{self.kernel.name}-{self.cpu.name}"
+
+    @property
+    def cpu_model(self) -> str | None:
+        return self.cpu.model_for(self.lane.name)
+
+
+# --------------------------------------------------------------------------- artifacts
+@dataclass(frozen=True)
+class KernelArtifacts:
+    spec: KernelSpec
+    vmlinuz: Path
+    headers: Path  # /usr/src/linux-headers-<abi> inside the chroot
+    chroot: Path  # the suite's toolchain chroot that built modules for this kernel
+
+
+@dataclass(frozen=True)
+class ModuleBuild:
+    """Result of building one driver tree against one kernel (never raises on a compile error)."""
+
+    name: str  # module name, "vmlaunch"
+    ok: bool
+    log: str  # full make output (attached to the `build` testcase)
+    ko: Path | None
+    warnings: int = 0
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """Everything a lane needs to boot one cell's guest."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    iso: Path | None = None  # El Torito image for lanes without direct kernel boot (Bochs)
+
+
+# --------------------------------------------------------------------------- provision
+class BootEnd(StrEnum):
+    POWEROFF = "poweroff"  # the guest shut itself down: the normal end
+    PANIC = "panic"  # the guest kernel panicked or oopsed (seen on the console)
+    TIMEOUT = "timeout"  # the per-cell timeout expired
+    EMULATOR = "emulator"  # the emulator/hypervisor died or refused (triple fault, libvirt)
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    image: GuestImage
+    cpu_model: str
+    memory_mib: int
+    vcpus: int
+    timeout_s: int
+    workdir: Path  # per-cell scratch + logs directory, owned by the run
+
+
+@dataclass(frozen=True)
+class BootResult:
+    console: str  # everything the guest wrote on its serial console
+    end: BootEnd
+    duration_s: float
+    emulator_log: str = ""  # tail of bochs.log / libvirt / qemu log
+    detail: str = ""  # human explanation of `end` when it is not POWEROFF
+
+
+# --------------------------------------------------------------------------- verdict
+class Outcome(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"  # the driver misbehaved
+    SKIPPED = "skipped"  # cannot be tested here (stated reason)
+    ERROR = "error"  # infrastructure: the check could not be made
+
+
+@dataclass(frozen=True)
+class StageVerdict:
+    stage: str
+    outcome: Outcome
+    reason: str
+    evidence: str = ""  # the guest lines the verdict was taken from
+
+
+@dataclass(frozen=True)
+class CellVerdict:
+    cell_id: str
+    stages: dict[str, StageVerdict]
+    console: str = ""
+    build_log: str = ""
+    emulator_log: str = ""
+    timings: dict[str, float] = field(default_factory=dict)

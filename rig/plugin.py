@@ -1,0 +1,208 @@
+"""pytest plugin: a matrix file collects into one test item per (cell, stage).
+
+    pytest -n auto matrix.yaml --rig-lane bochs --junitxml=out.xml
+
+Each cell yields the five stages of rig.model.STAGES as items named `<stage>[<cell-id>]`, all
+in one xdist group, so that one worker boots the cell's guest once and judges every stage from
+what that guest printed. Infrastructure trouble is raised in setup (JUnit <error>), driver
+misbehaviour in the call (JUnit <failure>), untestable cells are skips with their reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rig.artifacts import Artifacts, Cache, default_cache_root
+from rig.errors import ExitCode
+from rig.matrix import load_matrix
+from rig.model import Cell, CellVerdict, Outcome, StageVerdict
+from rig.runner import CellRunner, RunConfig
+from rig.sweep import new_run_id, run_lock, sweep, sweep_embed_pool
+
+VERDICTS = pytest.StashKey[dict[str, CellVerdict]]()
+RUNNER = pytest.StashKey[CellRunner]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("vmlaunch-rig", "vmlaunch-rig matrix runs")
+    g.addoption("--rig-lane", action="append", default=[], help="lane name (repeatable)")
+    g.addoption("--rig-kernel", action="append", default=[], help="kernel name (repeatable)")
+    g.addoption("--rig-cpu", action="append", default=[], help="CPU generation (repeatable)")
+    g.addoption("--rig-driver", default="driver", help="driver source tree (default: driver/)")
+    g.addoption("--rig-param", action="append", default=[], help="module parameter name=value")
+    g.addoption("--rig-timeout", type=int, default=None, help="per-cell timeout in seconds")
+    g.addoption("--rig-uri", default=None, help="libvirt URI for the libvirt lanes")
+    g.addoption("--rig-runs-dir", default=".rig/runs", help="where run directories live")
+    g.addoption("--rig-cache", default=None, help="artifact cache (default ~/.cache/vmlaunch-rig)")
+    g.addoption("--rig-run-id", default=None, help="run id (default: a new one per run)")
+
+
+def _run_id(config: pytest.Config) -> str:
+    worker: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if worker is not None and "rig_run_id" in worker:
+        return str(worker["rig_run_id"])
+    if not config.option.rig_run_id:
+        config.option.rig_run_id = new_run_id()
+    return str(config.option.rig_run_id)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[VERDICTS] = {}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller -> worker: every worker of this run shares the run id."""
+    node.workerinput["rig_run_id"] = _run_id(node.config)
+
+
+def _runner(config: pytest.Config) -> CellRunner:
+    if RUNNER not in config.stash:
+        run_id = _run_id(config)
+        runs_root = Path(config.option.rig_runs_dir).resolve()
+        run_dir = runs_root / run_id
+        cache_root = (
+            Path(config.option.rig_cache) if config.option.rig_cache else default_cache_root()
+        )
+        embed_pool = cache_root / "libvirt-embed"
+        if getattr(config, "workerinput", None) is None:
+            # Controller (or a run without xdist): sweep what dead runs left, then lock ours.
+            sweep(runs_root)
+            sweep_embed_pool(embed_pool)
+        held = contextlib.ExitStack()
+        held.enter_context(run_lock(run_dir))
+        config.add_cleanup(held.close)
+        config.stash[RUNNER] = CellRunner(
+            config=RunConfig(
+                run_id=run_id,
+                run_dir=run_dir,
+                driver=Path(config.option.rig_driver).resolve(),
+                module_params=tuple(config.option.rig_param),
+                timeout_s=config.option.rig_timeout,
+                uri=config.option.rig_uri,
+            ),
+            artifacts=Artifacts(Cache(cache_root)),
+            embed_pool=embed_pool,
+        )
+    return config.stash[RUNNER]
+
+
+def _message(sv: StageVerdict) -> str:
+    return sv.reason + (f"\nguest evidence:\n{sv.evidence}" if sv.evidence else "")
+
+
+def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml") and file_path.name.startswith("matrix"):
+        return MatrixFile.from_parent(parent, path=file_path)
+    return None
+
+
+class MatrixFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        opt = self.config.option
+        matrix = load_matrix(self.path)
+        for cell in matrix.select(lanes=opt.rig_lane, kernels=opt.rig_kernel, cpus=opt.rig_cpu):
+            for stage in STAGES_ORDER:
+                item = StageItem.from_parent(
+                    self, name=f"{stage}[{cell.id}]", cell=cell, stage=stage
+                )
+                item.add_marker(pytest.mark.xdist_group(cell.id))
+                yield item
+
+
+STAGES_ORDER = ("build", "vmxon", "vmlaunch", "vmcall_exit", "teardown")
+
+
+class StageItem(pytest.Item):
+    def __init__(self, *, cell: Cell, stage: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.cell = cell
+        self.stage = stage
+        self.user_properties += [
+            ("lane", cell.lane.name),
+            ("kernel", cell.kernel.name),
+            ("kernel_abi", cell.kernel.abi),
+            ("cpu", cell.cpu.name),
+            ("cpu_model", cell.cpu_model or ""),
+            ("stage", stage),
+        ]
+
+    def _verdict(self) -> CellVerdict:
+        verdicts = self.config.stash[VERDICTS]
+        if self.cell.id not in verdicts:
+            verdicts[self.cell.id] = _runner(self.config).run(self.cell)
+        return verdicts[self.cell.id]
+
+    def setup(self) -> None:
+        verdict = self._verdict()
+        sv = verdict.stages[self.stage]
+        self._attach(verdict)
+        if sv.outcome is Outcome.ERROR:
+            # Raised in setup: JUnit records it as an <error> (infrastructure), not a failure.
+            pytest.fail("infrastructure: " + _message(sv), pytrace=False)
+
+    def runtest(self) -> None:
+        sv = self._verdict().stages[self.stage]
+        if sv.outcome is Outcome.SKIPPED:
+            pytest.skip(sv.reason)
+        if sv.outcome is Outcome.FAILED:
+            pytest.fail(_message(sv), pytrace=False)
+        assert sv.outcome is Outcome.PASSED, sv
+
+    def _attach(self, verdict: CellVerdict) -> None:
+        sv = verdict.stages[self.stage]
+        self.user_properties.append(("reason", sv.reason))
+        for key, secs in verdict.timings.items():
+            self.user_properties.append((f"time_{key}_s", f"{secs:.1f}"))
+        if self.stage == "build" and verdict.build_log:
+            self.add_report_section("setup", "stdout", "build log:\n" + verdict.build_log)
+        elif verdict.console:
+            self.add_report_section("setup", "stdout", "guest console:\n" + verdict.console)
+        if verdict.emulator_log:
+            self.add_report_section("setup", "stderr", "emulator:\n" + verdict.emulator_log)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.cell.id} {self.stage}"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    rows: dict[str, dict[str, str]] = {}
+    for key in ("passed", "failed", "error", "skipped"):
+        for rep in terminalreporter.stats.get(key, []):
+            nodeid = getattr(rep, "nodeid", "")
+            if "[" not in nodeid or not nodeid.endswith("]"):
+                continue
+            stage, cell = nodeid.rsplit("::", 1)[-1][:-1].split("[", 1)
+            if key == "error" or (rep.when == "setup" and rep.failed):
+                rows.setdefault(cell, {})[stage] = "ERROR"
+            elif rep.when == "call" or key == "skipped":
+                rows.setdefault(cell, {}).setdefault(
+                    stage, key.upper() if key != "passed" else "ok"
+                )
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section("vmlaunch-rig matrix")
+    width = max(len(c) for c in rows)
+    tr.write_line("cell".ljust(width) + "  " + "  ".join(s.ljust(11) for s in STAGES_ORDER))
+    for cell in sorted(rows):
+        tr.write_line(
+            cell.ljust(width)
+            + "  "
+            + "  ".join(rows[cell].get(s, "-").ljust(11) for s in STAGES_ORDER)
+        )
+
+
+def exit_code_from(stats: dict[str, list[Any]]) -> ExitCode:
+    """Map a finished session to the rig's exit codes (errors outrank failures)."""
+    if stats.get("error"):
+        return ExitCode.INFRA
+    if stats.get("failed"):
+        return ExitCode.CHECK_FAILED
+    return ExitCode.OK

@@ -1,0 +1,109 @@
+"""One matrix cell, end to end: artifacts -> provision -> guest -> verdict.
+
+`CellRunner.run(cell)` never raises for anything the guest or the environment did: every
+outcome becomes a CellVerdict (infrastructure trouble as ERROR stages with the reason).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rig.artifacts import Artifacts
+from rig.errors import RigError
+from rig.lanes import backend_for
+from rig.model import STAGES, BootSpec, Cell, CellVerdict, ModuleBuild, Outcome, StageVerdict
+from rig.verdict import judge
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_id: str
+    run_dir: Path
+    driver: Path
+    module_params: tuple[str, ...] = ()
+    timeout_s: int | None = None  # overrides the matrix's per-cell timeout
+    uri: str | None = None  # libvirt connection for the libvirt lanes (None = lane default)
+    keep_images: bool = False
+
+
+def uniform(cell: Cell, outcome: Outcome, reason: str, build_log: str = "") -> CellVerdict:
+    stages = {s: StageVerdict(s, outcome, reason) for s in STAGES}
+    return CellVerdict(cell_id=cell.id, stages=stages, build_log=build_log)
+
+
+@dataclass
+class CellRunner:
+    config: RunConfig
+    artifacts: Artifacts
+    embed_pool: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def run(self, cell: Cell) -> CellVerdict:
+        if cell.skip_reason:
+            return uniform(cell, Outcome.SKIPPED, cell.skip_reason)
+        model = cell.cpu_model
+        if model is None:
+            return uniform(
+                cell, Outcome.SKIPPED, f"lane {cell.lane.name} has no model for {cell.cpu.name}"
+            )
+        backend = backend_for(cell.lane, embed_pool=self.embed_pool, uri=self.config.uri)
+        why = backend.unavailable()
+        if why is not None:
+            return uniform(
+                cell, Outcome.SKIPPED, f"lane {cell.lane.name} cannot run on this host: {why}"
+            )
+        workdir = self.config.run_dir / "cells" / cell.id
+        workdir.mkdir(parents=True, exist_ok=True)
+        timings: dict[str, float] = {}
+        build: ModuleBuild | None = None
+        try:
+            t0 = time.monotonic()
+            kernel = self.artifacts.kernel(cell.kernel)
+            timings["kernel"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            build = self.artifacts.module(kernel, self.config.driver)
+            timings["build"] = time.monotonic() - t0
+            (workdir / "build.log").write_text(build.log)
+            if not build.ok or build.ko is None:
+                return judge(cell, build, None)
+            t0 = time.monotonic()
+            image = self.artifacts.initramfs_image(
+                kernel,
+                [(build.ko, 1, self.config.module_params)],
+                run_id=self.config.run_id,
+                cell_id=cell.id,
+                workdir=workdir,
+                want_iso=backend.needs_iso,
+            )
+            timings["image"] = time.monotonic() - t0
+            spec = BootSpec(
+                image=image,
+                cpu_model=model,
+                memory_mib=cell.memory_mib,
+                vcpus=cell.vcpus,
+                timeout_s=self.config.timeout_s or cell.timeout_s,
+                workdir=workdir,
+            )
+            t0 = time.monotonic()
+            boot = backend.boot(spec)
+            timings["boot"] = time.monotonic() - t0
+        except RigError as exc:
+            return uniform(cell, Outcome.ERROR, f"infrastructure: {exc.render()}",
+                           build_log=build.log if build else "")  # fmt: skip
+        finally:
+            if not self.config.keep_images:
+                for scratch in ("boot.iso", "initrd.gz"):
+                    (workdir / scratch).unlink(missing_ok=True)
+                shutil.rmtree(workdir / "initramfs", ignore_errors=True)
+        verdict = judge(cell, build, boot)
+        return CellVerdict(
+            cell_id=verdict.cell_id,
+            stages=verdict.stages,
+            console=verdict.console or boot.console,
+            build_log=verdict.build_log or build.log,
+            emulator_log=verdict.emulator_log or boot.emulator_log,
+            timings=timings,
+        )
