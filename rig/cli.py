@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=int, default=None, help="per-cell timeout (seconds)")
     run.add_argument("--param", action="append", default=[], help="module parameter name=value")
     run.add_argument("--uri", default=None, help="libvirt URI for libvirt lanes (default embedded)")
+    run.add_argument(
+        "--guest", choices=("initramfs", "vm"), default=None,
+        help="guest flavour: initramfs appliance or full Debian VM over SSH (default: per lane)",
+    )  # fmt: skip
+    run.add_argument("--repeat", type=int, default=1, help="load/unload cycles in each guest")
     run.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"), help="run directories")
     run.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
 
@@ -128,6 +133,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         argv += ["--rig-timeout", str(args.timeout)]
     if args.uri:
         argv += ["--rig-uri", args.uri]
+    if args.guest:
+        argv += ["--rig-guest", args.guest]
+    if args.repeat != 1:
+        if not 1 <= args.repeat <= 1000:
+            raise UsageError("--repeat takes 1 to 1000")
+        argv += ["--rig-repeat", str(args.repeat)]
     if args.jobs not in ("0", "1"):
         argv += ["-n", args.jobs, "--dist", "loadgroup"]
     argv += list(args.pytest_args)

@@ -37,6 +37,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--rig-param", action="append", default=[], help="module parameter name=value")
     g.addoption("--rig-timeout", type=int, default=None, help="per-cell timeout in seconds")
     g.addoption("--rig-uri", default=None, help="libvirt URI for the libvirt lanes")
+    g.addoption(
+        "--rig-guest", choices=("initramfs", "vm"), default=None, help="guest flavour override"
+    )
+    g.addoption("--rig-repeat", type=int, default=1, help="load/unload cycles per guest")
     g.addoption("--rig-runs-dir", default=".rig/runs", help="where run directories live")
     g.addoption("--rig-cache", default=None, help="artifact cache (default ~/.cache/vmlaunch-rig)")
     g.addoption("--rig-run-id", default=None, help="run id (default: a new one per run)")
@@ -85,6 +89,8 @@ def _runner(config: pytest.Config) -> CellRunner:
                 module_params=tuple(config.option.rig_param),
                 timeout_s=config.option.rig_timeout,
                 uri=config.option.rig_uri,
+                guest=config.option.rig_guest,
+                repeat=config.option.rig_repeat,
             ),
             artifacts=Artifacts(Cache(cache_root)),
             embed_pool=embed_pool,
@@ -179,6 +185,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             if "[" not in nodeid or not nodeid.endswith("]"):
                 continue
             stage, cell = nodeid.rsplit("::", 1)[-1][:-1].split("[", 1)
+            if stage not in STAGES_ORDER:
+                continue  # not one of ours (a parametrized test elsewhere in the session)
             if key == "error" or (rep.when == "setup" and rep.failed):
                 rows.setdefault(cell, {})[stage] = "ERROR"
             elif rep.when == "call" or key == "skipped":

@@ -26,6 +26,8 @@ class RunConfig:
     module_params: tuple[str, ...] = ()
     timeout_s: int | None = None  # overrides the matrix's per-cell timeout
     uri: str | None = None  # libvirt connection for the libvirt lanes (None = lane default)
+    guest: str | None = None  # "initramfs" | "vm": overrides the lane's guest flavour
+    repeat: int = 1  # load/unload cycles of the driver in one guest
     keep_images: bool = False
 
 
@@ -72,7 +74,7 @@ class CellRunner:
             t0 = time.monotonic()
             image = self.artifacts.initramfs_image(
                 kernel,
-                [(build.ko, 1, self.config.module_params)],
+                [(build.ko, self.config.repeat, self.config.module_params)],
                 run_id=self.config.run_id,
                 cell_id=cell.id,
                 workdir=workdir,

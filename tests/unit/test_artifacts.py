@@ -1,0 +1,105 @@
+"""Artifact cache and recipes that need no network: keys, locking, module names, initramfs."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from rig.artifacts import Artifacts, Cache, _module_name, digest, tree_digest
+from rig.errors import UsageError
+from rig.model import KernelArtifacts, KernelSpec
+
+
+def test_digest_changes_with_every_input() -> None:
+    base = digest("kernel", "trixie", "6.12.1", "1")
+    assert base == digest("kernel", "trixie", "6.12.1", "1")
+    assert base != digest("kernel", "trixie", "6.12.1", "2")
+    assert base != digest("kernel", "sid", "6.12.1", "1")
+
+
+def test_tree_digest_follows_sources_not_build_products(tmp_path: Path) -> None:
+    (tmp_path / "a.c").write_text("int x;")
+    d1 = tree_digest(tmp_path)
+    (tmp_path / "a.o").write_bytes(b"\0obj")
+    (tmp_path / "a.ko").write_bytes(b"\0ko")
+    assert tree_digest(tmp_path) == d1
+    (tmp_path / "a.c").write_text("int y;")
+    assert tree_digest(tmp_path) != d1
+
+
+def test_cache_builds_once_under_concurrency(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    builds: list[int] = []
+
+    def worker(i: int) -> None:
+        with cache.building("kind", "key") as (_final, tmp):
+            if tmp is not None:
+                builds.append(i)
+                (tmp / "payload").write_text(str(i))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1
+    assert (tmp_path / "kind/key/payload").read_text() == str(builds[0])
+
+
+def test_a_failed_build_leaves_nothing_half_made(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    with pytest.raises(RuntimeError), cache.building("kind", "key") as (_final, tmp):
+        assert tmp is not None
+        (tmp / "half").write_text("x")
+        raise RuntimeError("boom")
+    assert not (tmp_path / "kind/key").exists()
+    assert [p.name for p in (tmp_path / "kind").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_module_name_from_kbuild(tmp_path: Path) -> None:
+    (tmp_path / "Kbuild").write_text("obj-m := vmlaunch.o\nvmlaunch-y := a.o b.o\n")
+    assert _module_name(tmp_path) == "vmlaunch"
+    (tmp_path / "Kbuild").write_text("obj-m := $(shell rm -rf /).o\n")
+    with pytest.raises(UsageError):
+        _module_name(tmp_path)
+
+
+def test_initramfs_holds_init_plan_and_module(tmp_path: Path) -> None:
+    if not Path("/bin/busybox").exists():
+        pytest.skip("busybox-static not installed")
+    ko = tmp_path / "vmlaunch.ko"
+    ko.write_bytes(b"\x7fELF fake")
+    spec = KernelSpec(name="6.12", suite="trixie", abi="x")
+    kernel = KernelArtifacts(spec=spec, vmlinuz=tmp_path / "vmlinuz", headers=tmp_path,
+                             chroot=tmp_path)  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    image = Artifacts(Cache(tmp_path / "c")).initramfs_image(
+        kernel, [(ko, 3, ["break_field=none"])], run_id="r1", cell_id="bochs-6.12-haswell",
+        workdir=work, want_iso=False,
+    )  # fmt: skip
+    archive = gzip.decompress(image.initrd.read_bytes())
+    listing = subprocess.run(
+        ["cpio", "-it", "--quiet"], input=archive, capture_output=True, check=True
+    ).stdout.decode()
+    names = set(listing.split())
+    assert {"init", "bin/busybox", "rig/plan", "rig/modules/vmlaunch.ko"} <= names
+    assert "modprobe.blacklist=kvm_intel" in image.cmdline
+
+
+@pytest.mark.parametrize("param", ["a=b;reboot", "x=$(id)", "=1", "p=a b", "P=1"])
+def test_module_parameters_are_words_not_shell(tmp_path: Path, param: str) -> None:
+    ko = tmp_path / "m.ko"
+    ko.write_bytes(b"x")
+    spec = KernelSpec(name="6.12", suite="trixie", abi="x")
+    kernel = KernelArtifacts(spec=spec, vmlinuz=ko, headers=tmp_path, chroot=tmp_path)
+    work = tmp_path / "w"
+    work.mkdir()
+    with pytest.raises(UsageError):
+        Artifacts(Cache(tmp_path / "c")).initramfs_image(
+            kernel, [(ko, 1, [param])], run_id="r", cell_id="c", workdir=work, want_iso=False
+        )

@@ -1,0 +1,128 @@
+"""Lane plumbing without booting: domain XML accepted by a real libvirt (test:///default),
+bochsrc values checked, the console watcher against a real writer and a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from rig.errors import InfraError
+from rig.lanes.base import owned_process, watch_console
+from rig.lanes.bochs import bochsrc
+from rig.lanes.libvirt import domain_xml
+from rig.model import BootEnd, BootSpec, GuestImage
+
+
+def _spec(tmp_path: Path, model: str = "Penryn") -> BootSpec:
+    image = GuestImage(
+        kernel=tmp_path / "vmlinuz",
+        initrd=tmp_path / "initrd.gz",
+        cmdline='console=ttyS0 evil="</cmdline><devices>"',
+        iso=tmp_path / "boot.iso",
+    )
+    return BootSpec(image=image, cpu_model=model, memory_mib=512, vcpus=1, timeout_s=5,
+                    workdir=tmp_path)  # fmt: skip
+
+
+def test_domain_xml_escapes_hostile_values_and_libvirt_accepts_it(tmp_path: Path) -> None:
+    libvirt = pytest.importorskip("libvirt")
+    xml = domain_xml(_spec(tmp_path), name="rig-<x>&'", domain_type="qemu",
+                     console=tmp_path / "console.txt", require_vmx=False)  # fmt: skip
+    root = ET.fromstring(xml)
+    assert root.findtext("name") == "rig-<x>&'"
+    assert root.findtext("os/cmdline") == 'console=ttyS0 evil="</cmdline><devices>"'
+    assert len(root.findall("devices")) == 1
+    assert root.find("devices/interface") is None  # no network: the guest reaches nothing
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.createXML(xml, 0)
+        assert dom.name() == "rig-<x>&'"
+        dom.destroy()
+    finally:
+        conn.close()
+
+
+def test_domain_xml_requires_vmx_with_full_check_on_kvm(tmp_path: Path) -> None:
+    xml = domain_xml(_spec(tmp_path, "Haswell-noTSX"), name="rig-k", domain_type="kvm",
+                     console=tmp_path / "c", require_vmx=True)  # fmt: skip
+    cpu = ET.fromstring(xml).find("cpu")
+    assert cpu is not None and cpu.get("check") == "full"
+    feature = cpu.find("feature")
+    assert feature is not None and feature.attrib == {"policy": "require", "name": "vmx"}
+
+
+def test_bochsrc_refuses_names_that_could_inject_options(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "corei7_haswell_4770")
+    rc = bochsrc(spec, tmp_path / "console.txt", tmp_path / "bochs.log")
+    assert "cpu: model=corei7_haswell_4770, count=1" in rc
+    assert 'display_library: rfb, options="timeout=0"' in rc
+    for bad in ("haswell, count=4", "x\nmegs: 1", "a b"):
+        with pytest.raises(InfraError):
+            bochsrc(_spec(tmp_path, bad), tmp_path / "c", tmp_path / "l")
+
+
+def _writer(path: Path, lines: list[str], delay: float) -> threading.Thread:
+    def run() -> None:
+        with path.open("a") as fh:
+            for line in lines:
+                time.sleep(delay)
+                fh.write(line + "\n")
+                fh.flush()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_watch_console_sees_poweroff(tmp_path: Path) -> None:
+    console = tmp_path / "console.txt"
+    t = _writer(console, ["RIG-BEGIN", "RIG-END", "[ 1.0] reboot: Power down"], 0.05)
+    w = watch_console(console, alive=t.is_alive, timeout_s=20, poll_s=0.02)
+    t.join()
+    assert w.end is BootEnd.POWEROFF
+
+
+def test_watch_console_stops_soon_after_a_panic(tmp_path: Path) -> None:
+    console = tmp_path / "console.txt"
+    t = _writer(console, ["RIG-BEGIN", "Kernel panic - not syncing: boom"], 0.05)
+    start = time.monotonic()
+    w = watch_console(console, alive=lambda: True, timeout_s=60, poll_s=0.02)
+    t.join()
+    assert w.end is BootEnd.PANIC
+    assert "boom" in w.detail
+    assert time.monotonic() - start < 10
+
+
+def test_watch_console_times_out_and_notices_a_dead_emulator(tmp_path: Path) -> None:
+    console = tmp_path / "console.txt"
+    console.write_text("RIG-BEGIN\n")
+    assert (
+        watch_console(console, alive=lambda: True, timeout_s=0.3, poll_s=0.05).end
+        is BootEnd.TIMEOUT
+    )
+    assert (
+        watch_console(console, alive=lambda: False, timeout_s=5, poll_s=0.05).end
+        is BootEnd.EMULATOR
+    )
+
+
+def test_owned_process_kills_its_whole_group(tmp_path: Path) -> None:
+    code = "import subprocess,time; subprocess.Popen(['sleep','300']); time.sleep(300)"
+    pidfile = tmp_path / "p.pid"
+    with owned_process([sys.executable, "-c", code], cwd=tmp_path, stdout=tmp_path / "out",
+                       pidfile=pidfile) as proc:  # fmt: skip
+        time.sleep(0.5)
+        pgid = proc.pid
+        assert pidfile.exists()
+    assert not pidfile.exists()
+    time.sleep(0.2)
+    members = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout
+    states = [Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+              for pid in members.split() if Path(f"/proc/{pid}").exists()]  # fmt: skip
+    assert all(state == "Z" for state in states), states  # only unreaped zombies may remain
