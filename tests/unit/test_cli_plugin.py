@@ -1,0 +1,78 @@
+"""The CLI's exit codes and the pytest plugin's collection, without booting anything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from rig.model import Outcome
+from rig.report import by_cell, read_junit
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Every cell of this matrix is untestable by construction (excluded, or no model in the lane),
+# so running it exercises collection, grouping, skips and JUnit without a guest.
+SKIP_ONLY = """\
+version: 1
+kernels:
+  "6.12": {suite: trixie, abi: "6.12.117+deb13-amd64", version: "6.12.117-1"}
+cpus:
+  haswell: {bochs: corei7_haswell_4770}
+  penryn: {tcg: Penryn}
+lanes:
+  bochs: {backend: bochs, vmx: true}
+  tcg: {backend: libvirt, vmx: false, domain_type: qemu}
+exclude:
+  - {lane: bochs, cpu: haswell, reason: "kept out on purpose by this test"}
+default_slice: {lanes: [bochs, tcg], kernels: ["6.12"], cpus: [haswell]}
+"""
+
+
+def rig(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rig", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
+def test_skip_only_matrix_gives_five_skipped_cases_per_cell(tmp_path: Path) -> None:
+    (tmp_path / "matrix.yaml").write_text(SKIP_ONLY)
+    junit = tmp_path / "j.xml"
+    p = rig("run", "--junit", str(junit), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    cells = by_cell(read_junit(junit))
+    assert set(cells) == {"bochs-6.12-haswell", "tcg-6.12-haswell"}
+    for cell in cells.values():
+        assert sorted(cell) == sorted(["build", "vmxon", "vmlaunch", "vmcall_exit", "teardown"])
+        assert all(case.outcome is Outcome.SKIPPED for case in cell.values())
+    assert "kept out on purpose" in cells["bochs-6.12-haswell"]["vmxon"].message
+    assert "no CPU model" in cells["tcg-6.12-haswell"]["build"].message
+    props = cells["bochs-6.12-haswell"]["vmxon"].properties
+    assert props["lane"] == "bochs" and props["kernel"] == "6.12" and props["stage"] == "vmxon"
+    assert props["cpu_model"] == "corei7_haswell_4770"
+
+
+def test_broken_matrix_is_exit_2_with_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "matrix.yaml").write_text(SKIP_ONLY.replace("vmx: true", "vmx: maybe"))
+    p = rig("run", cwd=tmp_path)
+    assert p.returncode == 2
+    assert "matrix.yaml:" in p.stderr and "vmx" in p.stderr
+
+
+def test_unknown_kernel_is_exit_2_naming_the_known_ones(tmp_path: Path) -> None:
+    (tmp_path / "matrix.yaml").write_text(SKIP_ONLY)
+    p = rig("run", "--kernel", "9.99", cwd=tmp_path)
+    assert p.returncode == 2
+    assert "9.99" in p.stderr and "6.12" in p.stderr
+
+
+def test_missing_driver_dir_and_bad_jobs_are_usage_errors(tmp_path: Path) -> None:
+    (tmp_path / "matrix.yaml").write_text(SKIP_ONLY)
+    assert rig("run", "--driver", str(tmp_path / "nope"), cwd=tmp_path).returncode == 2
+    assert rig("run", "-n", "lots", cwd=tmp_path).returncode == 2
+
+
+def test_doctor_reports_every_lane(tmp_path: Path) -> None:
+    (tmp_path / "matrix.yaml").write_text(SKIP_ONLY)
+    p = rig("doctor", cwd=tmp_path)
+    assert "bochs" in p.stdout and "tcg" in p.stdout
+    assert "usable KVM" in p.stdout
