@@ -10,6 +10,7 @@ import argparse
 import os
 import shutil
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     il.add_argument("--cache", type=Path, default=None)
     ip = isub.add_parser("prune", help="delete every cached artifact")
     ip.add_argument("--cache", type=Path, default=None)
+
+    report = sub.add_parser("report", help="merge JUnit files into an HTML matrix report")
+    report.add_argument("junit", nargs="+", type=Path, help="JUnit XML files (e.g. one per shard)")
+    report.add_argument("--html", type=Path, default=Path("rig-report.html"))
 
     clean = sub.add_parser("clean", help="kill and delete what dead runs left behind")
     clean.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"))
@@ -197,6 +202,22 @@ def cmd_images(args: argparse.Namespace) -> int:
     return int(ExitCode.CHECK_FAILED if failed else ExitCode.OK)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rig.report import read_junit, render_html
+
+    results = []
+    for path in args.junit:
+        if not path.exists():
+            raise UsageError(f"{path}: no such JUnit file")
+        try:
+            results += read_junit(path)
+        except ET.ParseError as exc:
+            raise UsageError(f"{path}: not valid XML ({exc})") from exc
+    args.html.write_text(render_html(results))
+    print(f"wrote {args.html} ({len(results)} testcases)")
+    return 0
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from rig.sweep import sweep, sweep_embed_pool
 
@@ -212,7 +233,13 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"run": cmd_run, "doctor": cmd_doctor, "images": cmd_images, "clean": cmd_clean}
+    handlers = {
+        "run": cmd_run,
+        "doctor": cmd_doctor,
+        "images": cmd_images,
+        "report": cmd_report,
+        "clean": cmd_clean,
+    }
     try:
         return handlers[args.command](args)
     except RigError as exc:

@@ -58,3 +58,71 @@ def by_cell(results: list[CaseResult]) -> dict[str, dict[str, CaseResult]]:
     for r in results:
         table.setdefault(r.cell, {})[r.stage] = r
     return table
+
+
+_COLOURS = {
+    Outcome.PASSED: "#2e7d32",
+    Outcome.FAILED: "#c62828",
+    Outcome.ERROR: "#6a1b9a",
+    Outcome.SKIPPED: "#9e9e9e",
+}
+STAGE_ORDER = ("build", "vmxon", "vmlaunch", "vmcall_exit", "teardown")
+
+
+def render_html(results: list[CaseResult], title: str = "vmlaunch-rig matrix") -> str:
+    """A self-contained HTML page: one row per lane x kernel, one column per CPU, each cell
+    showing its five stages; hovering a stage shows the verdict's reason. Built with
+    ElementTree, so every name and message is escaped."""
+    table = by_cell(results)
+    rows: dict[tuple[str, str], dict[str, dict[str, CaseResult]]] = {}
+    cpus: list[str] = []
+    for cell_id, stages in table.items():
+        any_case = next(iter(stages.values()))
+        lane = any_case.properties.get("lane") or cell_id.split("-", 1)[0]
+        kernel = any_case.properties.get("kernel", "?")
+        cpu = any_case.properties.get("cpu") or cell_id.rsplit("-", 1)[-1]
+        rows.setdefault((lane, kernel), {})[cpu] = stages
+        if cpu not in cpus:
+            cpus.append(cpu)
+    html = ET.Element("html")
+    head = ET.SubElement(html, "head")
+    ET.SubElement(head, "meta", charset="utf-8")
+    ET.SubElement(head, "title").text = title
+    ET.SubElement(head, "style").text = (
+        "body{font-family:sans-serif}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px;text-align:center}"
+        ".s{display:inline-block;width:14px;height:14px;margin:1px;border-radius:2px}"
+    )
+    body = ET.SubElement(html, "body")
+    ET.SubElement(body, "h1").text = title
+    counts = {o: sum(1 for r in results if r.outcome is o) for o in Outcome}
+    ET.SubElement(body, "p").text = ", ".join(f"{n} {o.value}" for o, n in counts.items())
+    legend = ET.SubElement(body, "p")
+    legend.text = "stages, left to right: " + ", ".join(STAGE_ORDER) + ". "
+    for o, colour in _COLOURS.items():
+        ET.SubElement(legend, "span", {"class": "s", "style": f"background:{colour}"})
+        ET.SubElement(legend, "span").text = f" {o.value} "
+    tab = ET.SubElement(body, "table")
+    header = ET.SubElement(tab, "tr")
+    for text in ("lane", "kernel", *cpus):
+        ET.SubElement(header, "th").text = text
+    for (lane, kernel), by_cpu in sorted(rows.items()):
+        tr = ET.SubElement(tab, "tr")
+        ET.SubElement(tr, "td").text = lane
+        ET.SubElement(tr, "td").text = kernel
+        for cpu in cpus:
+            td = ET.SubElement(tr, "td")
+            cell = by_cpu.get(cpu)
+            if cell is None:
+                td.text = "—"
+                continue
+            for stage in STAGE_ORDER:
+                case = cell.get(stage)
+                if case is None:
+                    continue
+                ET.SubElement(td, "span", {
+                    "class": "s",
+                    "style": f"background:{_COLOURS[case.outcome]}",
+                    "title": f"{stage}: {case.outcome.value}\n{case.message[:500]}",
+                })  # fmt: skip
+    return "<!DOCTYPE html>\n" + ET.tostring(html, encoding="unicode", method="html")

@@ -76,3 +76,20 @@ def test_doctor_reports_every_lane(tmp_path: Path) -> None:
     p = rig("doctor", cwd=tmp_path)
     assert "bochs" in p.stdout and "tcg" in p.stdout
     assert "usable KVM" in p.stdout
+
+
+def test_html_report_escapes_and_covers_every_cell(tmp_path: Path) -> None:
+    (tmp_path / "matrix.yaml").write_text(SKIP_ONLY)
+    junit = tmp_path / "j.xml"
+    rig("run", "--junit", str(junit), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    text = junit.read_text().replace("kept out on purpose", "<script>alert(1)</script>")
+    junit.write_text(
+        text.replace("<script>", "&lt;script&gt;").replace("</script>", "&lt;/script&gt;")
+    )
+    html = tmp_path / "r.html"
+    p = rig("report", str(junit), "--html", str(html), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    page = html.read_text()
+    assert "<script>" not in page
+    assert page.count('class="s"') >= 10  # 2 cells x 5 stages (+ legend)
+    assert rig("report", str(tmp_path / "missing.xml"), cwd=tmp_path).returncode == 2
