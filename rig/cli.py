@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import xml.etree.ElementTree as ET
@@ -78,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     il.add_argument("--cache", type=Path, default=None)
     ip = isub.add_parser("prune", help="delete every cached artifact")
     ip.add_argument("--cache", type=Path, default=None)
+    iu = isub.add_parser("update", help="pin matrix.yaml's kernels to the newest in the archive")
+    iu.add_argument("--matrix", type=Path, default=None, help="matrix file (default matrix.yaml)")
+    iu.add_argument("--kernel", action="append", default=[], help="kernel name (repeatable)")
+
+    bis = sub.add_parser("bisect", help="find the first bad kernel (good/bad/skip, repeats)")
+    bis.add_argument("--matrix", type=Path, default=None)
+    bis.add_argument("--lane", required=True)
+    bis.add_argument("--cpu", required=True)
+    bis.add_argument("--good", required=True, help="a kernel name known to pass")
+    bis.add_argument("--bad", required=True, help="a kernel name known to fail")
+    bis.add_argument("--repeat", type=int, default=1, help="runs per kernel (flaky results)")
+    bis.add_argument("--driver", type=Path, default=REPO_ROOT / "driver")
+    bis.add_argument("--param", action="append", default=[])
+    bis.add_argument("--junit", type=Path, default=Path("rig-bisect.xml"))
+    bis.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"))
+    bis.add_argument("--cache", type=Path, default=None)
 
     report = sub.add_parser("report", help="merge JUnit files into an HTML matrix report")
     report.add_argument("junit", nargs="+", type=Path, help="JUnit XML files (e.g. one per shard)")
@@ -176,6 +193,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
+    if args.images_command == "update":
+        from rig.pinning import cmd_update
+
+        return cmd_update(args.matrix or _default_matrix(), args.kernel)
     cache = Cache(args.cache or default_cache_root())
     if args.images_command == "list":
         total = 0
@@ -200,6 +221,70 @@ def cmd_images(args: argparse.Namespace) -> int:
         print(f"{spec.name:6} {spec.abi:28} module {'ok' if build.ok else 'FAILED'}"
               f" ({build.warnings} warnings)")  # fmt: skip
     return int(ExitCode.CHECK_FAILED if failed else ExitCode.OK)
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else -1 for p in re.split(r"[.\-+~]", name))
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from rig.bisect import Mark, bisect, mark_of
+    from rig.runner import CellRunner, RunConfig
+    from rig.sweep import new_run_id, run_lock, sweep
+
+    matrix = load_matrix((args.matrix or _default_matrix()).resolve())
+    names = sorted(matrix.kernels, key=_version_key)
+    for end in (args.good, args.bad):
+        if end not in names:
+            raise UsageError(f"unknown kernel {end!r}", fix=f"one of: {', '.join(names)}")
+    lo, hi = names.index(args.good), names.index(args.bad)
+    if lo >= hi:
+        raise UsageError("--good must be an older kernel than --bad")
+    if args.repeat < 1:
+        raise UsageError("--repeat takes at least 1")
+    matrix.cell(args.lane, args.good, args.cpu)  # validates lane and cpu names (exit 2)
+    run_id = new_run_id()
+    runs_root = args.runs_dir.resolve()
+    sweep(runs_root)
+    cache_root = args.cache or default_cache_root()
+    cases = ET.Element("testsuite", name="vmlaunch-rig-bisect")
+    with run_lock(runs_root / run_id) as run_dir:
+        runner = CellRunner(
+            config=RunConfig(run_id=run_id, run_dir=run_dir, driver=args.driver.resolve(),
+                             module_params=tuple(args.param)),
+            artifacts=Artifacts(Cache(cache_root)),
+            embed_pool=cache_root / "libvirt-embed",
+        )  # fmt: skip
+        attempt = 0
+
+        def probe(kernel: str) -> Mark:
+            nonlocal attempt
+            attempt += 1
+            verdict = runner.run(matrix.cell(args.lane, kernel, args.cpu))
+            mark = mark_of(verdict)
+            reasons = "; ".join(f"{s}: {v.outcome.value} ({v.reason})"
+                                for s, v in verdict.stages.items())  # fmt: skip
+            print(f"  {kernel:8} try {attempt:3}: {mark.value:4}  {reasons[:160]}")
+            case = ET.SubElement(cases, "testcase", classname="bisect",
+                                 name=f"{kernel}[try{attempt}]")  # fmt: skip
+            if mark is Mark.BAD:
+                ET.SubElement(case, "failure", message="bad").text = reasons
+            elif mark is Mark.SKIP:
+                ET.SubElement(case, "skipped", message="skip: cannot judge").text = reasons
+            return mark
+
+        try:
+            result = bisect(names[lo : hi + 1], probe, repeats=args.repeat)
+        except ValueError as exc:
+            raise UsageError(str(exc), fix="check --good/--bad with `rig run`") from exc
+        finally:
+            ET.ElementTree(cases).write(args.junit, encoding="unicode", xml_declaration=True)
+    if result.first_bad:
+        print(f"first bad kernel: {result.first_bad} (last good: {result.last_good})")
+    else:
+        print(f"inconclusive: the first bad is one of {', '.join(result.suspects)} "
+              f"(skipped kernels hide the boundary; last good: {result.last_good})")  # fmt: skip
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -238,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": cmd_doctor,
         "images": cmd_images,
         "report": cmd_report,
+        "bisect": cmd_bisect,
         "clean": cmd_clean,
     }
     try:

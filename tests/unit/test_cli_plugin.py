@@ -93,3 +93,13 @@ def test_html_report_escapes_and_covers_every_cell(tmp_path: Path) -> None:
     assert "<script>" not in page
     assert page.count('class="s"') >= 10  # 2 cells x 5 stages (+ legend)
     assert rig("report", str(tmp_path / "missing.xml"), cwd=tmp_path).returncode == 2
+
+
+def test_bisect_refuses_unknown_or_reversed_kernels(tmp_path: Path) -> None:
+    (tmp_path / "matrix.yaml").write_text(SKIP_ONLY)
+    p = rig("bisect", "--lane", "bochs", "--cpu", "haswell", "--good", "6.12", "--bad", "9.9",
+            cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 2 and "9.9" in p.stderr
+    p = rig("bisect", "--lane", "bochs", "--cpu", "haswell", "--good", "6.12", "--bad", "6.12",
+            cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 2
