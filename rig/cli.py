@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--timeout must be a positive number of seconds")
     argv = [
         str(matrix_path),
-        "-p", "no:vmlaunch_rig", "-p", "rig.plugin", "-p", "no:cacheprovider",
+        "-p", "no:vmlaunch_rig", "-p", "rig.plugin", "-p", "no:cacheprovider", "-p", "no:benchmark",
         "--rootdir", str(matrix_path.parent),
         "-o", "junit_family=xunit1", "-o", "junit_logging=all",
         "-o", "junit_suite_name=vmlaunch-rig", "-o", "console_output_style=classic",
@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("--repeat takes 1 to 1000")
         argv += ["--rig-repeat", str(args.repeat)]
     if args.jobs not in ("0", "1"):
-        argv += ["-n", args.jobs, "--dist", "loadgroup"]
+        argv += ["-n", args.jobs, "--dist", "loadscope"]
     argv += list(args.pytest_args)
     outcome = _Outcome()
     rc = pytest.main(argv, plugins=[outcome])

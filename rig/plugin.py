@@ -2,10 +2,11 @@
 
     pytest -n auto matrix.yaml --rig-lane bochs --junitxml=out.xml
 
-Each cell yields the five stages of rig.model.STAGES as items named `<stage>[<cell-id>]`, all
-in one xdist group, so that one worker boots the cell's guest once and judges every stage from
-what that guest printed. Infrastructure trouble is raised in setup (JUnit <error>), driver
-misbehaviour in the call (JUnit <failure>), untestable cells are skips with their reason.
+Each cell is a collector whose five items are the stages of rig.model.STAGES
+(`matrix.yaml::<cell-id>::<stage>`); with `--dist loadscope` one worker gets all of a cell, boots
+its guest once and judges every stage from what that guest printed. Infrastructure trouble is
+raised in setup (JUnit <error>), driver misbehaviour in the call (JUnit <failure>), untestable
+cells are skips with their reason.
 """
 
 from __future__ import annotations
@@ -109,16 +110,24 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
 
 
 class MatrixFile(pytest.File):
-    def collect(self) -> Iterator[pytest.Item]:
+    def collect(self) -> Iterator[pytest.Collector]:
         opt = self.config.option
         matrix = load_matrix(self.path)
         for cell in matrix.select(lanes=opt.rig_lane, kernels=opt.rig_kernel, cpus=opt.rig_cpu):
-            for stage in STAGES_ORDER:
-                item = StageItem.from_parent(
-                    self, name=f"{stage}[{cell.id}]", cell=cell, stage=stage
-                )
-                item.add_marker(pytest.mark.xdist_group(cell.id))
-                yield item
+            yield CellNode.from_parent(self, name=cell.id, cell=cell)
+
+
+class CellNode(pytest.Collector):
+    """One matrix cell: its stages are its children, so `--dist loadscope` keeps them on one
+    worker (node ids `matrix.yaml::<cell>::<stage>`; JUnit classname ends with the cell)."""
+
+    def __init__(self, *, cell: Cell, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.cell = cell
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for stage in STAGES_ORDER:
+            yield StageItem.from_parent(self, name=stage, cell=self.cell, stage=stage)
 
 
 STAGES_ORDER = ("build", "vmxon", "vmlaunch", "vmcall_exit", "teardown")
@@ -130,6 +139,7 @@ class StageItem(pytest.Item):
         self.cell = cell
         self.stage = stage
         self.user_properties += [
+            ("cell", cell.id),
             ("lane", cell.lane.name),
             ("kernel", cell.kernel.name),
             ("kernel_abi", cell.kernel.abi),
@@ -173,7 +183,7 @@ class StageItem(pytest.Item):
             self.add_report_section("setup", "stderr", "emulator:\n" + verdict.emulator_log)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.cell.id} {self.stage}"
+        return self.path, None, f"{self.cell.id}::{self.stage}"
 
 
 @pytest.hookimpl(trylast=True)
@@ -181,12 +191,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     rows: dict[str, dict[str, str]] = {}
     for key in ("passed", "failed", "error", "skipped"):
         for rep in terminalreporter.stats.get(key, []):
-            nodeid = getattr(rep, "nodeid", "")
-            if "[" not in nodeid or not nodeid.endswith("]"):
-                continue
-            stage, cell = nodeid.rsplit("::", 1)[-1][:-1].split("[", 1)
-            if stage not in STAGES_ORDER:
-                continue  # not one of ours (a parametrized test elsewhere in the session)
+            parts = str(getattr(rep, "nodeid", "")).split("::")
+            if len(parts) < 3 or parts[-1] not in STAGES_ORDER:
+                continue  # not one of ours
+            cell, stage = parts[-2], parts[-1]
             if key == "error" or (rep.when == "setup" and rep.failed):
                 rows.setdefault(cell, {})[stage] = "ERROR"
             elif rep.when == "call" or key == "skipped":

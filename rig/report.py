@@ -27,11 +27,10 @@ def read_junit(path: Path) -> list[CaseResult]:
     root = ET.parse(path).getroot()  # noqa: S314 - our own file, written by pytest
     results: list[CaseResult] = []
     for case in root.iter("testcase"):
-        name = case.get("name", "")
-        if "[" not in name or not name.endswith("]"):
-            continue
-        stage, cell = name[:-1].split("[", 1)
         props = {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+        stage, cell = case.get("name", ""), props.get("cell", "")
+        if not cell or stage != props.get("stage"):
+            continue  # not a matrix stage
         outcome, message = Outcome.PASSED, ""
         for tag, oc in (("error", Outcome.ERROR), ("failure", Outcome.FAILED),
                         ("skipped", Outcome.SKIPPED)):  # fmt: skip
