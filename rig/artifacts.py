@@ -218,40 +218,53 @@ class Artifacts:
         pin = f"={spec.version}" if spec.version else ""
         _run(
             _in_root(root, ["apt-get", *aptopts, "install", "-y", "--no-install-recommends",
-                            f"linux-headers-{spec.abi}{pin}"], env),
+                            f"linux-headers-{spec.abi}{pin}", "binutils"], env),
             log=log, what=f"install linux-headers-{spec.abi}{pin}",
         )  # fmt: skip
         debs = root / "var/tmp/rig-debs"
         debs.mkdir(parents=True)
-        self.progress(f"kernel {spec.name}: download linux-image-{spec.abi} ...")
-        _run(
-            _in_root(root, ["apt-get", *aptopts, "download", f"linux-image-{spec.abi}{pin}"],
-                     env, cwd="/var/tmp/rig-debs"),
-            log=log, what=f"download linux-image-{spec.abi}{pin}",
-        )  # fmt: skip
-        deb = next(iter(sorted(debs.glob("linux-image-*.deb"))), None)
-        if deb is None:
-            raise InfraError(f"no linux-image-{spec.abi} package downloaded", where=str(log))
-        self._extract_vmlinuz(deb, spec.abi, out / "vmlinuz", log)
-        deb.unlink()
+        # Up to 6.x linux-image-<abi> holds /boot/vmlinuz-<abi>; from 7.x it is a small package
+        # that depends on linux-binary-<abi>, which holds /usr/lib/modules/<abi>/vmlinuz.
+        for pkg in (f"linux-image-{spec.abi}", f"linux-binary-{spec.abi}"):
+            self.progress(f"kernel {spec.name}: download {pkg} ...")
+            _run(
+                _in_root(root, ["apt-get", *aptopts, "download", f"{pkg}{pin}"],
+                         env, cwd="/var/tmp/rig-debs"),
+                log=log, what=f"download {pkg}{pin}",
+            )  # fmt: skip
+            deb = next(iter(sorted(debs.glob(f"{pkg}_*.deb"))), None)
+            if deb is None:
+                raise InfraError(f"no {pkg} package downloaded", where=str(log))
+            found = self._extract_vmlinuz(deb, spec.abi, out / "vmlinuz")
+            deb.unlink()
+            if found:
+                break
+        else:
+            raise InfraError(
+                f"neither linux-image-{spec.abi} nor linux-binary-{spec.abi} holds a vmlinuz",
+                where=str(log),
+            )
         _run(_in_root(root, ["apt-get", "clean"]), log=log, what="apt-get clean")
         self.progress(f"kernel {spec.name}: ready in {time.monotonic() - t0:.0f} s")
 
     @staticmethod
-    def _extract_vmlinuz(deb: Path, abi: str, dest: Path, log: Path) -> None:
+    def _extract_vmlinuz(deb: Path, abi: str, dest: Path) -> bool:
+        """Copy the kernel image out of a package: False when the package holds none."""
+        names = {f"boot/vmlinuz-{abi}", f"usr/lib/modules/{abi}/vmlinuz"}
         with subprocess.Popen(
-            ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE
+            ["dpkg-deb", "--fsys-tarfile", str(deb)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # it complains of SIGPIPE when we stop reading early
         ) as p:
             assert p.stdout is not None
             with tarfile.open(fileobj=p.stdout, mode="r|") as tar:
                 for member in tar:
-                    if member.isfile() and member.name.lstrip("./") == f"boot/vmlinuz-{abi}":
+                    if member.isfile() and member.name.lstrip("./") in names:
                         src = tar.extractfile(member)
                         assert src is not None
                         dest.write_bytes(src.read())
                         break
-        if not dest.exists():
-            raise InfraError(f"{deb.name} holds no boot/vmlinuz-{abi}", where=str(log))
+        return dest.exists()
 
     # ----------------------------------------------------------------- driver module
     def module(self, kernel: KernelArtifacts, src: Path) -> ModuleBuild:
