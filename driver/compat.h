@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Helpers that differ between the kernels we build for (5.10 ... 7.3).
+ *
+ * - MSRs: rdmsrl()/wrmsrl() became rdmsrq()/wrmsrq() in 6.16 (and the old
+ *   names went away later).  rdmsr_safe()/wrmsr_safe() with 32-bit halves
+ *   exist under the same names on every kernel from 5.10 to 7.3, so we build
+ *   64-bit accessors on top of them.
+ *
+ * - CR4.VMXE: the kernel keeps a per-CPU shadow of CR4.  Where
+ *   cr4_update_irqsoff() is exported to every module (5.8 ... 7.1),
+ *   cr4_set_bits()/cr4_clear_bits() update register and shadow together.
+ *   From 7.2 it is exported only to KVM's modules; there we write CR4 with
+ *   vml_write_cr4() inside the IRQs-off window and write back the original
+ *   value before interrupts are enabled again, so the shadow is never
+ *   observed stale (see README, "CR4.VMXE and the kernel's CR4 shadow").
+ *   Kbuild decides by reading the kernel's Module.symvers and defines
+ *   VMLAUNCH_CR4_HELPERS when the helper is usable; `make VMLAUNCH_CR4=raw`
+ *   forces the raw path (for testing it on older kernels).
+ *
+ * - cpuid_ecx(): asm/processor.h up to 6.14, asm/cpuid/api.h from 6.15.
+ *
+ * - intel_pt_handle_vmx(): Intel PT must be told before VMXON on CPUs whose
+ *   PT cannot trace in VMX operation.  Called when exported to us
+ *   (VMLAUNCH_HAVE_PT_HANDLE_VMX, also detected by Kbuild).
+ */
+#ifndef VMLAUNCH_COMPAT_H
+#define VMLAUNCH_COMPAT_H
+
+#include <linux/types.h>
+#include <asm/msr.h>
+#include <asm/processor.h>
+/* cpuid_ecx() moved from asm/processor.h to asm/cpuid/api.h in 6.15. */
+#if defined(__has_include)
+#if __has_include(<asm/cpuid/api.h>)
+#include <asm/cpuid/api.h>
+#endif
+#endif
+#include <asm/processor-flags.h>
+#ifdef VMLAUNCH_CR4_HELPERS
+#include <asm/tlbflush.h>
+#endif
+#ifdef VMLAUNCH_HAVE_PT_HANDLE_VMX
+#include <asm/perf_event.h>
+#endif
+
+#include "vmx_ops.h"
+
+/* Returns 0 or -EIO; *val is 0 when the read faulted. */
+static inline int vml_rdmsr(u32 msr, u64 *val)
+{
+	u32 lo = 0, hi = 0;
+	int err = rdmsr_safe(msr, &lo, &hi);
+
+	*val = err ? 0 : ((u64)hi << 32) | lo;
+	return err ? -EIO : 0;
+}
+
+static inline int vml_wrmsr(u32 msr, u64 val)
+{
+	return wrmsr_safe(msr, (u32)val, (u32)(val >> 32)) ? -EIO : 0;
+}
+
+/*
+ * Set CR4.VMXE.  Must be called with IRQs disabled; @orig is CR4 as read in
+ * the same IRQs-off section.
+ */
+static inline void vml_cr4_set_vmxe(unsigned long orig)
+{
+#ifdef VMLAUNCH_CR4_HELPERS
+	(void)orig;
+	cr4_set_bits(X86_CR4_VMXE);
+#else
+	vml_write_cr4(orig | X86_CR4_VMXE);
+#endif
+}
+
+/* Clear CR4.VMXE again (same IRQs-off section as vml_cr4_set_vmxe()). */
+static inline void vml_cr4_clear_vmxe(unsigned long orig)
+{
+#ifdef VMLAUNCH_CR4_HELPERS
+	(void)orig;
+	cr4_clear_bits(X86_CR4_VMXE);
+#else
+	vml_write_cr4(orig & ~X86_CR4_VMXE);
+#endif
+}
+
+static inline const char *vml_cr4_mode_name(void)
+{
+#ifdef VMLAUNCH_CR4_HELPERS
+	return "helpers";
+#else
+	return "irqsoff_raw";
+#endif
+}
+
+static inline void vml_pt_handle_vmx(int on)
+{
+#ifdef VMLAUNCH_HAVE_PT_HANDLE_VMX
+	intel_pt_handle_vmx(on);
+#else
+	(void)on;
+#endif
+}
+
+#endif /* VMLAUNCH_COMPAT_H */

@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Shared declarations of vmlaunch.ko: per-CPU record, stages, errnos.
+ */
+#ifndef VMLAUNCH_H
+#define VMLAUNCH_H
+
+#include <linux/types.h>
+#include <linux/errno.h>
+#include <linux/mutex.h>
+
+#include "vmx_ops.h"
+
+/* Version of the dmesg line format (docs/contract.md, driver/README.md). */
+#define VML_FORMAT_VERSION	1
+
+/* Upper bound for roundtrips=N: bounds the IRQs-off time of one CPU. */
+#define VML_MAX_ROUNDTRIPS	10000
+
+/* Pages per CPU: VMXON region, VMCS, MSR bitmap, guest stack, GDT copy. */
+enum vml_page {
+	VML_PAGE_VMXON,
+	VML_PAGE_VMCS,
+	VML_PAGE_MSR_BITMAP,
+	VML_PAGE_GUEST_STACK,
+	VML_PAGE_GDT_COPY,
+	VML_NPAGES
+};
+
+/* Stages, in the order they occur (docs/contract.md). */
+enum vml_stage {
+	VML_ST_NONE,
+	VML_ST_CHECK,
+	VML_ST_ALLOC,
+	VML_ST_VMXON,
+	VML_ST_VMCLEAR,
+	VML_ST_VMPTRLD,
+	VML_ST_VMCS,
+	VML_ST_VMLAUNCH,
+	VML_ST_EXIT,
+	VML_ST_VMXOFF,
+	VML_ST_COUNT
+};
+
+enum vml_result {
+	VML_RES_NONE,		/* not attempted */
+	VML_RES_OK,
+	VML_RES_FAIL,
+	VML_RES_DECLINED,
+};
+
+/*
+ * One errno per failure path (README "Errnos").  Declines first, then the
+ * failures in stage order.
+ */
+#define VML_E_NO_VMX		(-ENODEV)	/* CPUID.1:ECX.VMX = 0 */
+#define VML_E_VMX_FLAG_OFF	(-EOPNOTSUPP)	/* kernel cleared X86_FEATURE_VMX */
+#define VML_E_FC_VMX_OFF	(-EACCES)	/* FEATURE_CONTROL locked, VMX off */
+#define VML_E_FC_UNLOCKED	(-ENOLCK)	/* FEATURE_CONTROL not locked */
+#define VML_E_VMX_BUSY		(-EBUSY)	/* CR4.VMXE already set */
+#define VML_E_SHUTDOWN		(-ESHUTDOWN)	/* reboot in progress */
+#define VML_E_VMCS_SIZE		(-E2BIG)	/* VMX_BASIC region size > 4096 */
+#define VML_E_VMCS_MEMTYPE	(-EMEDIUMTYPE)	/* VMX_BASIC memory type != WB */
+#define VML_E_CR0_FIXED		(-ERANGE)	/* CR0 violates VMX_CR0_FIXED0/1 */
+#define VML_E_CR4_FIXED		(-EDOM)		/* CR4 violates VMX_CR4_FIXED0/1 */
+#define VML_E_MSR		(-ENOMSG)	/* a capability MSR read faulted */
+#define VML_E_NOMEM		(-ENOMEM)	/* page allocation */
+#define VML_E_VMXON		(-ENXIO)	/* VMXON failed */
+#define VML_E_VMCLEAR		(-EADDRNOTAVAIL) /* VMCLEAR failed */
+#define VML_E_VMPTRLD		(-EFAULT)	/* VMPTRLD failed */
+#define VML_E_VMWRITE		(-ENOEXEC)	/* VMWRITE of a VMCS field failed */
+#define VML_E_LAUNCH_VALID	(-EIO)		/* VMLAUNCH/VMRESUME VMfailValid */
+#define VML_E_LAUNCH_INVALID	(-EBADF)	/* VMLAUNCH/VMRESUME VMfailInvalid */
+#define VML_E_FAULT		(-EILSEQ)	/* a VMX instruction faulted */
+#define VML_E_ENTRY_FAILURE	(-EPROTO)	/* exit reason bit 31 set */
+#define VML_E_UNEXPECTED_EXIT	(-EBADMSG)	/* exit reason other than VMCALL */
+#define VML_E_VMXOFF		(-EREMOTEIO)	/* VMCLEAR/VMXOFF at teardown failed */
+#define VML_E_PARAM		(-EINVAL)	/* bad module parameter (at load) */
+
+/* break_field= values */
+enum vml_break {
+	VML_BREAK_NONE,
+	VML_BREAK_HOST_ADDR_SPACE_SIZE,
+	VML_BREAK_GUEST_RFLAGS_BIT1,
+};
+
+struct vml_caps {
+	u64 feature_control;
+	u64 basic;
+	u32 revision;
+	u32 region_size;
+	u32 memtype;
+	bool true_ctls;
+	bool physaddr_32bit;
+	u64 pin, proc, exit, entry;	/* allowed0 (low) / allowed1 (high) */
+	u64 cr0_fixed0, cr0_fixed1, cr4_fixed0, cr4_fixed1;
+};
+
+struct vml_controls {
+	u32 pin, proc, exit, entry;
+	bool efer;			/* load/save EFER controls in use */
+	bool msr_bitmap;
+};
+
+/* State of the host, captured in the IRQs-off window. */
+struct vml_host_state {
+	struct vml_host_tables tables;
+	unsigned long cr0, cr3, cr4;	/* cr4 includes VMXE */
+	unsigned long dr7;
+	u64 efer, debugctl;
+	u64 fs_base, gs_base;
+	u64 sysenter_cs, sysenter_esp, sysenter_eip;
+	u64 tr_base;
+};
+
+/* Outcome of one CPU's run, also shown in sysfs. */
+struct vml_cpu {
+	bool attempted;
+	enum vml_stage stage;		/* failing stage, or last stage done */
+	enum vml_result result;
+	int err;			/* 0 or the errno of the failure path */
+	const char *why;		/* identifier for a decline */
+	const char *insn;		/* "vmlaunch" / "vmresume" on a launch failure */
+	int rc;				/* VML_RC_* of the failing instruction */
+	u32 insn_error;			/* VM_INSTRUCTION_ERROR when rc == FAIL_VALID */
+	u32 field;			/* VMCS field of a failed VMWRITE */
+	u32 exit_reason;
+	u64 qual;
+	u32 insn_len;
+	u32 intr_info;
+	unsigned long rip_off;		/* guest RIP - vml_guest_entry */
+	u32 roundtrips;			/* VMRESUME round trips done */
+	u64 cycles_min, cycles_median;
+	int teardown_rc;		/* VML_RC_* of the final VMCLEAR/VMXOFF */
+	const char *teardown_insn;
+	bool vmxe_after;		/* CR4.VMXE after the window */
+	struct vml_caps caps;
+	struct vml_controls ctl;
+	struct vml_host_state host;
+	struct page *pages[VML_NPAGES];
+	u64 *cycles;			/* roundtrips buffer, only during the run */
+};
+
+/* vmlaunch_main.c */
+extern enum vml_break vml_break_field;
+extern unsigned int vml_roundtrips;
+extern struct mutex vml_lock;
+extern bool vml_shutting_down;
+struct vml_cpu *vml_cpu_state(unsigned int cpu);
+const char *vml_break_name(enum vml_break b);
+
+/* vmlaunch_run.c */
+int vml_cpu_run(unsigned int cpu, struct vml_cpu *c);
+unsigned int vml_cpu_free(struct vml_cpu *c);
+void vml_cpu_report(unsigned int cpu, const struct vml_cpu *c);
+const char *vml_stage_name(enum vml_stage s);
+const char *vml_result_name(enum vml_result r);
+const char *vml_rc_kind(int rc);
+const char *vml_cr4_mode(void);
+
+/* vmlaunch_sysfs.c */
+int vml_sysfs_init(void);
+void vml_sysfs_exit(void);
+
+#endif /* VMLAUNCH_H */
