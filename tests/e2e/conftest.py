@@ -1,0 +1,55 @@
+"""Real boots: these tests run the rig for real (Bochs, QEMU/TCG through embedded libvirt)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rig.report import CaseResult, by_cell, read_junit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.slow)
+
+
+@dataclass
+class RigRun:
+    rc: int
+    output: str
+    cells: dict[str, dict[str, CaseResult]]
+    junit: Path
+    runs_dir: Path
+    duration_s: float
+
+
+@pytest.fixture
+def rig(tmp_path: Path):
+    """Run `python -m rig run ...` as a user would; parse its JUnit."""
+    import time
+
+    def run(*args: str, timeout: float = 1500) -> RigRun:
+        junit = tmp_path / "junit.xml"
+        runs = tmp_path / "runs"
+        argv = [sys.executable, "-m", "rig", "run", "--junit", str(junit),
+                "--runs-dir", str(runs), *args]  # fmt: skip
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            argv, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        dt = time.monotonic() - t0
+        out = proc.stdout + proc.stderr
+        print(out[-6000:])
+        cells = by_cell(read_junit(junit)) if junit.exists() else {}
+        return RigRun(proc.returncode, out, cells, junit, runs, dt)
+
+    return run

@@ -1,0 +1,105 @@
+"""Reliability on real boots (QEMU/TCG: fast, and these faults need no VMX).
+
+- a driver that panics or oopses the guest fails its cell within seconds, with the oops text;
+- a driver that hangs fails at the cell timeout with the console tail;
+- a guest that cannot boot, and a broken emulator set-up, are infrastructure errors (exit 3);
+- kill -9 of the rig leaves no QEMU, domain or scratch file behind once `rig clean` ran.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rig.model import Outcome
+
+from .conftest import REPO
+
+DRIVERS = REPO / "tests" / "drivers"
+TCG = ("--lane", "tcg", "--kernel", "6.12", "--cpu", "penryn")
+
+
+def _qemu_guests() -> list[str]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "qemu-system" in cmd and "guest=rig-" in cmd:
+                out.append(cmd)
+    return out
+
+
+def test_panicking_driver_fails_fast_with_the_panic_text(rig) -> None:
+    run = rig(*TCG, "--driver", str(DRIVERS / "panic"))
+    assert run.rc == 1, run.output[-3000:]
+    cell = run.cells["tcg-6.12-penryn"]
+    failed = [s for s, r in cell.items() if r.outcome is Outcome.FAILED]
+    assert failed, {s: r.outcome for s, r in cell.items()}
+    assert "Kernel panic" in cell[failed[0]].message or "panic" in cell[failed[0]].message.lower()
+    assert not any(r.outcome is Outcome.ERROR for r in cell.values())
+    assert not _qemu_guests()
+
+
+def test_oopsing_driver_fails_with_the_oops(rig) -> None:
+    run = rig(*TCG, "--driver", str(DRIVERS / "oops"))
+    assert run.rc == 1, run.output[-3000:]
+    cell = run.cells["tcg-6.12-penryn"]
+    msgs = "\n".join(r.message for r in cell.values() if r.outcome is Outcome.FAILED)
+    assert "NULL pointer" in msgs or "Oops" in msgs or "BUG:" in msgs, msgs
+
+
+def test_hanging_driver_fails_at_the_timeout_with_console_tail(rig) -> None:
+    run = rig(*TCG, "--driver", str(DRIVERS / "hang"), "--timeout", "60")
+    assert run.rc == 1, run.output[-3000:]
+    cell = run.cells["tcg-6.12-penryn"]
+    msgs = "\n".join(r.message for r in cell.values() if r.outcome is Outcome.FAILED)
+    assert "hang" in msgs.lower() or "timeout" in msgs.lower(), msgs
+    assert not _qemu_guests()
+
+
+def test_unbootable_guest_is_an_infrastructure_error(rig, tmp_path: Path) -> None:
+    """A Bochs CPU model that does not exist: the emulator refuses, the driver is not blamed."""
+    matrix = tmp_path / "matrix.yaml"
+    text = (REPO / "matrix.yaml").read_text()
+    broken = text.replace("bochs: core2_penryn_t9600", "bochs: no_such_cpu", 1)
+    assert broken != text
+    matrix.write_text(broken)
+    run = rig("--matrix", str(matrix), "--lane", "bochs", "--kernel", "6.12", "--cpu", "penryn",
+              "--timeout", "60")  # fmt: skip
+    assert run.rc == 3, run.output[-3000:]
+    cell = run.cells["bochs-6.12-penryn"]
+    for stage in ("vmxon", "vmlaunch", "vmcall_exit", "teardown"):
+        assert cell[stage].outcome is Outcome.ERROR, (stage, cell[stage].outcome)
+
+
+def test_kill_9_of_the_rig_leaves_nothing_behind(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    argv = [sys.executable, "-m", "rig", "run", *TCG, "--junit", str(tmp_path / "j.xml"),
+            "--runs-dir", str(runs), "--timeout", "120"]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(runs.glob("*/cells/*/console.txt")):
+        time.sleep(0.5)
+    assert list(runs.glob("*/cells/*/console.txt")), "guest never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # The libvirt child gets SIGTERM from the kernel (parent death) and destroys its domain.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _qemu_guests():
+        time.sleep(0.5)
+    clean = subprocess.run(
+        [sys.executable, "-m", "rig", "clean", "--runs-dir", str(runs)],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "checked 1 dead runs" in clean.stdout, clean.stdout
+    assert not _qemu_guests()
+    scratch = ("boot.iso", "initrd.gz", "child.pid")
+    leftovers = [p.name for p in runs.rglob("*") if p.name in scratch]
+    assert not leftovers, leftovers
