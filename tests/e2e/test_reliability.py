@@ -17,13 +17,13 @@ from pathlib import Path
 
 from rig.model import Outcome
 
-from .conftest import REPO
-
+REPO = Path(__file__).resolve().parents[2]
 DRIVERS = REPO / "tests" / "drivers"
 TCG = ("--lane", "tcg", "--kernel", "6.12", "--cpu", "penryn")
 
 
-def _qemu_guests() -> list[str]:
+def _qemu_guests(runs_dir: Path) -> list[str]:
+    """QEMU processes of guests booted from files of this test's runs (not other runs')."""
     out = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -31,7 +31,7 @@ def _qemu_guests() -> list[str]:
                 cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "qemu-system" in cmd and "guest=rig-" in cmd:
+            if "qemu-system" in cmd and "guest=rig-" in cmd and str(runs_dir) in cmd:
                 out.append(cmd)
     return out
 
@@ -44,7 +44,7 @@ def test_panicking_driver_fails_fast_with_the_panic_text(rig) -> None:
     assert failed, {s: r.outcome for s, r in cell.items()}
     assert "Kernel panic" in cell[failed[0]].message or "panic" in cell[failed[0]].message.lower()
     assert not any(r.outcome is Outcome.ERROR for r in cell.values())
-    assert not _qemu_guests()
+    assert not _qemu_guests(run.runs_dir)
 
 
 def test_oopsing_driver_fails_with_the_oops(rig) -> None:
@@ -61,7 +61,7 @@ def test_hanging_driver_fails_at_the_timeout_with_console_tail(rig) -> None:
     cell = run.cells["tcg-6.12-penryn"]
     msgs = "\n".join(r.message for r in cell.values() if r.outcome is Outcome.FAILED)
     assert "hang" in msgs.lower() or "timeout" in msgs.lower(), msgs
-    assert not _qemu_guests()
+    assert not _qemu_guests(run.runs_dir)
 
 
 def test_unbootable_guest_is_an_infrastructure_error(rig, tmp_path: Path) -> None:
@@ -92,14 +92,14 @@ def test_kill_9_of_the_rig_leaves_nothing_behind(tmp_path: Path) -> None:
     proc.wait()
     # The libvirt child gets SIGTERM from the kernel (parent death) and destroys its domain.
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _qemu_guests():
+    while time.monotonic() < deadline and _qemu_guests(runs):
         time.sleep(0.5)
     clean = subprocess.run(
         [sys.executable, "-m", "rig", "clean", "--runs-dir", str(runs)],
         cwd=REPO, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "checked 1 dead runs" in clean.stdout, clean.stdout
-    assert not _qemu_guests()
+    assert not _qemu_guests(runs)
     scratch = ("boot.iso", "initrd.gz", "child.pid")
     leftovers = [p.name for p in runs.rglob("*") if p.name in scratch]
     assert not leftovers, leftovers
