@@ -217,7 +217,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     for spec in {c.kernel.name: c.kernel for c in cells}.values():
         kernel = arts.kernel(spec)
         build = arts.module(kernel, args.driver.resolve())
-        failed += not build.ok
+        failed += not build.ok or build.warnings > 0
         print(f"{spec.name:6} {spec.abi:28} module {'ok' if build.ok else 'FAILED'}"
               f" ({build.warnings} warnings)")  # fmt: skip
     return int(ExitCode.CHECK_FAILED if failed else ExitCode.OK)

@@ -912,9 +912,14 @@ def _judge_guest(cell: Cell, boot: BootResult, report: GuestReport) -> dict[str,
 def _judge_build(build: ModuleBuild | None) -> StageVerdict:
     if build is None:
         return _v("build", Outcome.ERROR, "no build result: the artifact stage failed")
-    if build.ok:
+    if build.ok and build.warnings:
+        # The driver must build warning-free (objtool included) on every kernel of the matrix.
+        warned = [ln for ln in build.log.splitlines() if "warning:" in ln.lower()][:20]
         n = build.warnings
-        return _v("build", Outcome.PASSED, f"module built ({n} warning{'s' if n != 1 else ''})")
+        reason = f"module built with {n} warning{'s' if n != 1 else ''}: {warned[0].strip()[:200]}"
+        return _v("build", Outcome.FAILED, reason, "\n".join(warned))
+    if build.ok:
+        return _v("build", Outcome.PASSED, "module built (0 warnings)")
     log_lines = build.log.splitlines()
     errors = [ln for ln in log_lines if "error" in ln.lower()][:20]
     tail = log_lines[-30:]

@@ -457,8 +457,11 @@ def test_build_failure_and_missing_build() -> None:
     assert v.build_log == log
     v2 = judge(BOCHS_CELL, None, None)
     assert set(outcomes(v2).values()) == {E}
-    warned = ModuleBuild(name="vmlaunch", ok=True, log="", ko=Path("x.ko"), warnings=3)
-    assert "3 warnings" in judge(BOCHS_CELL, warned, None).stages["build"].reason
+    log = "vmx_ops.o: warning: objtool: vml_launch+0x1c: unannotated intra-function call\n"
+    warned = ModuleBuild(name="vmlaunch", ok=True, log=log, ko=Path("x.ko"), warnings=3)
+    build_verdict = judge(BOCHS_CELL, warned, None).stages["build"]
+    assert build_verdict.outcome is Outcome.FAILED  # warning-free is part of the contract
+    assert "3 warnings" in build_verdict.reason and "objtool" in build_verdict.evidence
     assert outcomes(judge(BOCHS_CELL, warned, None))["vmxon"] is E  # no boot: infrastructure
 
 
