@@ -16,6 +16,8 @@ APT_PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   # guest images: suite chroots, kernel packages, initramfs, boot ISO
   debootstrap dpkg busybox-static cpio kmod grub-pc-bin grub-common xorriso mtools
+  # full-VM guests (--guest vm): image (mmdebstrap, mke2fs -d), per-cell key and seed disk
+  mmdebstrap e2fsprogs openssh-client
   # util-linux gives unshare and setpriv; python3-venv for the .venv
   util-linux python3-venv python3-dev gcc
 )

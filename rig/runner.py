@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rig.artifacts import Artifacts
 from rig.errors import RigError
-from rig.lanes import backend_for
+from rig.lanes import Backend, LibvirtBackend, backend_for
 from rig.model import STAGES, BootSpec, Cell, CellVerdict, ModuleBuild, Outcome, StageVerdict
 from rig.verdict import judge
+from rig.vmguest import VmCellPlan, run_vm_cell
+from rig.vmimage import VmImages
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class CellRunner:
             )
         workdir = self.config.run_dir / "cells" / cell.id
         workdir.mkdir(parents=True, exist_ok=True)
+        if (self.config.guest or cell.lane.guest) == "vm":
+            return self._run_vm(cell, model, backend, workdir)
         timings: dict[str, float] = {}
         build: ModuleBuild | None = None
         try:
@@ -109,3 +113,30 @@ class CellRunner:
             emulator_log=verdict.emulator_log or boot.emulator_log,
             timings=timings,
         )
+
+    def _run_vm(self, cell: Cell, model: str, backend: Backend, workdir: Path) -> CellVerdict:
+        """--guest vm: a full Debian VM over SSH; `build` is the compile inside the guest."""
+        if not isinstance(backend, LibvirtBackend):
+            reason = f"lane {cell.lane.name} cannot run full-VM guests (libvirt lanes only)"
+            return uniform(cell, Outcome.SKIPPED, reason)
+        plan = VmCellPlan(
+            run_id=self.config.run_id,
+            cell_id=cell.id,
+            driver=self.config.driver,
+            cpu_model=model,
+            workdir=workdir,
+            timeout_s=self.config.timeout_s or cell.timeout_s,
+            memory_mib=cell.memory_mib,
+            vcpus=cell.vcpus,
+            module_params=self.config.module_params,
+            repeat=self.config.repeat,
+        )
+        try:
+            t0 = time.monotonic()
+            image = VmImages(self.artifacts.cache, self.artifacts.progress).image(cell.kernel)
+            image_s = time.monotonic() - t0
+            vm = run_vm_cell(plan, image, backend, progress=self.artifacts.progress)
+        except RigError as exc:
+            return uniform(cell, Outcome.ERROR, f"infrastructure: {exc.render()}")
+        verdict = judge(cell, vm.build, vm.boot)
+        return replace(verdict, timings={"image": image_s, **vm.timings, **verdict.timings})

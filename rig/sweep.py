@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 PIDFILES = ("emulator.pid", "child.pid")
-SCRATCH = ("boot.iso", "initrd.gz", "initramfs", "iso", "domain-plan.json")
+SCRATCH = ("boot.iso", "initrd.gz", "initramfs", "iso", "domain-plan.json", "vm")
 
 
 def new_run_id() -> str:

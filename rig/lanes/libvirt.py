@@ -8,10 +8,13 @@ pytest worker, and lets the child hide an unusable /dev/kvm from libvirt: on hos
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,10 +38,36 @@ class DomainPlan:
     timeout_s: float
     hide_kvm: bool
     embed_pool: str  # where the embedded driver's roots live (used when uri == "embed")
+    started: str = ""  # file the child creates once the domain runs ("" = none)
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A virtio-blk disk of a full-VM guest."""
+
+    path: Path
+    fmt: str  # "qcow2" | "raw"
+    target: str  # "vda", "vdb", ...
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class VmDevices:
+    """What a full-VM guest adds to the direct-kernel-boot domain (rig.vmguest)."""
+
+    disks: tuple[Disk, ...] = ()
+    qemu_args: tuple[str, ...] = ()  # <qemu:commandline> arguments (user networking)
+    rng: bool = True  # virtio-rng from the host's /dev/urandom (sshd wants entropy early)
 
 
 def domain_xml(
-    spec: BootSpec, *, name: str, domain_type: str, console: Path, require_vmx: bool
+    spec: BootSpec,
+    *,
+    name: str,
+    domain_type: str,
+    console: Path,
+    require_vmx: bool,
+    vm: VmDevices | None = None,
 ) -> str:
     """The transient domain, built with ElementTree (names and paths are escaped by it)."""
     dom = ET.Element("domain", type=domain_type)
@@ -67,11 +96,78 @@ def domain_xml(
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         ET.SubElement(dom, event).text = "destroy"
     devices = ET.SubElement(dom, "devices")
+    if vm is not None:
+        ET.SubElement(devices, "controller", type="usb", model="none")
+    for disk in vm.disks if vm is not None else ():
+        el = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(el, "driver", name="qemu", type=disk.fmt, cache="unsafe")
+        ET.SubElement(el, "source", file=str(disk.path))
+        ET.SubElement(el, "target", dev=disk.target, bus="virtio")
+        if disk.readonly:
+            ET.SubElement(el, "readonly")
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=str(console))
     ET.SubElement(serial, "target", port="0")
+    if vm is not None and vm.rng:
+        rng = ET.SubElement(devices, "rng", model="virtio")
+        ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
     ET.SubElement(devices, "memballoon", model="none")
+    if vm is not None and vm.qemu_args:
+        # libvirt matches the namespace by its URI; ElementTree declares it on <domain>.
+        cmdline = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+        for arg in vm.qemu_args:
+            ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
     return ET.tostring(dom, encoding="unicode")
+
+
+@dataclass
+class LiveDomain:
+    """A domain running under its libvirt child (see LibvirtBackend.running)."""
+
+    proc: subprocess.Popen[bytes]
+    console: Path
+    result_file: Path
+    started_file: Path
+    child_log: Path
+
+    def ended(self) -> bool:
+        """The child has finished: the domain is gone (powered off, crashed or destroyed)."""
+        return self.proc.poll() is not None
+
+    def started(self) -> bool:
+        return self.started_file.exists()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait for the child to finish; True when it did."""
+        try:
+            self.proc.wait(timeout=max(0.0, timeout_s))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def stop(self) -> None:
+        """Ask the child to destroy the domain now (SIGTERM: it destroys, reports, exits)."""
+        if not self.ended():
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+
+    def result(self) -> BootResult:
+        """How the domain ended, once the child has finished."""
+        child_log = self.child_log.read_text(errors="replace") if self.child_log.exists() else ""
+        if not self.result_file.exists():
+            raise InfraError(
+                f"libvirt child ended without a result (exit {self.proc.returncode}):\n"
+                + tail(child_log, 20)
+            )
+        res = json.loads(self.result_file.read_text())
+        text = self.console.read_text(errors="replace") if self.console.exists() else ""
+        return BootResult(
+            console=text,
+            end=BootEnd(res["end"]),
+            duration_s=float(res["duration_s"]),
+            emulator_log=tail(res.get("emulator_log", "") + "\n" + child_log, 60),
+            detail=res["detail"],
+        )
 
 
 @dataclass(frozen=True)
@@ -95,8 +191,33 @@ class LibvirtBackend:
         return None
 
     def boot(self, spec: BootSpec) -> BootResult:
+        with self.running(spec) as dom:
+            if not dom.wait(spec.timeout_s + 120):
+                log = dom.child_log.read_text(errors="replace")
+                raise InfraError(f"libvirt child did not finish:\n{tail(log)}")
+            return dom.result()
+
+    @contextlib.contextmanager
+    def running(
+        self,
+        spec: BootSpec,
+        *,
+        vm: VmDevices | None = None,
+        extra_s: float = 0.0,
+        stop_grace_s: float = 30.0,
+    ) -> Iterator[LiveDomain]:
+        """Start the domain under its child; on exit make sure it is gone.
+
+        The child watches the console for at most spec.timeout_s + extra_s, then destroys the
+        domain itself. Leaving the block while it still runs asks it to destroy the domain
+        (SIGTERM) and waits stop_grace_s for that; a child that does not finish is killed.
+        """
         wd = spec.workdir
         console = wd / "console.txt"
+        started = wd / "domain-started"
+        result_file = wd / "domain-result.json"
+        for stale in (console, started, result_file):
+            stale.unlink(missing_ok=True)
         # Unique across concurrent runs: the run id (cells/<cell> lives in runs/<run-id>).
         name = f"rig-{wd.parent.parent.name}-{wd.name}"
         plan = DomainPlan(
@@ -108,39 +229,31 @@ class LibvirtBackend:
                 domain_type=self.domain_type,
                 console=console,
                 require_vmx=self.require_vmx,
+                vm=vm,
             ),
             console=str(console),
-            timeout_s=spec.timeout_s,
+            timeout_s=spec.timeout_s + extra_s,
             hide_kvm=self.domain_type == "qemu" and kvm_usable() is not None,
             embed_pool=str(self.embed_pool),
+            started=str(started),
         )
         plan_file = wd / "domain-plan.json"
         plan_file.write_text(json.dumps(asdict(plan)))
-        result_file = wd / "domain-result.json"
         argv = [
             "unshare", "--mount", "--propagation", "private", "--",
             sys.executable, "-m", "rig.lanes.libvirt_child", str(plan_file), str(result_file),
         ]  # fmt: skip
         log = wd / "libvirt-child.log"
-        with owned_process(
-            argv, cwd=wd, stdout=log, pidfile=wd / "child.pid", deathsig="TERM"
-        ) as p:
-            try:
-                p.wait(timeout=spec.timeout_s + 120)
-            except subprocess.TimeoutExpired as exc:
-                raise InfraError(f"libvirt child did not finish:\n{tail(log.read_text())}") from exc
-        child_log = log.read_text(errors="replace")
-        if not result_file.exists():
-            raise InfraError(
-                f"libvirt child ended without a result (exit {p.returncode}):\n"
-                + tail(child_log, 20)
-            )
-        res = json.loads(result_file.read_text())
-        text = console.read_text(errors="replace") if console.exists() else ""
-        return BootResult(
-            console=text,
-            end=BootEnd(res["end"]),
-            duration_s=float(res["duration_s"]),
-            emulator_log=tail(res.get("emulator_log", "") + "\n" + child_log, 60),
-            detail=res["detail"],
-        )
+        try:
+            with owned_process(
+                argv, cwd=wd, stdout=log, pidfile=wd / "child.pid", deathsig="TERM"
+            ) as p:
+                dom = LiveDomain(p, console, result_file, started, log)
+                try:
+                    yield dom
+                finally:
+                    if not dom.ended():
+                        dom.stop()
+                        dom.wait(stop_grace_s)
+        finally:
+            started.unlink(missing_ok=True)

@@ -146,6 +146,8 @@ def main(plan_path: str, out_path: str) -> int:
             stack.callback(conn.close)
             sweep_leftover_domains(conn, libvirt, embedded=plan["uri"] == "embed")
             with transient_domain(conn, plan["domain_xml"]) as dom:
+                if plan.get("started"):
+                    Path(plan["started"]).touch()
 
                 def alive() -> bool:
                     try:

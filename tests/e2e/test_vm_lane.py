@@ -1,0 +1,54 @@
+"""The full-VM lane (`--guest vm`) on QEMU/TCG: a real Debian guest, the driver compiled inside
+it against the guest's own headers, loaded over SSH; the driver declines (no VMX under TCG).
+
+The guest image is built once per kernel and cached (rig.vmimage: about 2 minutes the first
+time); one VM cell then takes 1.5-5 minutes under TCG on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rig.model import Outcome
+
+CELL = "tcg-6.12-penryn"
+VM_SCRATCH = ("overlay.qcow2", "seed.img", "id_ed25519", "id_ed25519.pub", "vm", "child.pid")
+
+
+def _processes_of(run_dir: Path) -> list[str]:
+    """QEMU or libvirt-child processes of this run (other runs may share the machine)."""
+    marks = (f"guest=rig-{run_dir.name}-", str(run_dir))
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if any(m in cmd for m in marks):
+                out.append(cmd)
+    return out
+
+
+def test_vm_guest_compiles_in_the_guest_and_the_driver_declines_under_tcg(rig) -> None:
+    run = rig("--lane", "tcg", "--guest", "vm", "--kernel", "6.12", "--cpu", "penryn")
+    assert run.rc == 0, run.output[-3000:]
+    cell = run.cells[CELL]
+    assert cell["build"].outcome is Outcome.PASSED, cell["build"].message
+    # built by the guest's own kbuild, not the host's toolchain chroot
+    assert "make -C /lib/modules/$(uname -r)/build M=/root/rig/driver" in cell["build"].system_out
+    assert cell["teardown"].outcome is Outcome.PASSED, cell["teardown"].message
+    for stage in ("vmxon", "vmlaunch", "vmcall_exit"):
+        assert cell[stage].outcome is Outcome.SKIPPED, (stage, cell[stage].message)
+        assert "VMX" in cell[stage].message
+    # the transcript came from a real Debian guest over SSH, in the console protocol
+    console = cell["teardown"].system_out
+    assert "RIG-BEGIN" in console and "RIG-END" in console
+    assert "RIG-CPU vmx=0" in console
+    assert "reboot: Power down" in console  # powered off over SSH, not destroyed
+    # nothing left behind: no domain, no QEMU, no libvirt child, no overlay, seed disk or key
+    cell_dir = next(run.runs_dir.glob(f"*/cells/{CELL}"))
+    assert not _processes_of(cell_dir.parent.parent)
+    leftovers = [p.name for p in cell_dir.rglob("*") if p.name in VM_SCRATCH]
+    assert not leftovers, leftovers
+    assert (cell_dir / "console.txt").exists() and (cell_dir / "build.log").exists()
