@@ -58,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-n", dest="jobs", type=_jobs, default="1", help="workers: N or auto")
     run.add_argument("--timeout", type=int, default=None, help="per-cell timeout (seconds)")
     run.add_argument("--param", action="append", default=[], help="module parameter name=value")
-    run.add_argument("--uri", default=None, help="libvirt URI for libvirt lanes (default embedded)")
+    run.add_argument(
+        "--uri", action="append", default=[],
+        help="libvirt URI for libvirt lanes (default: embedded); repeat to spread cells over hosts",
+    )  # fmt: skip
     run.add_argument(
         "--guest", choices=("initramfs", "vm"), default=None,
         help="guest flavour: initramfs appliance or full Debian VM over SSH (default: per lane)",
@@ -153,8 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         argv += ["--rig-param", param]
     if args.timeout:
         argv += ["--rig-timeout", str(args.timeout)]
-    if args.uri:
-        argv += ["--rig-uri", args.uri]
+    for uri in args.uri:
+        argv += ["--rig-uri", uri]
     if args.guest:
         argv += ["--rig-guest", args.guest]
     if args.repeat != 1:

@@ -37,7 +37,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--rig-driver", default="driver", help="driver source tree (default: driver/)")
     g.addoption("--rig-param", action="append", default=[], help="module parameter name=value")
     g.addoption("--rig-timeout", type=int, default=None, help="per-cell timeout in seconds")
-    g.addoption("--rig-uri", default=None, help="libvirt URI for the libvirt lanes")
+    g.addoption(
+        "--rig-uri", action="append", default=[], help="libvirt URI (repeatable: cells spread)"
+    )
     g.addoption(
         "--rig-guest", choices=("initramfs", "vm"), default=None, help="guest flavour override"
     )
@@ -89,7 +91,7 @@ def _runner(config: pytest.Config) -> CellRunner:
                 driver=Path(config.option.rig_driver).resolve(),
                 module_params=tuple(config.option.rig_param),
                 timeout_s=config.option.rig_timeout,
-                uri=config.option.rig_uri,
+                uris=tuple(config.option.rig_uri),
                 guest=config.option.rig_guest,
                 repeat=config.option.rig_repeat,
             ),
@@ -113,31 +115,36 @@ class MatrixFile(pytest.File):
     def collect(self) -> Iterator[pytest.Collector]:
         opt = self.config.option
         matrix = load_matrix(self.path)
-        for cell in matrix.select(lanes=opt.rig_lane, kernels=opt.rig_kernel, cpus=opt.rig_cpu):
-            yield CellNode.from_parent(self, name=cell.id, cell=cell)
+        cells = matrix.select(lanes=opt.rig_lane, kernels=opt.rig_kernel, cpus=opt.rig_cpu)
+        for index, cell in enumerate(cells):
+            yield CellNode.from_parent(self, name=cell.id, cell=cell, index=index)
 
 
 class CellNode(pytest.Collector):
     """One matrix cell: its stages are its children, so `--dist loadscope` keeps them on one
     worker (node ids `matrix.yaml::<cell>::<stage>`; JUnit classname ends with the cell)."""
 
-    def __init__(self, *, cell: Cell, **kw: Any) -> None:
+    def __init__(self, *, cell: Cell, index: int, **kw: Any) -> None:
         super().__init__(**kw)
         self.cell = cell
+        self.index = index
 
     def collect(self) -> Iterator[pytest.Item]:
         for stage in STAGES_ORDER:
-            yield StageItem.from_parent(self, name=stage, cell=self.cell, stage=stage)
+            yield StageItem.from_parent(
+                self, name=stage, cell=self.cell, stage=stage, index=self.index
+            )
 
 
 STAGES_ORDER = ("build", "vmxon", "vmlaunch", "vmcall_exit", "teardown")
 
 
 class StageItem(pytest.Item):
-    def __init__(self, *, cell: Cell, stage: str, **kw: Any) -> None:
+    def __init__(self, *, cell: Cell, stage: str, index: int, **kw: Any) -> None:
         super().__init__(**kw)
         self.cell = cell
         self.stage = stage
+        self.index = index
         self.user_properties += [
             ("cell", cell.id),
             ("lane", cell.lane.name),
@@ -151,7 +158,7 @@ class StageItem(pytest.Item):
     def _verdict(self) -> CellVerdict:
         verdicts = self.config.stash[VERDICTS]
         if self.cell.id not in verdicts:
-            verdicts[self.cell.id] = _runner(self.config).run(self.cell)
+            verdicts[self.cell.id] = _runner(self.config).run(self.cell, self.index)
         return verdicts[self.cell.id]
 
     def setup(self) -> None:
@@ -173,6 +180,9 @@ class StageItem(pytest.Item):
     def _attach(self, verdict: CellVerdict) -> None:
         sv = verdict.stages[self.stage]
         self.user_properties.append(("reason", sv.reason))
+        if self.cell.lane.backend == "libvirt":
+            uri = _runner(self.config).uri_for(self.index) or self.cell.lane.uri or "embed"
+            self.user_properties.append(("uri", uri))
         for key, secs in verdict.timings.items():
             self.user_properties.append((f"time_{key}_s", f"{secs:.1f}"))
         if self.stage == "build" and verdict.build_log:

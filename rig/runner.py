@@ -27,7 +27,9 @@ class RunConfig:
     driver: Path
     module_params: tuple[str, ...] = ()
     timeout_s: int | None = None  # overrides the matrix's per-cell timeout
-    uri: str | None = None  # libvirt connection for the libvirt lanes (None = lane default)
+    # libvirt connections for the libvirt lanes (empty = the lane's default). Cells are spread
+    # over several by their index in the selection: how a team scales out over KVM runners.
+    uris: tuple[str, ...] = ()
     guest: str | None = None  # "initramfs" | "vm": overrides the lane's guest flavour
     repeat: int = 1  # load/unload cycles of the driver in one guest
     keep_images: bool = False
@@ -45,7 +47,10 @@ class CellRunner:
     embed_pool: Path
     timings: dict[str, float] = field(default_factory=dict)
 
-    def run(self, cell: Cell) -> CellVerdict:
+    def uri_for(self, index: int) -> str | None:
+        return self.config.uris[index % len(self.config.uris)] if self.config.uris else None
+
+    def run(self, cell: Cell, index: int = 0) -> CellVerdict:
         if cell.skip_reason:
             return uniform(cell, Outcome.SKIPPED, cell.skip_reason)
         model = cell.cpu_model
@@ -53,7 +58,7 @@ class CellRunner:
             return uniform(
                 cell, Outcome.SKIPPED, f"lane {cell.lane.name} has no model for {cell.cpu.name}"
             )
-        backend = backend_for(cell.lane, embed_pool=self.embed_pool, uri=self.config.uri)
+        backend = backend_for(cell.lane, embed_pool=self.embed_pool, uri=self.uri_for(index))
         why = backend.unavailable()
         if why is not None:
             return uniform(

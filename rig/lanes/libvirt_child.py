@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from rig.lanes.base import ConsoleWatch, watch_console
 from rig.model import BootEnd
@@ -141,6 +142,12 @@ def main(plan_path: str, out_path: str) -> int:
             if uri == "embed":
                 root = stack.enter_context(embed_slot(Path(plan["embed_pool"])))
                 uri = f"qemu:///embed?root={root}"
+            elif uri.startswith("qemu:///embed?"):
+                # An embedded root named by the user: give it the same configuration.
+                named = parse_qs(urlsplit(uri).query).get("root", [""])[0]
+                if named:
+                    (Path(named) / "etc").mkdir(parents=True, exist_ok=True)
+                    (Path(named) / "etc/qemu.conf").write_text(qemu_conf())
             stack.enter_context(event_loop(libvirt))
             conn = libvirt.open(uri)
             stack.callback(conn.close)
