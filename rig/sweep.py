@@ -87,7 +87,7 @@ def sweep(runs_root: Path) -> Sweep:
                     continue
                 with contextlib.suppress(ValueError, OSError):
                     pid = int(pidfile.read_text().strip())
-                    if str(cell_dir) in _cmdline(pid) or _cmdline(pid).find(cell_dir.name) >= 0:
+                    if str(cell_dir) in _cmdline(pid):  # never a recycled pid of someone else
                         with contextlib.suppress(ProcessLookupError):
                             os.killpg(pid, signal.SIGKILL)
                             result.processes_killed += 1
@@ -124,3 +124,14 @@ def sweep_embed_pool(pool: Path) -> int:
                         os.kill(pid, signal.SIGKILL)
                         killed += 1
     return killed
+
+
+def processes_mentioning(*marks: str) -> list[tuple[int, str]]:
+    """(pid, command line) of every process whose command line contains one of `marks`."""
+    found: list[tuple[int, str]] = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            cmd = _cmdline(int(proc.name))
+            if cmd and any(m in cmd for m in marks):
+                found.append((int(proc.name), cmd))
+    return found

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from rig.model import Outcome
+from rig.sweep import processes_mentioning
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVERS = REPO / "tests" / "drivers"
@@ -24,16 +25,7 @@ TCG = ("--lane", "tcg", "--kernel", "6.12", "--cpu", "penryn")
 
 def _qemu_guests(runs_dir: Path) -> list[str]:
     """QEMU processes of guests booted from files of this test's runs (not other runs')."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "qemu-system" in cmd and "guest=rig-" in cmd and str(runs_dir) in cmd:
-                out.append(cmd)
-    return out
+    return [cmd for _pid, cmd in processes_mentioning(str(runs_dir)) if "qemu-system" in cmd]
 
 
 def test_panicking_driver_fails_fast_with_the_panic_text(rig) -> None:

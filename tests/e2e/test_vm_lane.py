@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rig.model import Outcome
+from rig.sweep import processes_mentioning
 
 CELL = "tcg-6.12-penryn"
 VM_SCRATCH = ("overlay.qcow2", "seed.img", "id_ed25519", "id_ed25519.pub", "vm", "child.pid")
@@ -18,16 +19,7 @@ VM_SCRATCH = ("overlay.qcow2", "seed.img", "id_ed25519", "id_ed25519.pub", "vm",
 def _processes_of(run_dir: Path) -> list[str]:
     """QEMU or libvirt-child processes of this run (other runs may share the machine)."""
     marks = (f"guest=rig-{run_dir.name}-", str(run_dir))
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if any(m in cmd for m in marks):
-                out.append(cmd)
-    return out
+    return [cmd for _pid, cmd in processes_mentioning(*marks)]
 
 
 def test_vm_guest_compiles_in_the_guest_and_the_driver_declines_under_tcg(rig) -> None:
