@@ -23,6 +23,11 @@
  * - intel_pt_handle_vmx(): Intel PT must be told before VMXON on CPUs whose
  *   PT cannot trace in VMX operation.  Called when exported to us
  *   (VMLAUNCH_HAVE_PT_HANDLE_VMX, also detected by Kbuild).
+ *
+ * - syscore: register_syscore_ops(struct syscore_ops *) with callbacks
+ *   without arguments (5.10, 6.1); register_syscore(struct syscore *) with
+ *   a data pointer in newer kernels (Debian 6.12.117, 7.2, 7.3).  Kbuild
+ *   defines VMLAUNCH_SYSCORE_DATA when register_syscore is exported.
  */
 #ifndef VMLAUNCH_COMPAT_H
 #define VMLAUNCH_COMPAT_H
@@ -83,6 +88,16 @@ static inline void vml_cr4_clear_vmxe(unsigned long orig)
 	cr4_clear_bits(X86_CR4_VMXE);
 #else
 	vml_write_cr4(orig & ~X86_CR4_VMXE);
+#endif
+}
+
+/* True where CR4.VMXE may stay set with IRQs on (hold mode possible). */
+static inline bool vml_cr4_helpers(void)
+{
+#ifdef VMLAUNCH_CR4_HELPERS
+	return true;
+#else
+	return false;
 #endif
 }
 

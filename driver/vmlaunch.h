@@ -113,6 +113,33 @@ struct vml_host_state {
 	u64 tr_base;
 };
 
+/*
+ * Where VMX operation of a CPU was left, or is being left (README "Design").
+ * VML_AT_LAUNCH: at the end of the IRQs-off launch window (irqsoff_raw mode,
+ * hold_vmx=0, or a failed launch); the others: by vml_cpu_release().
+ */
+enum vml_at {
+	VML_AT_NONE,		/* never entered VMX operation */
+	VML_AT_LAUNCH,
+	VML_AT_UNLOAD,		/* rmmod: cpuhp_remove_state() */
+	VML_AT_ROLLBACK,	/* a later CPU failed during init */
+	VML_AT_HOTPLUG,		/* CPU hot-unplug (cpuhp offline callback) */
+	VML_AT_REBOOT,		/* reboot notifier (reboot, halt, power-off, kexec) */
+	VML_AT_SUSPEND,		/* syscore suspend (system sleep, hibernation) */
+};
+
+/* Outcome of vml_cpu_release() on one CPU (reported by vml_report_release()). */
+struct vml_release {
+	enum vml_at at;
+	bool held;		/* the CPU was in VMX operation (ours) */
+	bool lost;		/* held, but CR4.VMXE was found clear */
+	bool vmxe;		/* CR4.VMXE afterwards, read from the register */
+	int rc;			/* VML_RC_* of the first failing instruction */
+	const char *insn;	/* "vmclear" / "vmxoff", NULL if none failed */
+	int ipi_err;		/* smp_call_function_single() failed */
+	bool unreported;	/* set by the release, cleared by the report */
+};
+
 /* Outcome of one CPU's run, also shown in sysfs. */
 struct vml_cpu {
 	bool attempted;
@@ -134,6 +161,15 @@ struct vml_cpu {
 	int teardown_rc;		/* VML_RC_* of the final VMCLEAR/VMXOFF */
 	const char *teardown_insn;
 	bool vmxe_after;		/* CR4.VMXE after the window */
+	/*
+	 * In VMX operation on our VMXON region: from a successful VMXON to a
+	 * successful VMXOFF.  After a successful launch in hold mode it stays
+	 * true (VMX held, our VMCS current) until vml_cpu_release().  While
+	 * it is true the VMXON region and the VMCS are never freed.
+	 */
+	bool vmx_on;
+	enum vml_at left_at;		/* where VMX operation was left */
+	struct vml_release rel;
 	struct vml_caps caps;
 	struct vml_controls ctl;
 	struct vml_host_state host;
@@ -146,12 +182,17 @@ extern enum vml_break vml_break_field;
 extern unsigned int vml_roundtrips;
 extern struct mutex vml_lock;
 extern bool vml_shutting_down;
+extern bool vml_hold;		/* keep VMX on after the launch (hold_vmx=) */
 struct vml_cpu *vml_cpu_state(unsigned int cpu);
 const char *vml_break_name(enum vml_break b);
 
 /* vmlaunch_run.c */
 int vml_cpu_run(unsigned int cpu, struct vml_cpu *c);
 unsigned int vml_cpu_free(struct vml_cpu *c);
+void vml_cpu_release(struct vml_cpu *c, enum vml_at at);
+void vml_report_release(unsigned int cpu, struct vml_cpu *c);
+const char *vml_at_name(enum vml_at at);
+bool vml_can_hold(void);
 void vml_cpu_report(unsigned int cpu, const struct vml_cpu *c);
 const char *vml_stage_name(enum vml_stage s);
 const char *vml_result_name(enum vml_result r);

@@ -3,7 +3,8 @@
  * vmlaunch.ko: launch a guest that mirrors the host on every online CPU,
  * take its VMCALL exit, report each step on the kernel log.
  *
- * Module init/exit, parameters, CPU hotplug and reboot notifier.
+ * Module init/exit, parameters, CPU hotplug (online: launch; offline: VMX
+ * teardown), reboot notifier and syscore suspend.
  * See README.md for the design and the exact dmesg format.
  */
 #define pr_fmt(fmt) "vmlaunch: " fmt
@@ -18,6 +19,8 @@
 #include <linux/notifier.h>
 #include <linux/string.h>
 #include <linux/mutex.h>
+#include <linux/smp.h>
+#include <linux/syscore_ops.h>
 
 #include "vmlaunch.h"
 #include "compat.h"
@@ -32,7 +35,13 @@ module_param_named(roundtrips, vml_roundtrips, uint, 0444);
 MODULE_PARM_DESC(roundtrips,
 		 "After the first VMCALL exit, VMRESUME the guest N more times (0..10000) and report min/median cycles per round trip");
 
+static char hold_vmx[8] = "auto";
+module_param_string(hold_vmx, hold_vmx, sizeof(hold_vmx), 0444);
+MODULE_PARM_DESC(hold_vmx,
+		 "Keep VMX on between load and rmmod: auto (default: yes where cr4_mode=helpers), 0 (leave VMX inside the launch window everywhere), 1 (needs cr4_mode=helpers)");
+
 enum vml_break vml_break_field = VML_BREAK_NONE;
+bool vml_hold;
 
 DEFINE_MUTEX(vml_lock);		/* per-CPU records, launches, shutdown flag */
 bool vml_shutting_down;
@@ -42,6 +51,7 @@ static bool vml_in_init;	/* cpuhp_setup_state() running */
 static bool vml_unloading;	/* cpuhp_remove_state() running */
 static unsigned int vml_pages_freed;
 static int vml_hp_state = -1;
+static bool vml_syscore_registered;
 
 static const char *const break_names[] = {
 	[VML_BREAK_NONE] = "none",
@@ -97,34 +107,56 @@ static int vml_cpu_online(unsigned int cpu)
 	return err;
 }
 
+/* IPI / local call: release VMX on the CPU this runs on (IRQs off). */
+static void vml_release_this_cpu(void *at)
+{
+	vml_cpu_release(vml_cpu_state(smp_processor_id()),
+			(enum vml_at)(unsigned long)at);
+}
+
+/* Same, but only where VMX is held (reboot: other CPUs keep their record). */
+static void vml_release_this_cpu_if_held(void *at)
+{
+	struct vml_cpu *c = vml_cpu_state(smp_processor_id());
+
+	if (c->vmx_on)
+		vml_cpu_release(c, (enum vml_at)(unsigned long)at);
+}
+
 /*
- * cpuhp "offline" callback: runs on @cpu at rmmod, at CPU hot-unplug, and
- * for the CPUs already done when a later CPU fails during init (rollback).
- * VMX was already left inside the launch window, so there is no VMXOFF to
- * execute: we verify CR4.VMXE and free the CPU's pages.
+ * cpuhp "offline" callback: runs at rmmod, at CPU hot-unplug, and for the
+ * CPUs already done when a later CPU fails during init (rollback).  In hold
+ * mode this is where VMCLEAR + VMXOFF + CR4.VMXE clear happen on @cpu; in
+ * window mode VMX was already left at load and only CR4 is checked.  The
+ * work runs on @cpu with IRQs off (smp_call_function_single() runs it
+ * locally: the callback is invoked in @cpu's own hotplug thread).
  */
 static int vml_cpu_offline(unsigned int cpu)
 {
 	struct vml_cpu *c = vml_cpu_state(cpu);
-	const char *at = vml_unloading ? "unload" : vml_in_init ? "rollback" : "hotplug";
-	bool vmxe;
+	enum vml_at at = vml_unloading ? VML_AT_UNLOAD :
+			 vml_in_init ? VML_AT_ROLLBACK : VML_AT_HOTPLUG;
 	unsigned int n;
+	int ret;
 
 	mutex_lock(&vml_lock);
 	if (c->attempted)
-		pr_info("cpu=%u status info stage=%s result=%s errno=%d reason=0x%x roundtrips=%u\n",
+		pr_info("cpu=%u status info stage=%s result=%s errno=%d reason=0x%x roundtrips=%u held=%d\n",
 			cpu, vml_stage_name(c->stage), vml_result_name(c->result),
-			c->err, c->exit_reason, c->roundtrips);
+			c->err, c->exit_reason, c->roundtrips, c->vmx_on);
 
-	vmxe = !!(vml_read_cr4() & X86_CR4_VMXE);
-	if (vmxe)
-		pr_info("cpu=%u vmxoff info cr4.vmxe=1 at=%s owner=other -- CR4.VMXE is set by another VMX user now, not by vmlaunch; left alone\n",
-			cpu, at);
-	else
-		pr_info("cpu=%u vmxoff ok cr4.vmxe=0 at=%s -- VMX was left inside the launch window (vmxoff at load); nothing held\n",
-			cpu, at);
+	ret = smp_call_function_single(cpu, vml_release_this_cpu,
+				       (void *)(unsigned long)at, 1);
+	if (ret) {
+		memset(&c->rel, 0, sizeof(c->rel));
+		c->rel.at = at;
+		c->rel.held = c->vmx_on;
+		c->rel.ipi_err = ret;
+		c->rel.unreported = true;
+	}
+	vml_report_release(cpu, c);
 
-	n = vml_cpu_free(c);
+	n = vml_cpu_free(c);	/* keeps VMXON region + VMCS if still in VMX */
 	vml_pages_freed += n;
 	if (!vml_unloading && !vml_in_init)
 		pr_info("cpu=%u freed ok pages=%u -- CPU %u going offline\n", cpu, n, cpu);
@@ -133,17 +165,35 @@ static int vml_cpu_offline(unsigned int cpu)
 }
 
 /*
- * Reboot/halt/power-off.  VMX is only ever on inside a launch window, which
- * runs with IRQs off under vml_lock; taking the lock waits for a window in
- * progress to end, and the flag stops new ones.  No CPU can be left in VMX
- * operation afterwards, so there is nothing to VMXOFF on other CPUs.
+ * Reboot, halt, power-off and kexec (kernel_restart_prepare() and friends
+ * call the reboot notifiers).  Taking vml_lock waits for a launch or a
+ * teardown in progress in some CPU's hotplug thread; the flag stops new
+ * launches.  In hold mode every CPU still in VMX operation leaves it now:
+ * on_each_cpu() runs the release on each online CPU with IRQs off.  A CPU
+ * that is offline holds nothing (its offline callback released it); one
+ * that comes online later declines (shutting_down).
  */
 static int vml_reboot(struct notifier_block *nb, unsigned long code, void *unused)
 {
+	unsigned int cpu, held = 0;
+
 	mutex_lock(&vml_lock);
 	vml_shutting_down = true;
+	if (vml_hold) {
+		on_each_cpu(vml_release_this_cpu_if_held,
+			    (void *)(unsigned long)VML_AT_REBOOT, 1);
+		for_each_possible_cpu(cpu) {
+			struct vml_cpu *c = vml_cpu_state(cpu);
+
+			if (c->rel.unreported && c->rel.at == VML_AT_REBOOT) {
+				held++;
+				vml_report_release(cpu, c);
+			}
+		}
+	}
 	mutex_unlock(&vml_lock);
-	pr_info("cpu=- status info event=reboot -- launches blocked; no CPU holds VMX (vmxoff is done inside each launch window)\n");
+	pr_info("cpu=- status info event=reboot hold=%d released=%u -- launches blocked; VMX turned off on %u CPU(s) that held it\n",
+		vml_hold, held, held);
 	return NOTIFY_DONE;
 }
 
@@ -151,31 +201,115 @@ static struct notifier_block vml_reboot_nb = {
 	.notifier_call = vml_reboot,
 };
 
-/* Returns the errno; *param names the offending parameter. */
-static int vml_parse_params(const char **param)
+/*
+ * System sleep / hibernation (hold mode only).  Non-boot CPUs go through
+ * the cpuhp offline callback first (at=hotplug); the syscore suspend
+ * callback then runs on the last CPU with IRQs off and nothing else
+ * running, so no lock is taken.  VMX is not re-entered at resume: the
+ * CPUs brought back online relaunch through the online callback, the boot
+ * CPU stays out of VMX operation (rmmod reports held=0 for it).
+ */
+static int vml_suspend(void)
+{
+	unsigned int cpu = smp_processor_id();
+	struct vml_cpu *c = vml_cpu_state(cpu);
+
+	if (c->vmx_on) {
+		vml_cpu_release(c, VML_AT_SUSPEND);
+		vml_report_release(cpu, c);
+	}
+	return 0;
+}
+
+#ifdef VMLAUNCH_SYSCORE_DATA
+static int vml_syscore_suspend(void *data)
+{
+	return vml_suspend();
+}
+
+static const struct syscore_ops vml_syscore_ops = {
+	.suspend = vml_syscore_suspend,
+};
+
+static struct syscore vml_syscore = {
+	.ops = &vml_syscore_ops,
+};
+
+static void vml_syscore_register(void)
+{
+	register_syscore(&vml_syscore);
+}
+
+static void vml_syscore_unregister(void)
+{
+	unregister_syscore(&vml_syscore);
+}
+#else
+static struct syscore_ops vml_syscore_ops = {
+	.suspend = vml_suspend,
+};
+
+static void vml_syscore_register(void)
+{
+	register_syscore_ops(&vml_syscore_ops);
+}
+
+static void vml_syscore_unregister(void)
+{
+	unregister_syscore_ops(&vml_syscore_ops);
+}
+#endif
+
+/*
+ * Returns the errno; *param names the first offending parameter.  Every
+ * parameter is parsed, so the load line can show each one's value.
+ */
+static int vml_parse_params(const char **param, bool *hold_ok)
 {
 	size_t i;
 
+	*param = NULL;
 	for (i = 0; i < ARRAY_SIZE(break_names); i++) {
 		if (sysfs_streq(break_field, break_names[i])) {
 			vml_break_field = i;
 			break;
 		}
 	}
-	if (i == ARRAY_SIZE(break_names)) {
+	if (i == ARRAY_SIZE(break_names))
 		*param = "break_field";
-		return VML_E_PARAM;
-	}
-	if (vml_roundtrips > VML_MAX_ROUNDTRIPS) {
+	if (vml_roundtrips > VML_MAX_ROUNDTRIPS && !*param)
 		*param = "roundtrips";
-		return VML_E_PARAM;
+
+	*hold_ok = true;
+	if (sysfs_streq(hold_vmx, "auto"))
+		vml_hold = vml_can_hold();
+	else if (sysfs_streq(hold_vmx, "0"))
+		vml_hold = false;
+	else if (sysfs_streq(hold_vmx, "1") && vml_can_hold())
+		vml_hold = true;
+	else
+		*hold_ok = false;
+	if (!*hold_ok) {
+		vml_hold = false;
+		if (!*param)
+			*param = "hold_vmx";
 	}
-	return 0;
+	return *param ? VML_E_PARAM : 0;
+}
+
+static const char *vml_param_hint(const char *param)
+{
+	if (!strcmp(param, "break_field"))
+		return "none|host_addr_space_size|guest_rflags_bit1";
+	if (!strcmp(param, "roundtrips"))
+		return "0..10000";
+	return vml_can_hold() ? "auto|0|1" : "auto|0; 1 needs cr4_mode=helpers";
 }
 
 static int __init vml_init(void)
 {
 	const char *param = NULL;
+	bool hold_ok;
 	int ret;
 
 	BUILD_BUG_ON(offsetof(struct vml_host_tables, gdt.limit) != VML_HT_GDT + VML_HT_DT_LIMIT);
@@ -191,14 +325,15 @@ static int __init vml_init(void)
 	BUILD_BUG_ON(offsetof(struct vml_host_tables, ldtr) != VML_HT_LDTR);
 	BUILD_BUG_ON(sizeof(struct vml_host_tables) != VML_HT_SIZE);
 
-	ret = vml_parse_params(&param);
-	pr_info("cpu=- load info version=%d break=%s roundtrips=%u cr4_mode=%s cpus=%u -- vmlaunch loading\n",
+	ret = vml_parse_params(&param, &hold_ok);
+	pr_info("cpu=- load info version=%d break=%s roundtrips=%u cr4_mode=%s hold=%s cpus=%u -- vmlaunch loading\n",
 		VML_FORMAT_VERSION,
 		param && !strcmp(param, "break_field") ? "invalid" : vml_break_name(vml_break_field),
-		vml_roundtrips, vml_cr4_mode(), num_online_cpus());
+		vml_roundtrips, vml_cr4_mode(),
+		!hold_ok ? "invalid" : vml_hold ? "1" : "0", num_online_cpus());
 	if (ret) {
-		pr_err("cpu=- load FAIL errno=%d param=%s -- FAIL: invalid value for %s (break_field: none|host_addr_space_size|guest_rflags_bit1; roundtrips: 0..%u)\n",
-		       ret, param, param, VML_MAX_ROUNDTRIPS);
+		pr_err("cpu=- load FAIL errno=%d param=%s -- FAIL: invalid value for %s (%s)\n",
+		       ret, param, param, vml_param_hint(param));
 		goto out_freed;
 	}
 
@@ -208,12 +343,19 @@ static int __init vml_init(void)
 		goto out_freed;
 	}
 	register_reboot_notifier(&vml_reboot_nb);
+	if (vml_hold) {
+		vml_syscore_register();
+		vml_syscore_registered = true;
+	}
 
 	vml_in_init = true;
 	ret = cpuhp_setup_state(CPUHP_AP_ONLINE_DYN, "vmlaunch:online",
 				vml_cpu_online, vml_cpu_offline);
 	vml_in_init = false;
 	if (ret < 0) {
+		if (vml_syscore_registered)
+			vml_syscore_unregister();
+		vml_syscore_registered = false;
 		unregister_reboot_notifier(&vml_reboot_nb);
 		vml_sysfs_exit();
 		goto out_freed;
@@ -233,7 +375,9 @@ static void __exit vml_exit(void)
 	vml_unloading = true;
 	vml_pages_freed = 0;	/* count what the unload itself frees */
 	mutex_unlock(&vml_lock);
-	cpuhp_remove_state(vml_hp_state);
+	cpuhp_remove_state(vml_hp_state);	/* VMXOFF on each CPU (hold mode) */
+	if (vml_syscore_registered)
+		vml_syscore_unregister();
 	unregister_reboot_notifier(&vml_reboot_nb);
 	vml_sysfs_exit();
 	pr_info("cpu=- freed ok pages=%u -- freed %u pages\n", vml_pages_freed,

@@ -2,7 +2,12 @@
 /*
  * One CPU's run: check, allocate, then in one IRQs-off window
  * CR4.VMXE -> VMXON -> VMCLEAR -> VMPTRLD -> VMCS -> VMLAUNCH -> VMCALL exit
- * [-> VMRESUME round trips] -> VMCLEAR -> VMXOFF -> CR4.VMXE cleared.
+ * [-> VMRESUME round trips], then either
+ *   - hold mode (cr4_mode=helpers, hold_vmx=auto|1): nothing more; VMX stays
+ *     on (VMXON held, our VMCS current) until vml_cpu_release() runs on the
+ *     CPU at rmmod, CPU offline, reboot or suspend; or
+ *   - window mode (irqsoff_raw, hold_vmx=0) and every failure path:
+ *     VMCLEAR -> VMXOFF -> CR4.VMXE cleared before the window ends.
  * Nothing is printed inside the window; vml_cpu_report() prints the
  * outcome afterwards.
  */
@@ -72,6 +77,27 @@ const char *vml_cr4_mode(void)
 	return vml_cr4_mode_name();
 }
 
+/* VMX can be held with IRQs on only where the CR4 shadow is kept true. */
+bool vml_can_hold(void)
+{
+	return vml_cr4_helpers();
+}
+
+static const char *const at_names[] = {
+	[VML_AT_NONE]     = "none",
+	[VML_AT_LAUNCH]   = "launch",
+	[VML_AT_UNLOAD]   = "unload",
+	[VML_AT_ROLLBACK] = "rollback",
+	[VML_AT_HOTPLUG]  = "hotplug",
+	[VML_AT_REBOOT]   = "reboot",
+	[VML_AT_SUSPEND]  = "suspend",
+};
+
+const char *vml_at_name(enum vml_at at)
+{
+	return at < ARRAY_SIZE(at_names) ? at_names[at] : "none";
+}
+
 static int vml_alloc(unsigned int cpu, struct vml_cpu *c)
 {
 	gfp_t gfp = GFP_KERNEL | __GFP_ZERO;
@@ -113,11 +139,20 @@ unsigned int vml_cpu_free(struct vml_cpu *c)
 	int i;
 
 	for (i = 0; i < VML_NPAGES; i++) {
-		if (c->pages[i]) {
-			__free_page(c->pages[i]);
+		if (!c->pages[i])
+			continue;
+		/*
+		 * Still in VMX operation (a VMXOFF failed): the processor may
+		 * still use the VMXON region and the VMCS.  Leak them rather
+		 * than hand them back to the page allocator.
+		 */
+		if (c->vmx_on && (i == VML_PAGE_VMXON || i == VML_PAGE_VMCS)) {
 			c->pages[i] = NULL;
-			n++;
+			continue;
 		}
+		__free_page(c->pages[i]);
+		c->pages[i] = NULL;
+		n++;
 	}
 	kvfree(c->cycles);
 	c->cycles = NULL;
@@ -249,6 +284,7 @@ static int vml_window(struct vml_cpu *c)
 		err = vml_fail(c, VML_ST_VMXON, rc, VML_E_VMXON);
 		goto out_cr4;
 	}
+	c->vmx_on = true;
 
 	c->stage = VML_ST_VMCLEAR;
 	rc = vml_vmclear(&vmcs_pa);
@@ -278,6 +314,18 @@ static int vml_window(struct vml_cpu *c)
 	if (!err && vml_roundtrips)
 		err = vml_roundtrip_loop(c);
 
+	if (!err && vml_hold) {
+		/*
+		 * Hold mode: stay in VMX operation with this VMCS current (and
+		 * launched), as KVM keeps its VMCSs loaded.  CR4.VMXE was set
+		 * with cr4_set_bits(), so the kernel's CR4 shadow has it and
+		 * every later CR4 write keeps it.  vml_cpu_release() does the
+		 * VMCLEAR, VMXOFF and cr4_clear_bits() on this CPU later.
+		 */
+		c->vmxe_after = !!(vml_read_cr4() & X86_CR4_VMXE);
+		return 0;
+	}
+
 out_vmclear:
 	c->teardown_insn = "vmclear";
 	c->teardown_rc = vml_vmclear(&vmcs_pa);
@@ -294,8 +342,10 @@ out_vmxoff:
 	 */
 	if (rc != VML_RC_OK)
 		goto out_pt;
+	c->vmx_on = false;
 out_cr4:
 	vml_cr4_clear_vmxe(cr4);
+	c->left_at = VML_AT_LAUNCH;
 out_pt:
 	vml_pt_handle_vmx(0);
 	c->vmxe_after = !!(vml_read_cr4() & X86_CR4_VMXE);
@@ -306,6 +356,128 @@ out_pt:
 		err = c->err;
 	}
 	return err;
+}
+
+/*
+ * Leave the VMX operation held since the launch (hold mode): VMCLEAR our
+ * VMCS (writes any processor-cached VMCS data back and makes it not current),
+ * VMXOFF, cr4_clear_bits(X86_CR4_VMXE), intel_pt_handle_vmx(0).  Must run on
+ * the CPU concerned with IRQs off: from smp_call_function_single() or
+ * on_each_cpu() (cpuhp offline, reboot notifier) or from the syscore
+ * suspend callback.  On a CPU that holds nothing it only reads CR4.  The
+ * outcome goes to c->rel; vml_report_release() prints it afterwards.
+ */
+void vml_cpu_release(struct vml_cpu *c, enum vml_at at)
+{
+	struct vml_release *r = &c->rel;
+	u64 vmcs_pa;
+	int rc;
+
+	memset(r, 0, sizeof(*r));
+	r->at = at;
+	r->held = c->vmx_on;
+	r->unreported = true;
+	if (!c->vmx_on)
+		goto out;
+
+	if (!(vml_read_cr4() & X86_CR4_VMXE)) {
+		/*
+		 * CR4.VMXE cannot be cleared in VMX operation, so someone else
+		 * has executed VMXOFF on this CPU.  Nothing to undo but PT.
+		 */
+		r->lost = true;
+		c->vmx_on = false;
+		c->left_at = at;
+		vml_pt_handle_vmx(0);
+		goto out;
+	}
+
+	vmcs_pa = page_to_phys(c->pages[VML_PAGE_VMCS]);
+	rc = vml_vmclear(&vmcs_pa);
+	if (rc != VML_RC_OK) {
+		r->insn = "vmclear";
+		r->rc = rc;
+	}
+	rc = vml_vmxoff();
+	if (rc != VML_RC_OK) {
+		/* Still in VMX operation: clearing CR4.VMXE would #GP. */
+		if (!r->insn) {
+			r->insn = "vmxoff";
+			r->rc = rc;
+		}
+		goto out;
+	}
+	c->vmx_on = false;
+	vml_cr4_clear_vmxe(vml_read_cr4());
+	vml_pt_handle_vmx(0);
+	c->left_at = at;
+out:
+	r->vmxe = !!(vml_read_cr4() & X86_CR4_VMXE);
+}
+
+/* Why a CPU that holds nothing has nothing to turn off (free text). */
+static void vml_not_held_why(unsigned int cpu, const struct vml_cpu *c,
+			     char *buf, size_t size)
+{
+	switch (c->left_at) {
+	case VML_AT_LAUNCH:
+		if (c->err)
+			scnprintf(buf, size, "VMX was left at load (the launch failed, errno=%d)",
+				  c->err);
+		else if (!vml_can_hold())
+			scnprintf(buf, size, "VMX was left at load (%s mode)",
+				  vml_cr4_mode());
+		else
+			scnprintf(buf, size, "VMX was left at load (hold_vmx=0)");
+		break;
+	case VML_AT_NONE:
+		if (c->attempted)
+			scnprintf(buf, size, "CPU %u never entered VMX operation (stage=%s result=%s)",
+				  cpu, vml_stage_name(c->stage),
+				  vml_result_name(c->result));
+		else
+			scnprintf(buf, size, "CPU %u never ran a launch", cpu);
+		break;
+	default:
+		scnprintf(buf, size, "VMX was already left at %s",
+			  vml_at_name(c->left_at));
+		break;
+	}
+}
+
+/* Print the outcome of vml_cpu_release() (IRQs may be off: printk only). */
+void vml_report_release(unsigned int cpu, struct vml_cpu *c)
+{
+	struct vml_release *r = &c->rel;
+	const char *at = vml_at_name(r->at);
+	char why[96];
+
+	if (!r->unreported)
+		return;
+	r->unreported = false;
+
+	if (r->ipi_err) {
+		pr_err("cpu=%u vmxoff FAIL errno=%d held=%d at=%s -- FAIL: could not run the teardown on CPU %u (errno=%d)\n",
+		       cpu, VML_E_VMXOFF, r->held, at, cpu, r->ipi_err);
+	} else if (r->lost) {
+		pr_err("cpu=%u vmxoff FAIL errno=%d cr4.vmxe=%d held=1 at=%s -- FAIL: CPU %u held VMX since load but CR4.VMXE was clear: another agent left VMX operation\n",
+		       cpu, VML_E_VMXOFF, r->vmxe, at, cpu);
+	} else if (r->held && r->insn) {
+		pr_err("cpu=%u vmxoff FAIL errno=%d kind=%s insn=%s cr4.vmxe=%d at=%s -- FAIL: %s during teardown%s\n",
+		       cpu, VML_E_VMXOFF, vml_rc_kind(r->rc), r->insn, r->vmxe,
+		       at, r->insn,
+		       c->vmx_on ? "; still in VMX operation, VMXON region and VMCS kept allocated" : "");
+	} else if (r->held) {
+		pr_info("cpu=%u vmxoff ok cr4.vmxe=%d at=%s -- vmclear+vmxoff done now, cr4.vmxe cleared (VMX was held since load)\n",
+			cpu, r->vmxe, at);
+	} else if (r->vmxe) {
+		pr_info("cpu=%u vmxoff info cr4.vmxe=1 at=%s held=0 owner=other -- CR4.VMXE is set by another VMX user now, not by vmlaunch; left alone\n",
+			cpu, at);
+	} else {
+		vml_not_held_why(cpu, c, why, sizeof(why));
+		pr_info("cpu=%u vmxoff info cr4.vmxe=0 at=%s held=0 -- %s: nothing to turn off\n",
+			cpu, at, why);
+	}
 }
 
 static int vml_cmp_u64(const void *a, const void *b)
@@ -502,6 +674,12 @@ void vml_cpu_report(unsigned int cpu, const struct vml_cpu *c)
 	}
 
 teardown:
+	if (c->vmx_on && !failed) {
+		/* Hold mode: no VMXOFF at launch; it happens at release. */
+		pr_info("cpu=%u status info held=1 cr4.vmxe=%d -- VMX kept on: VMXON held, VMCS current, until rmmod, CPU offline, suspend or reboot\n",
+			cpu, c->vmxe_after);
+		return;
+	}
 	if (c->teardown_insn && c->teardown_rc != VML_RC_OK)
 		pr_err("cpu=%u vmxoff FAIL errno=%d kind=%s insn=%s cr4.vmxe=%d at=launch -- FAIL: %s during teardown\n",
 		       cpu, VML_E_VMXOFF, vml_rc_kind(c->teardown_rc),

@@ -25,14 +25,14 @@ static int vml_format_cpu(char *buf, size_t size, unsigned int cpu)
 	const struct vml_cpu *c = vml_cpu_state(cpu);
 
 	return scnprintf(buf, size,
-			 "cpu=%u online=%d stage=%s result=%s errno=%d why=%s kind=%s error=%u reason=0x%x basic=%u qual=0x%llx roundtrips=%u cycles_min=%llu cycles_median=%llu\n",
+			 "cpu=%u online=%d stage=%s result=%s errno=%d why=%s kind=%s error=%u reason=0x%x basic=%u qual=0x%llx roundtrips=%u cycles_min=%llu cycles_median=%llu held=%d\n",
 			 cpu, cpu_online(cpu), vml_stage_name(c->stage),
 			 vml_result_name(c->result), c->err,
 			 c->why ? c->why : "none",
 			 c->result == VML_RES_FAIL ? vml_rc_kind(c->rc) : "none",
 			 c->insn_error, c->exit_reason,
 			 c->exit_reason & 0xffff, c->qual, c->roundtrips,
-			 c->cycles_min, c->cycles_median);
+			 c->cycles_min, c->cycles_median, c->vmx_on);
 }
 
 static ssize_t status_show(struct kobject *kobj, struct kobj_attribute *attr,
@@ -43,9 +43,9 @@ static ssize_t status_show(struct kobject *kobj, struct kobj_attribute *attr,
 
 	mutex_lock(&vml_lock);
 	len = scnprintf(buf, PAGE_SIZE,
-			"version=%d break=%s roundtrips=%u cr4_mode=%s shutting_down=%d\n",
+			"version=%d break=%s roundtrips=%u cr4_mode=%s hold=%d shutting_down=%d\n",
 			VML_FORMAT_VERSION, vml_break_name(vml_break_field),
-			vml_roundtrips, vml_cr4_mode(), vml_shutting_down);
+			vml_roundtrips, vml_cr4_mode(), vml_hold, vml_shutting_down);
 	for_each_possible_cpu(cpu) {
 		if (!vml_cpu_state(cpu)->attempted)
 			continue;
