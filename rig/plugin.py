@@ -77,12 +77,14 @@ def _runner(config: pytest.Config) -> CellRunner:
             Path(config.option.rig_cache) if config.option.rig_cache else default_cache_root()
         )
         embed_pool = cache_root / "libvirt-embed"
-        if getattr(config, "workerinput", None) is None:
-            # Controller (or a run without xdist): sweep what dead runs left, then lock ours.
-            sweep(runs_root)
-            sweep_embed_pool(embed_pool)
+        # Every process of the run (each xdist worker) holds a shared lock on the run
+        # directory while it lives; then it sweeps what dead runs left behind.
         held = contextlib.ExitStack()
         held.enter_context(run_lock(run_dir))
+        sweep(runs_root)
+        sweep_embed_pool(embed_pool)
+        # At the end, QEMUs whose libvirt child died (their embed slot unlocked) go too.
+        held.callback(sweep_embed_pool, embed_pool)
         config.add_cleanup(held.close)
         config.stash[RUNNER] = CellRunner(
             config=RunConfig(

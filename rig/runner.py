@@ -6,6 +6,7 @@ outcome becomes a CellVerdict (infrastructure trouble as ERROR stages with the r
 
 from __future__ import annotations
 
+import errno
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,16 @@ class RunConfig:
 def uniform(cell: Cell, outcome: Outcome, reason: str, build_log: str = "") -> CellVerdict:
     stages = {s: StageVerdict(s, outcome, reason) for s in STAGES}
     return CellVerdict(cell_id=cell.id, stages=stages, build_log=build_log)
+
+
+def infra_reason(exc: RigError | OSError) -> str:
+    """The reason of an infrastructure ERROR: what failed, where, and how to fix it."""
+    if isinstance(exc, RigError):
+        return f"infrastructure: {exc.render()}"
+    hint = ""
+    if exc.errno == errno.ENOSPC:
+        hint = " (free space on that filesystem, or point RIG_CACHE_DIR / --runs-dir elsewhere)"
+    return f"infrastructure: {exc.strerror or exc}: {exc.filename or ''}{hint}"
 
 
 @dataclass
@@ -101,8 +112,8 @@ class CellRunner:
             t0 = time.monotonic()
             boot = backend.boot(spec)
             timings["boot"] = time.monotonic() - t0
-        except RigError as exc:
-            return uniform(cell, Outcome.ERROR, f"infrastructure: {exc.render()}",
+        except (RigError, OSError) as exc:
+            return uniform(cell, Outcome.ERROR, infra_reason(exc),
                            build_log=build.log if build else "")  # fmt: skip
         finally:
             if not self.config.keep_images:
@@ -141,7 +152,7 @@ class CellRunner:
             image = VmImages(self.artifacts.cache, self.artifacts.progress).image(cell.kernel)
             image_s = time.monotonic() - t0
             vm = run_vm_cell(plan, image, backend, progress=self.artifacts.progress)
-        except RigError as exc:
-            return uniform(cell, Outcome.ERROR, f"infrastructure: {exc.render()}")
+        except (RigError, OSError) as exc:
+            return uniform(cell, Outcome.ERROR, infra_reason(exc))
         verdict = judge(cell, vm.build, vm.boot)
         return replace(verdict, timings={"image": image_s, **vm.timings, **verdict.timings})

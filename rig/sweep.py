@@ -36,10 +36,14 @@ class Sweep:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[Path]:
-    """Create run_dir and hold its lock for the lifetime of the run."""
+    """Create run_dir and hold a shared lock on it while this process of the run lives.
+
+    Shared, because every xdist worker of a run holds one; the sweeper asks for an exclusive
+    lock, which it gets only once no process of the run is left.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    fh = (run_dir / "run.lock").open("w")
-    fcntl.flock(fh, fcntl.LOCK_EX)
+    fh = (run_dir / "run.lock").open("a")
+    fcntl.flock(fh, fcntl.LOCK_SH)
     fh.write(f"{os.getpid()}\n")
     fh.flush()
     try:

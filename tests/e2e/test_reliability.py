@@ -15,7 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from rig.model import Outcome
+from rig.report import by_cell, read_junit
 from rig.sweep import processes_mentioning
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,3 +98,63 @@ def test_kill_9_of_the_rig_leaves_nothing_behind(tmp_path: Path) -> None:
     scratch = ("boot.iso", "initrd.gz", "child.pid")
     leftovers = [p.name for p in runs.rglob("*") if p.name in scratch]
     assert not leftovers, leftovers
+
+
+def test_full_disk_is_an_infrastructure_error(rig, tmp_path: Path) -> None:
+    """The run directory on a 512 KiB tmpfs: the guest image cannot be written (ENOSPC)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        junit = tmp_path / "j.xml"
+        argv = [sys.executable, "-m", "rig", "run", *TCG, "--junit", str(junit),
+                "--runs-dir", str(small / "runs")]  # fmt: skip
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-2000:]
+        cell = by_cell(read_junit(junit))["tcg-6.12-penryn"]
+        for stage in ("vmxon", "vmlaunch", "vmcall_exit", "teardown"):
+            assert cell[stage].outcome is Outcome.ERROR
+        assert "No space left" in cell["vmxon"].message, cell["vmxon"].message
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_libvirt_connection_lost_mid_boot_is_an_error_and_leaves_no_guest(tmp_path: Path) -> None:
+    """The process holding the libvirt connection dies while the guest boots."""
+    runs = tmp_path / "runs"
+    junit = tmp_path / "j.xml"
+    argv = [
+        sys.executable,
+        "-m",
+        "rig",
+        "run",
+        *TCG,
+        "--junit",
+        str(junit),
+        "--runs-dir",
+        str(runs),
+        "--driver",
+        str(DRIVERS / "hang"),
+        "--timeout",
+        "120",
+    ]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    child: list[tuple[int, str]] = []
+    while time.monotonic() < deadline and not child:
+        if list(runs.glob("*/cells/*/console.txt")):
+            child = [(pid, cmd) for pid, cmd in processes_mentioning(str(runs))
+                     if "libvirt_child" in cmd and "setpriv" not in cmd]  # fmt: skip
+        time.sleep(0.5)
+    assert child, "the libvirt child never started"
+    os.kill(child[0][0], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 3, out[-3000:]
+    cell = by_cell(read_junit(junit))["tcg-6.12-penryn"]
+    assert cell["vmxon"].outcome is Outcome.ERROR
+    assert "libvirt" in cell["vmxon"].message
+    assert not _qemu_guests(runs)  # the run's end swept the orphaned QEMU
