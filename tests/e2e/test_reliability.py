@@ -158,3 +158,49 @@ def test_libvirt_connection_lost_mid_boot_is_an_error_and_leaves_no_guest(tmp_pa
     assert cell["vmxon"].outcome is Outcome.ERROR
     assert "libvirt" in cell["vmxon"].message
     assert not _qemu_guests(runs)  # the run's end swept the orphaned QEMU
+
+
+def test_ctrl_c_ends_the_run_as_infrastructure_and_leaves_nothing(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    argv = [
+        sys.executable,
+        "-m",
+        "rig",
+        "run",
+        *TCG,
+        "--junit",
+        str(tmp_path / "j.xml"),
+        "--runs-dir",
+        str(runs),
+        "--driver",
+        str(DRIVERS / "hang"),
+        "--timeout",
+        "120",
+    ]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(runs.glob("*/cells/*/console.txt")):
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 3
+    assert not _qemu_guests(runs)
+    assert not [p for _pid, p in processes_mentioning(str(runs))]
+
+
+def test_concurrent_runs_of_the_same_cell_do_not_collide(tmp_path: Path) -> None:
+    """Two rig runs at once, same cell, same runs directory and cache: separate run ids,
+    domain names, embedded libvirt roots and work directories; both judged correctly."""
+    runs = tmp_path / "runs"
+    procs = []
+    for i in range(2):
+        argv = [sys.executable, "-m", "rig", "run", *TCG, "--junit", str(tmp_path / f"j{i}.xml"),
+                "--runs-dir", str(runs)]  # fmt: skip
+        procs.append(subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+    for i in range(2):
+        cell = by_cell(read_junit(tmp_path / f"j{i}.xml"))["tcg-6.12-penryn"]
+        assert cell["teardown"].outcome is Outcome.PASSED
+    assert len(list(runs.iterdir())) == 2  # two run directories, one per run
