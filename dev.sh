@@ -62,6 +62,6 @@ cmd=${1:-}
 case "$cmd" in
   install) install ;;
   run) install; exec .venv/bin/rig run -n auto "$@" ;;
-  test) install; exec .venv/bin/python -m pytest -n auto "$@" ;;
+  test) install; exec .venv/bin/python -m pytest -n auto --dist worksteal "$@" ;;
   *) echo "usage: ./dev.sh run|test|install [args]" >&2; exit 2 ;;
 esac
