@@ -21,7 +21,7 @@ import pytest
 from rig.artifacts import Artifacts, Cache, default_cache_root
 from rig.errors import ExitCode
 from rig.matrix import load_matrix
-from rig.model import Cell, CellVerdict, Outcome, StageVerdict
+from rig.model import STAGES, Cell, CellVerdict, Outcome, StageVerdict
 from rig.runner import CellRunner, RunConfig
 from rig.sweep import new_run_id, run_lock, sweep, sweep_embed_pool
 
@@ -132,13 +132,10 @@ class CellNode(pytest.Collector):
         self.index = index
 
     def collect(self) -> Iterator[pytest.Item]:
-        for stage in STAGES_ORDER:
+        for stage in STAGES:
             yield StageItem.from_parent(
                 self, name=stage, cell=self.cell, stage=stage, index=self.index
             )
-
-
-STAGES_ORDER = ("build", "vmxon", "vmlaunch", "vmcall_exit", "teardown")
 
 
 class StageItem(pytest.Item):
@@ -204,7 +201,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for key in ("passed", "failed", "error", "skipped"):
         for rep in terminalreporter.stats.get(key, []):
             parts = str(getattr(rep, "nodeid", "")).split("::")
-            if len(parts) < 3 or parts[-1] not in STAGES_ORDER:
+            if len(parts) < 3 or parts[-1] not in STAGES:
                 continue  # not one of ours
             cell, stage = parts[-2], parts[-1]
             if key == "error" or (rep.when == "setup" and rep.failed):
@@ -218,12 +215,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr = terminalreporter
     tr.section("vmlaunch-rig matrix")
     width = max(len(c) for c in rows)
-    tr.write_line("cell".ljust(width) + "  " + "  ".join(s.ljust(11) for s in STAGES_ORDER))
+    tr.write_line("cell".ljust(width) + "  " + "  ".join(s.ljust(11) for s in STAGES))
     for cell in sorted(rows):
         tr.write_line(
-            cell.ljust(width)
-            + "  "
-            + "  ".join(rows[cell].get(s, "-").ljust(11) for s in STAGES_ORDER)
+            cell.ljust(width) + "  " + "  ".join(rows[cell].get(s, "-").ljust(11) for s in STAGES)
         )
 
 

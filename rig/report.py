@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rig.model import Outcome
+from rig.model import STAGES, Outcome
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,6 @@ _COLOURS = {
     Outcome.ERROR: "#6a1b9a",
     Outcome.SKIPPED: "#9e9e9e",
 }
-STAGE_ORDER = ("build", "vmxon", "vmlaunch", "vmcall_exit", "teardown")
 
 
 def render_html(results: list[CaseResult], title: str = "vmlaunch-rig matrix") -> str:
@@ -97,7 +96,7 @@ def render_html(results: list[CaseResult], title: str = "vmlaunch-rig matrix") -
     counts = {o: sum(1 for r in results if r.outcome is o) for o in Outcome}
     ET.SubElement(body, "p").text = ", ".join(f"{n} {o.value}" for o, n in counts.items())
     legend = ET.SubElement(body, "p")
-    legend.text = "stages, left to right: " + ", ".join(STAGE_ORDER) + ". "
+    legend.text = "stages, left to right: " + ", ".join(STAGES) + ". "
     for o, colour in _COLOURS.items():
         ET.SubElement(legend, "span", {"class": "s", "style": f"background:{colour}"})
         ET.SubElement(legend, "span").text = f" {o.value} "
@@ -115,7 +114,7 @@ def render_html(results: list[CaseResult], title: str = "vmlaunch-rig matrix") -
             if cell is None:
                 td.text = "—"
                 continue
-            for stage in STAGE_ORDER:
+            for stage in STAGES:
                 case = cell.get(stage)
                 if case is None:
                     continue
