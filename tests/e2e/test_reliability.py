@@ -31,6 +31,20 @@ def _qemu_guests(runs_dir: Path) -> list[str]:
     return [cmd for _pid, cmd in processes_mentioning(str(runs_dir)) if "qemu-system" in cmd]
 
 
+def _rig_argv(junit: Path, runs: Path, *extra: str) -> list[str]:
+    """`rig run` on the TCG cell, as a user would type it."""
+    return [sys.executable, "-m", "rig", "run", *TCG, "--junit", str(junit),
+            "--runs-dir", str(runs), *extra]  # fmt: skip
+
+
+def _wait_for_guest(runs: Path, timeout_s: float = 300) -> None:
+    """Until a cell of the run has a console, i.e. its guest is booting."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not list(runs.glob("*/cells/*/console.txt")):
+        time.sleep(0.5)
+    assert list(runs.glob("*/cells/*/console.txt")), "guest never started"
+
+
 def test_panicking_driver_fails_fast_with_the_panic_text(rig) -> None:
     run = rig(*TCG, "--driver", str(DRIVERS / "panic"))
     assert run.rc == 1, run.output[-3000:]
@@ -76,13 +90,9 @@ def test_unbootable_guest_is_an_infrastructure_error(rig, tmp_path: Path) -> Non
 
 def test_kill_9_of_the_rig_leaves_nothing_behind(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    argv = [sys.executable, "-m", "rig", "run", *TCG, "--junit", str(tmp_path / "j.xml"),
-            "--runs-dir", str(runs), "--timeout", "120"]  # fmt: skip
+    argv = _rig_argv(tmp_path / "j.xml", runs, "--timeout", "120")
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(runs.glob("*/cells/*/console.txt")):
-        time.sleep(0.5)
-    assert list(runs.glob("*/cells/*/console.txt")), "guest never started"
+    _wait_for_guest(runs)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     # The libvirt child gets SIGTERM from the kernel (parent death) and destroys its domain.
@@ -110,8 +120,7 @@ def test_full_disk_is_an_infrastructure_error(rig, tmp_path: Path) -> None:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         junit = tmp_path / "j.xml"
-        argv = [sys.executable, "-m", "rig", "run", *TCG, "--junit", str(junit),
-                "--runs-dir", str(small / "runs")]  # fmt: skip
+        argv = _rig_argv(junit, small / "runs")
         proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-2000:]
         cell = by_cell(read_junit(junit))["tcg-6.12-penryn"]
@@ -126,21 +135,7 @@ def test_libvirt_connection_lost_mid_boot_is_an_error_and_leaves_no_guest(tmp_pa
     """The process holding the libvirt connection dies while the guest boots."""
     runs = tmp_path / "runs"
     junit = tmp_path / "j.xml"
-    argv = [
-        sys.executable,
-        "-m",
-        "rig",
-        "run",
-        *TCG,
-        "--junit",
-        str(junit),
-        "--runs-dir",
-        str(runs),
-        "--driver",
-        str(DRIVERS / "hang"),
-        "--timeout",
-        "120",
-    ]
+    argv = _rig_argv(junit, runs, "--driver", str(DRIVERS / "hang"), "--timeout", "120")
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)  # fmt: skip
     deadline = time.monotonic() + 300
@@ -162,25 +157,10 @@ def test_libvirt_connection_lost_mid_boot_is_an_error_and_leaves_no_guest(tmp_pa
 
 def test_ctrl_c_ends_the_run_as_infrastructure_and_leaves_nothing(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    argv = [
-        sys.executable,
-        "-m",
-        "rig",
-        "run",
-        *TCG,
-        "--junit",
-        str(tmp_path / "j.xml"),
-        "--runs-dir",
-        str(runs),
-        "--driver",
-        str(DRIVERS / "hang"),
-        "--timeout",
-        "120",
-    ]
+    argv = _rig_argv(tmp_path / "j.xml", runs, "--driver", str(DRIVERS / "hang"),
+                     "--timeout", "120")  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(runs.glob("*/cells/*/console.txt")):
-        time.sleep(0.5)
+    _wait_for_guest(runs)
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 3
@@ -194,8 +174,7 @@ def test_concurrent_runs_of_the_same_cell_do_not_collide(tmp_path: Path) -> None
     runs = tmp_path / "runs"
     procs = []
     for i in range(2):
-        argv = [sys.executable, "-m", "rig", "run", *TCG, "--junit", str(tmp_path / f"j{i}.xml"),
-                "--runs-dir", str(runs)]  # fmt: skip
+        argv = _rig_argv(tmp_path / f"j{i}.xml", runs)
         procs.append(subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))  # fmt: skip
     outs = [p.communicate(timeout=900)[0] for p in procs]
