@@ -590,6 +590,13 @@ void vml_cpu_report(unsigned int cpu, const struct vml_cpu *c)
 	bool failed = c->result != VML_RES_OK;
 	enum vml_stage s;
 
+	if (c->result == VML_RES_DECLINED &&
+	    (c->err == VML_E_FC_VMX_OFF || c->err == VML_E_FC_UNLOCKED)) {
+		pr_warn("cpu=%u %s declined errno=%d why=%s feature_control=0x%llx -- CPU %u declined: %s\n",
+			cpu, vml_stage_name(c->stage), c->err, c->why,
+			c->caps.feature_control, cpu, c->why);
+		return;
+	}
 	if (c->result == VML_RES_DECLINED) {
 		pr_warn("cpu=%u %s declined errno=%d why=%s -- CPU %u declined: %s\n",
 			cpu, vml_stage_name(c->stage), c->err, c->why, cpu, c->why);

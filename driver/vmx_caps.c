@@ -97,9 +97,12 @@ int vml_caps_check(struct vml_cpu *c)
 
 	if (!(cpuid_ecx(1) & (1u << 5)))
 		return vml_decline(c, VML_E_NO_VMX, "no_vmx");
-	if (!this_cpu_has(X86_FEATURE_VMX))
-		return vml_decline(c, VML_E_VMX_FLAG_OFF, "vmx_disabled_by_kernel");
 
+	/*
+	 * IA32_FEATURE_CONTROL exists whenever CPUID reports VMX. Read it before
+	 * the kernel's flag: Linux (5.6+) clears X86_FEATURE_VMX *because* the
+	 * MSR is locked with VMX off, and the refusal should name that cause.
+	 */
 	err = vml_read_caps_msr(c, VML_MSR_IA32_FEATURE_CONTROL, &k->feature_control);
 	if (err)
 		return err;
@@ -107,6 +110,8 @@ int vml_caps_check(struct vml_cpu *c)
 		return vml_decline(c, VML_E_FC_UNLOCKED, "feature_control_unlocked");
 	if (!(k->feature_control & VML_FEATURE_CONTROL_VMX_OUTSIDE_SMX))
 		return vml_decline(c, VML_E_FC_VMX_OFF, "vmx_disabled_by_bios");
+	if (!this_cpu_has(X86_FEATURE_VMX))
+		return vml_decline(c, VML_E_VMX_FLAG_OFF, "vmx_disabled_by_kernel");
 
 	/* Somebody else (kvm_intel, another hypervisor) is in VMX operation. */
 	if (vml_read_cr4() & X86_CR4_VMXE)
