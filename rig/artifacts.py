@@ -35,6 +35,7 @@ RECIPE_VERSION = "1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUESTS_DIR = REPO_ROOT / "guests"
 
+KERNEL_ARG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=/-]{0,127}")
 _PARAM_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}=[A-Za-z0-9_.,-]{0,128}$")
 _MODNAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,55}$")
 
@@ -321,8 +322,14 @@ class Artifacts:
         cell_id: str,
         workdir: Path,
         want_iso: bool,
+        preload: Sequence[Path] = (),
+        kernel_args: Sequence[str] = (),
     ) -> GuestImage:
-        """The busybox appliance: loads each (ko, repeat, params) in turn, dumps dmesg."""
+        """The busybox appliance: loads each (ko, repeat, params) in turn, dumps dmesg.
+
+        `preload` modules are loaded first and stay loaded (e.g. one that takes VMX, to prove
+        the driver's refusal); `kernel_args` are appended to the guest's command line.
+        """
         require_tool("cpio")
         if not BUSYBOX.exists():
             raise ToolMissing("busybox", "busybox-static", "the initramfs guest")
@@ -335,7 +342,16 @@ class Artifacts:
         (root / "init").chmod(0o755)
         (root / "rig/run-id").write_text(run_id + "\n")
         (root / "rig/cell-id").write_text(cell_id + "\n")
+        for arg in kernel_args:
+            if not KERNEL_ARG_RE.fullmatch(arg):
+                raise UsageError(
+                    f"kernel argument {arg!r} is not a plain word",
+                    fix="use letters, digits and _ . , = / - only, e.g. clearcpuid=vmx",
+                )
         plan = []
+        for ko in preload:
+            shutil.copy2(ko, root / "rig/modules" / ko.name)
+            plan.append(f"{ko.name} keep")
         for ko, repeat, params in modules:
             for p in params:
                 if not _PARAM_RE.match(p):
@@ -361,6 +377,8 @@ class Artifacts:
             "console=ttyS0,115200 quiet loglevel=4 panic=-1 oops=panic "
             "modprobe.blacklist=kvm_intel,kvm kvm.enable_virt_at_load=0"
         )
+        if kernel_args:
+            cmdline += " " + " ".join(kernel_args)
         image = GuestImage(kernel=kernel.vmlinuz, initrd=initrd, cmdline=cmdline)
         if want_iso:
             image = GuestImage(

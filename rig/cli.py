@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rig.artifacts import HOST_TOOLS, Artifacts, Cache, default_cache_root
+from rig.artifacts import HOST_TOOLS, KERNEL_ARG_RE, Artifacts, Cache, default_cache_root
 from rig.errors import ExitCode, RigError, UsageError
 from rig.hostcheck import kvm_usable
 from rig.lanes import backend_for
@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="guest flavour: initramfs appliance or full Debian VM over SSH (default: per lane)",
     )  # fmt: skip
     run.add_argument("--repeat", type=int, default=1, help="load/unload cycles in each guest")
+    run.add_argument(
+        "--preload", type=Path, action="append", default=[],
+        help="module source tree built like the driver, loaded before it and left loaded "
+        "(e.g. tests/drivers/vmxhog); initramfs guests",
+    )  # fmt: skip
+    run.add_argument(
+        "--kernel-arg", action="append", default=[],
+        help="word appended to the guest kernel command line (e.g. clearcpuid=vmx); "
+        "initramfs guests",
+    )  # fmt: skip
     run.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"), help="run directories")
     run.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
 
@@ -164,11 +174,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not 1 <= args.repeat <= 1000:
             raise UsageError("--repeat takes 1 to 1000")
         argv += ["--rig-repeat", str(args.repeat)]
+    for src in args.preload:
+        if not src.is_dir():
+            raise UsageError(f"--preload {src}: no such directory", fix="pass a module source tree")
+        argv += ["--rig-preload", str(src.resolve())]
+    for arg in args.kernel_arg:
+        if not KERNEL_ARG_RE.fullmatch(arg):
+            raise UsageError(
+                f"--kernel-arg {arg!r} is not a plain word",
+                fix="use letters, digits and _ . , = / - only, e.g. clearcpuid=vmx",
+            )
+        argv += ["--rig-kernel-arg", arg]
     if args.jobs not in ("0", "1"):
         argv += ["-n", args.jobs, "--dist", "loadscope"]
     argv += list(args.pytest_args)
     outcome = _Outcome()
-    rc = pytest.main(argv, plugins=[outcome])
+    try:
+        rc = pytest.main(argv, plugins=[outcome])
+    finally:
+        # Every process of the run has exited (workers, the in-process runner): what a worker
+        # killed mid-cell left (scratch files, pid files) goes now, not at the next run.
+        from rig.sweep import sweep
+
+        sweep(args.runs_dir.resolve())
     if rc in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR):
         return int(ExitCode.USAGE if rc == pytest.ExitCode.USAGE_ERROR else ExitCode.INFRA)
     if rc == pytest.ExitCode.INTERRUPTED:

@@ -44,6 +44,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--rig-guest", choices=("initramfs", "vm"), default=None, help="guest flavour override"
     )
     g.addoption("--rig-repeat", type=int, default=1, help="load/unload cycles per guest")
+    g.addoption(
+        "--rig-preload", action="append", default=[],
+        help="module source tree loaded before the driver and left loaded (repeatable)",
+    )  # fmt: skip
+    g.addoption(
+        "--rig-kernel-arg", action="append", default=[],
+        help="word appended to the guest kernel command line (repeatable)",
+    )  # fmt: skip
     g.addoption("--rig-runs-dir", default=".rig/runs", help="where run directories live")
     g.addoption("--rig-cache", default=None, help="artifact cache (default ~/.cache/vmlaunch-rig)")
     g.addoption("--rig-run-id", default=None, help="run id (default: a new one per run)")
@@ -96,6 +104,8 @@ def _runner(config: pytest.Config) -> CellRunner:
                 uris=tuple(config.option.rig_uri),
                 guest=config.option.rig_guest,
                 repeat=config.option.rig_repeat,
+                preload=tuple(Path(p).resolve() for p in config.option.rig_preload),
+                kernel_args=tuple(config.option.rig_kernel_arg),
             ),
             artifacts=Artifacts(Cache(cache_root)),
             embed_pool=embed_pool,
@@ -193,6 +203,21 @@ class StageItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"{self.cell.id}::{self.stage}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+    """An xdist worker died mid-cell (kill -9, out of memory): infrastructure, never a verdict
+    on the driver. Reported in setup, so JUnit has an <error> and `rig run` exits 3. The
+    worker's emulator died with it (parent-death signal); the next run's sweep or `rig clean`
+    removes its scratch files."""
+    if crashitem.split("::")[-1] not in STAGES:
+        return
+    report.when = "setup"
+    report.longrepr = (
+        f"infrastructure: {report.longrepr} (the pytest-xdist worker process died: killed "
+        "or out of memory); this is not a verdict on the driver"
+    )
 
 
 @pytest.hookimpl(trylast=True)

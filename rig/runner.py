@@ -13,9 +13,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rig.artifacts import Artifacts
-from rig.errors import RigError
+from rig.errors import InfraError, RigError
 from rig.lanes import Backend, LibvirtBackend, backend_for
-from rig.model import STAGES, BootSpec, Cell, CellVerdict, ModuleBuild, Outcome, StageVerdict
+from rig.lanes.base import tail
+from rig.model import (
+    STAGES,
+    BootSpec,
+    Cell,
+    CellVerdict,
+    KernelArtifacts,
+    ModuleBuild,
+    Outcome,
+    StageVerdict,
+)
 from rig.verdict import judge
 from rig.vmguest import VmCellPlan, run_vm_cell
 from rig.vmimage import VmImages
@@ -33,6 +43,10 @@ class RunConfig:
     uris: tuple[str, ...] = ()
     guest: str | None = None  # "initramfs" | "vm": overrides the lane's guest flavour
     repeat: int = 1  # load/unload cycles of the driver in one guest
+    # module source trees built like the driver, loaded before it and left loaded (fixtures:
+    # tests/drivers/vmxhog takes VMX first, to prove the driver's vmx_busy refusal)
+    preload: tuple[Path, ...] = ()
+    kernel_args: tuple[str, ...] = ()  # appended to the guest kernel's command line
     keep_images: bool = False
 
 
@@ -91,6 +105,7 @@ class CellRunner:
             (workdir / "build.log").write_text(build.log)
             if not build.ok or build.ko is None:
                 return judge(cell, build, None)
+            preload = [self._fixture(kernel, src) for src in self.config.preload]
             t0 = time.monotonic()
             image = self.artifacts.initramfs_image(
                 kernel,
@@ -99,6 +114,8 @@ class CellRunner:
                 cell_id=cell.id,
                 workdir=workdir,
                 want_iso=backend.needs_iso,
+                preload=preload,
+                kernel_args=self.config.kernel_args,
             )
             timings["image"] = time.monotonic() - t0
             spec = BootSpec(
@@ -130,11 +147,25 @@ class CellRunner:
             timings=timings,
         )
 
+    def _fixture(self, kernel: KernelArtifacts, src: Path) -> Path:
+        """A preloaded module: it must build cleanly, or the run cannot prove anything."""
+        build = self.artifacts.module(kernel, src)
+        if not build.ok or build.ko is None:
+            raise InfraError(
+                f"the preloaded module {src} did not build against {kernel.spec.abi}; "
+                f"last lines:\n{tail(build.log, 10)}",
+                fix="fix the fixture module, or run without --preload",
+            )
+        return build.ko
+
     def _run_vm(self, cell: Cell, model: str, backend: Backend, workdir: Path) -> CellVerdict:
         """--guest vm: a full Debian VM over SSH; `build` is the compile inside the guest."""
         if not isinstance(backend, LibvirtBackend):
             reason = f"lane {cell.lane.name} cannot run full-VM guests (libvirt lanes only)"
             return uniform(cell, Outcome.SKIPPED, reason)
+        if self.config.preload or self.config.kernel_args:
+            why = "--preload and --kernel-arg apply to initramfs guests only (not --guest vm)"
+            return uniform(cell, Outcome.SKIPPED, why)
         plan = VmCellPlan(
             run_id=self.config.run_id,
             cell_id=cell.id,

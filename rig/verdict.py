@@ -143,6 +143,7 @@ _MARKER_RE = re.compile(
     r"^\s*RIG-(?P<kind>BEGIN|CPU|RUN|STEP|DMESG-BEGIN|DMESG-END|END)(?:\s+(?P<rest>.*?))?\s*$"
 )
 _STEP_RE = re.compile(r"^(?P<name>\S{1,64})(?:\s+rc=(?P<rc>-?\d{1,9})\b)?")
+_PRELOAD_RE = re.compile(r"^\s*RIG-PRELOAD\s+module=(?P<module>\S+)\s+rc=(?P<rc>\d+)?\S*\s*$")
 _BEGIN_RE = re.compile(r"run=(?P<run>\S*)(?:\s+cell=(?P<cell>\S*))?")
 _RUN_RE = re.compile(
     r"^(?P<n>\d{1,6})?(?:.*?\bmodule=(?P<module>\S+))?(?:.*?\biter=(?P<iter>\d{1,6}))?"
@@ -307,6 +308,7 @@ class GuestReport:
     runs: tuple[Run, ...] = ()
     boot_oopses: tuple[Oops, ...] = ()  # before RIG-BEGIN: never the driver's
     lines: tuple[str, ...] = ()
+    preloads: tuple[tuple[str, int | None], ...] = ()  # RIG-PRELOAD module=M rc=N: fixtures
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -424,6 +426,7 @@ def parse_console(text: str) -> GuestReport:
     vmx: bool | None = None
     cpus: int | None = None
     prelude: list[str] = []
+    preloads: list[tuple[str, int | None]] = []
     runs: list[_RunBuilder] = []
     dump_open = False
     for index, line in enumerate(lines):
@@ -446,6 +449,10 @@ def parse_console(text: str) -> GuestReport:
                     run_id, cell_id = bm["run"], bm["cell"] or ""
             else:
                 prelude.append(line)
+            continue
+        pm = _PRELOAD_RE.match(line)
+        if pm:
+            preloads.append((pm["module"], int(pm["rc"]) if pm["rc"] is not None else None))
             continue
         if kind == "CPU" and vmx is None:
             vm, cm, mm = _VMX_RE.search(rest), _CPUS_RE.search(rest), _MODEL_RE.search(rest)
@@ -494,6 +501,7 @@ def parse_console(text: str) -> GuestReport:
         runs=tuple(r.build() for r in runs),
         boot_oopses=tuple(_find_oopses(prelude, 0)),
         lines=tuple(lines),
+        preloads=tuple(preloads),
     )
 
 
@@ -891,6 +899,12 @@ _SEVERITY = {Outcome.PASSED: 0, Outcome.SKIPPED: 1, Outcome.ERROR: 2, Outcome.FA
 
 
 def _judge_guest(cell: Cell, boot: BootResult, report: GuestReport) -> dict[str, StageVerdict]:
+    broken = [(m, rc) for m, rc in report.preloads if rc != 0]
+    if broken:
+        # A fixture of the test did not load: the run proves nothing about the driver.
+        module, rc = broken[0]
+        reason = f"infrastructure: the preloaded fixture module {module} did not load (rc={rc})"
+        return _all(Outcome.ERROR, reason, report.tail(), _GUEST_STAGES)
     if report.end and not report.steps and not report.records:
         reason = "the guest finished without running insmod"
         return _all(Outcome.ERROR, reason, report.tail(), _GUEST_STAGES)

@@ -1,13 +1,17 @@
-"""The driver on software VMX (Bochs): deliberate failures are decoded, and 50 load/unload
-cycles in one guest leak nothing and always leave VMX off."""
+"""The driver on software VMX (Bochs): deliberate failures are decoded, the refusals are
+clean, a triple fault is the driver's failure, and 50 load/unload cycles in one guest leak
+nothing and always leave VMX off."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from rig.model import Outcome
+from rig.sweep import processes_mentioning
 
 BOCHS = ("--lane", "bochs", "--kernel", "6.12")
+DRIVERS = Path(__file__).resolve().parents[2] / "tests" / "drivers"
 
 
 def test_broken_host_state_is_vm_instruction_error_8(rig) -> None:
@@ -50,3 +54,53 @@ def test_fifty_load_unload_cycles_leak_nothing(rig) -> None:
     # MemFree after cycle 50 vs after cycle 5 (caches settle first): leaking the 5 regions of
     # each cycle would cost 45 * 5 * 4 KiB = 900 KiB; allow at most half of that as noise.
     assert mem[4] - mem[-1] < 450, mem
+
+
+def test_vmx_owned_by_another_hypervisor_is_refused_untouched(rig) -> None:
+    """tests/drivers/vmxhog sets CR4.VMXE first (as kvm_intel would): vmlaunch must decline
+    with vmx_busy (-EBUSY), execute no VMX instruction, and unload cleanly."""
+    run = rig(*BOCHS, "--cpu", "haswell", "--preload", str(DRIVERS / "vmxhog"))
+    assert run.rc == 0, run.output[-3000:]
+    cell = run.cells["bochs-6.12-haswell"]
+    console = cell["teardown"].system_out
+    assert "RIG-PRELOAD module=vmxhog rc=0" in console
+    assert re.search(r"vmxhog: CR4\.VMXE set on 1 CPU", console), console[-2000:]
+    assert re.search(r"vmlaunch: cpu=0 check declined errno=-16 why=vmx_busy", console)
+    assert not re.search(r"vmlaunch: cpu=\d+ (vmxon|vmclear|vmptrld|vmlaunch|vmxoff) ", console)
+    assert cell["vmxon"].outcome is Outcome.SKIPPED
+    assert "another hypervisor" in cell["vmxon"].message, cell["vmxon"].message
+    assert cell["build"].outcome is Outcome.PASSED
+    assert cell["teardown"].outcome is Outcome.PASSED, cell["teardown"].message
+
+
+def test_vmx_locked_off_in_feature_control_is_refused(rig) -> None:
+    """`clearcpuid=vmx`: Linux then locks IA32_FEATURE_CONTROL with VMX off at boot, as a
+    firmware with VMX disabled would. The driver must name that cause (-EACCES)."""
+    run = rig(*BOCHS, "--cpu", "haswell", "--kernel-arg", "clearcpuid=vmx")
+    assert run.rc == 0, run.output[-3000:]
+    cell = run.cells["bochs-6.12-haswell"]
+    console = cell["teardown"].system_out
+    assert "RIG-CPU vmx=0" in console  # the kernel's flag is gone, CPUID still has VMX
+    assert re.search(
+        r"vmlaunch: cpu=0 check declined errno=-13 why=vmx_disabled_by_bios "
+        r"feature_control=0x1\b",
+        console,
+    ), console[-2000:]
+    assert not re.search(r"vmlaunch: cpu=\d+ vmxon ", console)
+    for stage in ("vmxon", "vmlaunch", "vmcall_exit"):
+        assert cell[stage].outcome is Outcome.SKIPPED, (stage, cell[stage].message)
+    assert "firmware" in cell["vmxon"].message, cell["vmxon"].message
+    assert cell["teardown"].outcome is Outcome.PASSED, cell["teardown"].message
+
+
+def test_triple_fault_while_the_driver_runs_fails_the_cell(rig) -> None:
+    """tests/drivers/triplefault: Bochs stops on the triple fault; the driver was running, so
+    the cell FAILS with the emulator's reason (an infrastructure ERROR would hide the bug)."""
+    run = rig(*BOCHS, "--cpu", "haswell", "--driver", str(DRIVERS / "triplefault"))
+    assert run.rc == 1, run.output[-3000:]
+    cell = run.cells["bochs-6.12-haswell"]
+    failed = [c for c in cell.values() if c.outcome is Outcome.FAILED]
+    assert failed, {s: c.outcome for s, c in cell.items()}
+    assert "triple-faulted" in failed[0].message, failed[0].message
+    assert not [s for s, c in cell.items() if c.outcome is Outcome.ERROR]
+    assert not [cmd for _pid, cmd in processes_mentioning(str(run.runs_dir)) if "bochs" in cmd]

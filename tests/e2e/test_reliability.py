@@ -3,12 +3,15 @@
 - a driver that panics or oopses the guest fails its cell within seconds, with the oops text;
 - a driver that hangs fails at the cell timeout with the console tail;
 - a guest that cannot boot, and a broken emulator set-up, are infrastructure errors (exit 3);
-- kill -9 of the rig leaves no QEMU, domain or scratch file behind once `rig clean` ran.
+- kill -9 of the rig leaves no QEMU, domain or scratch file behind once `rig clean` ran;
+- kill -9 of one pytest-xdist worker is an infrastructure error of its cell only, and the run
+  still ends with nothing left behind.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -183,3 +186,50 @@ def test_concurrent_runs_of_the_same_cell_do_not_collide(tmp_path: Path) -> None
         cell = by_cell(read_junit(tmp_path / f"j{i}.xml"))["tcg-6.12-penryn"]
         assert cell["teardown"].outcome is Outcome.PASSED
     assert len(list(runs.iterdir())) == 2  # two run directories, one per run
+
+
+def _ppid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def test_kill_9_of_one_worker_is_an_error_of_its_cell_only(tmp_path: Path) -> None:
+    """`rig run -n 2` over two TCG cells; one worker is killed while its guest boots."""
+    runs = tmp_path / "runs"
+    junit = tmp_path / "j.xml"
+    argv = [sys.executable, "-m", "rig", "run", "--lane", "tcg", "--kernel", "6.12",
+            "--cpu", "penryn", "--cpu", "nehalem", "-n", "2", "--junit", str(junit),
+            "--runs-dir", str(runs)]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    worker, victim_cell = None, ""
+    while time.monotonic() < deadline and worker is None and proc.poll() is None:
+        for pid, cmd in processes_mentioning(str(runs)):
+            cell = re.search(r"/cells/([^/\s]+)/domain-plan\.json", cmd)
+            if "libvirt_child" not in cmd or "setpriv" in cmd or cell is None:
+                continue
+            chain = [pid]  # the libvirt child, its parents... up to the xdist worker
+            while chain[-1] > 1 and _ppid(chain[-1]) != proc.pid:
+                chain.append(_ppid(chain[-1]))
+            if chain[-1] > 1:
+                worker, victim_cell = chain[-1], cell[1]
+                break
+        time.sleep(0.2)
+    assert worker is not None, "no worker with a booting guest was found"
+    os.kill(worker, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 3, out[-3000:]
+    cells = by_cell(read_junit(junit))
+    errors = {c: s for c, stages in cells.items() for s, r in stages.items()
+              if r.outcome is Outcome.ERROR}  # fmt: skip
+    assert list(errors) == [victim_cell], (errors, out[-3000:])
+    err = cells[victim_cell][errors[victim_cell]]
+    assert "worker" in err.message and "infrastructure" in err.message, err.message
+    other = next(c for c in cells if c != victim_cell)
+    assert cells[other]["teardown"].outcome is Outcome.PASSED, cells[other]["teardown"].message
+    # once the run has ended: no QEMU, no libvirt child, no scratch file of the killed worker
+    assert not [cmd for _pid, cmd in processes_mentioning(str(runs))]
+    assert not _qemu_guests(runs)
+    scratch = ("boot.iso", "initrd.gz", "child.pid", "emulator.pid", "domain-plan.json")
+    assert not [p for p in runs.rglob("*") if p.name in scratch]

@@ -103,3 +103,41 @@ def test_module_parameters_are_words_not_shell(tmp_path: Path, param: str) -> No
         Artifacts(Cache(tmp_path / "c")).initramfs_image(
             kernel, [(ko, 1, [param])], run_id="r", cell_id="c", workdir=work, want_iso=False
         )
+
+
+def test_preloaded_fixtures_and_kernel_args_reach_plan_and_cmdline(tmp_path: Path) -> None:
+    if not Path("/bin/busybox").exists():
+        pytest.skip("busybox-static not installed")
+    ko, hog = tmp_path / "vmlaunch.ko", tmp_path / "vmxhog.ko"
+    ko.write_bytes(b"\x7fELF fake")
+    hog.write_bytes(b"\x7fELF hog")
+    spec = KernelSpec(name="6.12", suite="trixie", abi="x")
+    kernel = KernelArtifacts(spec=spec, vmlinuz=ko, headers=tmp_path, chroot=tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    image = Artifacts(Cache(tmp_path / "c")).initramfs_image(
+        kernel, [(ko, 2, [])], run_id="r", cell_id="c", workdir=work, want_iso=False,
+        preload=[hog], kernel_args=["clearcpuid=vmx"],
+    )  # fmt: skip
+    assert image.cmdline.endswith(" clearcpuid=vmx")
+    archive = gzip.decompress(image.initrd.read_bytes())
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["cpio", "-id", "--quiet"], input=archive, cwd=out, check=True)
+    assert (out / "rig/plan").read_text().splitlines() == ["vmxhog.ko keep", "vmlaunch.ko 2"]
+    assert (out / "rig/modules/vmxhog.ko").read_bytes() == b"\x7fELF hog"
+
+
+@pytest.mark.parametrize("arg", ["a b", "x;reboot", "$(id)", "init=/bin/sh'", "", "-x", "a\nb"])
+def test_kernel_args_are_plain_words(tmp_path: Path, arg: str) -> None:
+    ko = tmp_path / "m.ko"
+    ko.write_bytes(b"x")
+    spec = KernelSpec(name="6.12", suite="trixie", abi="x")
+    kernel = KernelArtifacts(spec=spec, vmlinuz=ko, headers=tmp_path, chroot=tmp_path)
+    work = tmp_path / "w"
+    work.mkdir()
+    with pytest.raises(UsageError):
+        Artifacts(Cache(tmp_path / "c")).initramfs_image(
+            kernel, [(ko, 1, [])], run_id="r", cell_id="c", workdir=work, want_iso=False,
+            kernel_args=[arg],
+        )  # fmt: skip

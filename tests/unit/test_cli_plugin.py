@@ -103,3 +103,38 @@ def test_bisect_refuses_unknown_or_reversed_kernels(tmp_path: Path) -> None:
     p = rig("bisect", "--lane", "bochs", "--cpu", "haswell", "--good", "6.12", "--bad", "6.12",
             cwd=tmp_path)  # fmt: skip
     assert p.returncode == 2
+
+
+def test_bad_kernel_arg_or_missing_preload_is_exit_2_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "matrix.yaml").write_text(SKIP_ONLY)
+    runs = tmp_path / "runs"
+    p = rig("run", "--kernel-arg", "init=/bin/sh;reboot", "--runs-dir", str(runs), cwd=tmp_path)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "--kernel-arg" in p.stderr and "fix:" in p.stderr
+    p = rig("run", "--preload", str(tmp_path / "nope"), "--runs-dir", str(runs), cwd=tmp_path)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "--preload" in p.stderr
+    assert not runs.exists()  # refused before any run directory was made
+
+
+def test_a_dead_worker_is_reported_as_infrastructure() -> None:
+    """xdist's crash report, passed through the plugin's hook: an <error> in setup."""
+    import pytest
+
+    from rig.plugin import pytest_handlecrashitem
+
+    nodeid = "matrix.yaml::tcg-6.12-penryn::vmxon"
+    rep = pytest.TestReport(nodeid=nodeid, location=("matrix.yaml", None, "x"), keywords={},
+                            outcome="failed", longrepr=f"worker 'gw0' crashed while running "
+                            f"'{nodeid}'", when="call")  # fmt: skip
+    pytest_handlecrashitem(crashitem=nodeid, report=rep, sched=None)
+    assert rep.when == "setup" and rep.failed
+    assert str(rep.longrepr).startswith("infrastructure: worker 'gw0' crashed")
+    other = pytest.TestReport(
+        nodeid="tests/test_x.py::t", location=("x", None, "x"), keywords={},
+        outcome="failed", longrepr="crash", when="call",
+    )  # fmt: skip
+    pytest_handlecrashitem(crashitem="tests/test_x.py::t", report=other, sched=None)
+    assert other.when == "call" and other.longrepr == "crash"  # not ours: untouched

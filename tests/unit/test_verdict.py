@@ -697,3 +697,26 @@ def test_parse_and_judge_never_raise(parts: list[str], end: BootEnd, lane: Cell)
 @given(st.text(max_size=2000))
 def test_parse_console_never_raises_on_arbitrary_text(text: str) -> None:
     parse_console(text)
+
+
+# --------------------------------------------------------------------------- preloaded fixtures
+def _with_preload(text: str, line: str) -> str:
+    head, sep, rest = text.partition("RIG-CPU")
+    cpu_line, nl, after = rest.partition("\n")
+    return head + sep + cpu_line + nl + line + "\r\n" + after
+
+
+def test_a_loaded_fixture_does_not_change_the_verdict() -> None:
+    text = _with_preload(console(), "RIG-PRELOAD module=vmxhog rc=0")
+    v = judge(BOCHS_CELL, BUILD_OK, boot(text))
+    assert outcomes(v) == dict.fromkeys(STAGES, P)
+    assert parse_console(text).preloads == (("vmxhog", 0),)
+
+
+def test_a_fixture_that_did_not_load_makes_the_run_an_infrastructure_error() -> None:
+    text = _with_preload(console(), "RIG-PRELOAD module=vmxhog rc=1")
+    v = judge(BOCHS_CELL, BUILD_OK, boot(text))
+    assert v.stages["build"].outcome is P
+    for stage in ("vmxon", "vmlaunch", "vmcall_exit", "teardown"):
+        assert v.stages[stage].outcome is E, stage
+        assert "vmxhog did not load (rc=1)" in v.stages[stage].reason
