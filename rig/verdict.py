@@ -143,6 +143,7 @@ _MARKER_RE = re.compile(
     r"^\s*RIG-(?P<kind>BEGIN|CPU|RUN|STEP|DMESG-BEGIN|DMESG-END|END)(?:\s+(?P<rest>.*?))?\s*$"
 )
 _STEP_RE = re.compile(r"^(?P<name>\S{1,64})(?:\s+rc=(?P<rc>-?\d{1,9})\b)?")
+_STOPPED_RE = re.compile(r"stopped [\d.]+ s after the panic reached the console")
 _PRELOAD_RE = re.compile(r"^\s*RIG-PRELOAD\s+module=(?P<module>\S+)\s+rc=(?P<rc>\d+)?\S*\s*$")
 _BEGIN_RE = re.compile(r"run=(?P<run>\S*)(?:\s+cell=(?P<cell>\S*))?")
 _RUN_RE = re.compile(
@@ -838,10 +839,12 @@ def _trouble(ctx: _Context, boot: BootResult, judged: dict[str, _Judged]) -> _Tr
         stream = run.dump if run.dump is not None and oops in run.dump.oopses else run.console
         before = [r for r in stream.records if r.index < oops.index]
         at = _stage_index(_judge_records(replace(ctx, complete=False), before))
+        waited = _STOPPED_RE.search(boot.detail) if boot.end is BootEnd.PANIC else None
+        stopped = f" ({waited[0]})" if waited else ""
         return _Trouble(
             last if at is None else at,
             Outcome.FAILED,
-            f"kernel {oops.kind}: {oops.first[:160]}",
+            f"kernel {oops.kind}: {oops.first[:160]}{stopped}",
             oops.text,
             "crashed",
         )

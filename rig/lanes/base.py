@@ -77,7 +77,10 @@ def watch_console(
                 line_end = text.find("\n", m.end())
                 panic_line = text[line_start : line_end if line_end >= 0 else len(text)].strip()
         if panic_at is not None and (now - panic_at >= PANIC_GRACE_S or not alive()):
-            return ConsoleWatch(BootEnd.PANIC, f"guest panicked: {panic_line}", now - start)
+            waited = f"stopped {now - panic_at:.1f} s after the panic reached the console"
+            return ConsoleWatch(
+                BootEnd.PANIC, f"guest panicked: {panic_line} ({waited})", now - start
+            )
         if POWEROFF_RE.search(text):
             # Let the emulator finish writing, then report the normal end.
             deadline = now + 5

@@ -300,9 +300,16 @@ def test_oops_during_insmod_fails_stage_in_progress_and_later() -> None:
         "---[ end Kernel panic - not syncing: Fatal exception ]---",
     ]
     text = console(insmod=[TAINT, LOAD, CHECK, ALLOC, VMXON, VMCLEAR, *oops], insmod_rc=None)
-    v = judge(BOCHS_CELL, BUILD_OK, boot(text, BootEnd.PANIC, "kernel panic on the console"))
+    detail = (
+        "guest panicked: Kernel panic - not syncing: Fatal exception "
+        "(stopped 2.1 s after the panic reached the console)"
+    )
+    v = judge(BOCHS_CELL, BUILD_OK, boot(text, BootEnd.PANIC, detail))
     assert outcomes(v) == {"build": P, "vmxon": P, "vmlaunch": F, "vmcall_exit": F, "teardown": F}
     assert "BUG: unable to handle page fault" in v.stages["vmlaunch"].reason
+    assert v.stages["vmlaunch"].reason.endswith(
+        "(stopped 2.1 s after the panic reached the console)"
+    )
     assert "Oops: 0000" in v.stages["vmlaunch"].evidence
     assert "parse_legacy" not in v.stages["vmlaunch"].evidence
     assert "during vmlaunch" in v.stages["teardown"].reason
