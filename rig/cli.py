@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="merge JUnit files into an HTML matrix report")
     report.add_argument("junit", nargs="+", type=Path, help="JUnit XML files (e.g. one per shard)")
     report.add_argument("--html", type=Path, default=Path("rig-report.html"))
+    report.add_argument(
+        "--markdown", type=Path, default=None,
+        help="also a Markdown table, one row per cell with its verdict and timings",
+    )  # fmt: skip
 
     clean = sub.add_parser("clean", help="kill and delete what dead runs left behind")
     clean.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"))
@@ -319,7 +323,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rig.report import read_junit, render_html
+    from rig.report import read_junit, render_html, render_markdown
 
     results = []
     for path in args.junit:
@@ -331,6 +335,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UsageError(f"{path}: not valid XML ({exc})") from exc
     args.html.write_text(render_html(results))
     print(f"wrote {args.html} ({len(results)} testcases)")
+    if args.markdown is not None:
+        args.markdown.write_text(render_markdown(results))
+        print(f"wrote {args.markdown}")
     return 0
 
 

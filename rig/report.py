@@ -124,3 +124,46 @@ def render_html(results: list[CaseResult], title: str = "vmlaunch-rig matrix") -
                     "title": f"{stage}: {case.outcome.value}\n{case.message[:500]}",
                 })  # fmt: skip
     return "<!DOCTYPE html>\n" + ET.tostring(html, encoding="unicode", method="html")
+
+
+TIMES = ("kernel", "build", "image", "boot")
+"""The per-cell timings the runner records (JUnit properties time_<name>_s)."""
+
+
+def cell_summary(stages: dict[str, CaseResult]) -> str:
+    """One phrase for a cell: `pass`, `pass (3 skipped: why)`, or the first bad stage."""
+    ordered = [stages[s] for s in STAGES if s in stages]
+    for outcome, word in ((Outcome.ERROR, "ERROR"), (Outcome.FAILED, "FAILED")):
+        bad = next((c for c in ordered if c.outcome is outcome), None)
+        if bad is not None:
+            return f"{word} {bad.stage}: {bad.message.splitlines()[0][:100] if bad.message else ''}"
+    skipped = [c for c in ordered if c.outcome is Outcome.SKIPPED]
+    if len(skipped) == len(ordered):
+        why = skipped[0].message.splitlines()[0][:100] if skipped[0].message else ""
+        return f"skipped: {why}"
+    if skipped:
+        why = skipped[0].message.splitlines()[0][:100] if skipped[0].message else ""
+        return f"pass ({len(skipped)} skipped: {why})"
+    return "pass"
+
+
+def render_markdown(results: list[CaseResult]) -> str:
+    """A Markdown table, one row per cell, with its verdict and timings (seconds), e.g. for a
+    GitHub job summary. Table cells are escaped (`|`, newlines)."""
+
+    def esc(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| cell | verdict | " + " | ".join(f"{t} s" for t in TIMES) + " |",
+        "|---|---|" + "---:|" * len(TIMES),
+    ]
+    for cell_id, stages in sorted(by_cell(results).items()):
+        props: dict[str, str] = {}
+        for case in stages.values():
+            props.update(case.properties)
+        times = [props.get(f"time_{t}_s", "") for t in TIMES]
+        lines.append(
+            f"| {esc(cell_id)} | {esc(cell_summary(stages))} | " + " | ".join(times) + " |"
+        )
+    return "\n".join(lines) + "\n"

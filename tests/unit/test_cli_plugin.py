@@ -138,3 +138,28 @@ def test_a_dead_worker_is_reported_as_infrastructure() -> None:
     )  # fmt: skip
     pytest_handlecrashitem(crashitem="tests/test_x.py::t", report=other, sched=None)
     assert other.when == "call" and other.longrepr == "crash"  # not ours: untouched
+
+
+def test_markdown_report_has_one_row_per_cell_with_verdict_and_times() -> None:
+    from rig.report import CaseResult, render_markdown
+
+    def case(cell: str, stage: str, outcome: Outcome, msg: str = "") -> CaseResult:
+        props = {"cell": cell, "stage": stage, "time_boot_s": "101.5", "time_build_s": "0.0"}
+        return CaseResult(cell, stage, outcome, msg, props)
+
+    stages = ("build", "vmxon", "vmlaunch", "vmcall_exit", "teardown")
+    results = [case("bochs-6.12-haswell", s, Outcome.PASSED) for s in stages]
+    vmx_stages = ("vmxon", "vmlaunch", "vmcall_exit")
+    results += [
+        case("tcg-6.12-penryn", s, Outcome.SKIPPED if s in vmx_stages else Outcome.PASSED,
+             "guest CPU has no VMX")
+        for s in stages
+    ]  # fmt: skip
+    results += [case("bochs-6.1-x", s, Outcome.FAILED if s == "vmlaunch" else Outcome.PASSED,
+                     "vmlaunch VMfailValid | error 8\nmore") for s in stages]  # fmt: skip
+    table = render_markdown(results).splitlines()
+    assert len(table) == 2 + 3
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
+    assert "| pass | " in rows["bochs-6.12-haswell"] and "101.5" in rows["bochs-6.12-haswell"]
+    assert "pass (3 skipped: guest CPU has no VMX)" in rows["tcg-6.12-penryn"]
+    assert "FAILED vmlaunch: vmlaunch VMfailValid \\| error 8 |" in rows["bochs-6.1-x"]
