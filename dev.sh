@@ -11,7 +11,7 @@ cd "$(dirname "$(readlink -f "$0")")"
 
 APT_PACKAGES=(
   # emulators and their firmware
-  bochs bochsbios vgabios qemu-system-x86 qemu-utils
+  bochs bochsbios vgabios seabios qemu-system-x86 qemu-utils
   # libvirt, embedded driver (no daemon needed) + headers for libvirt-python
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   # guest images: suite chroots, kernel packages, initramfs, boot ISO

@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from filelock import FileLock
@@ -324,12 +324,16 @@ class Artifacts:
         want_iso: bool,
         preload: Sequence[Path] = (),
         kernel_args: Sequence[str] = (),
+        feature_control: int | None = None,
     ) -> GuestImage:
         """The busybox appliance: loads each (ko, repeat, params) in turn, dumps dmesg.
 
         `preload` modules are loaded first and stay loaded (e.g. one that takes VMX, to prove
-        the driver's refusal); `kernel_args` are appended to the guest's command line.
+        the driver's refusal); `kernel_args` are appended to the guest's command line;
+        `feature_control` is written to IA32_FEATURE_CONTROL by the boot loader (ISO only).
         """
+        if feature_control is not None and not want_iso:
+            raise UsageError("feature_control is written by GRUB: only ISO-booted guests")
         require_tool("cpio")
         if not BUSYBOX.exists():
             raise ToolMissing("busybox", "busybox-static", "the initramfs guest")
@@ -379,14 +383,11 @@ class Artifacts:
         )
         if kernel_args:
             cmdline += " " + " ".join(kernel_args)
-        image = GuestImage(kernel=kernel.vmlinuz, initrd=initrd, cmdline=cmdline)
+        image = GuestImage(
+            kernel=kernel.vmlinuz, initrd=initrd, cmdline=cmdline, feature_control=feature_control
+        )
         if want_iso:
-            image = GuestImage(
-                kernel=image.kernel,
-                initrd=image.initrd,
-                cmdline=image.cmdline,
-                iso=self.boot_iso(image, workdir),
-            )
+            image = replace(image, iso=self.boot_iso(image, workdir))
         return image
 
     @staticmethod
@@ -398,16 +399,7 @@ class Artifacts:
         (tree / "boot/grub").mkdir(parents=True)
         shutil.copy2(image.kernel, tree / "boot/vmlinuz")
         shutil.copy2(image.initrd, tree / "boot/initrd.gz")
-        if not re.fullmatch(r"[A-Za-z0-9_.,=/ -]*", image.cmdline):
-            raise UsageError(
-                f"kernel command line has characters GRUB would interpret: {image.cmdline!r}"
-            )
-        (tree / "boot/grub/grub.cfg").write_text(
-            "set timeout=0\nset default=0\n"
-            "menuentry rig {\n"
-            f"  linux /boot/vmlinuz {image.cmdline}\n"
-            "  initrd /boot/initrd.gz\n}\n"
-        )
+        (tree / "boot/grub/grub.cfg").write_text(grub_config(image))
         iso = workdir / "boot.iso"
         proc = subprocess.run(
             ["grub-mkrescue", "-o", str(iso), str(tree)],
@@ -422,6 +414,27 @@ class Artifacts:
                 fix="apt-get install grub-pc-bin grub-common xorriso mtools",
             )
         return iso
+
+
+def grub_config(image: GuestImage) -> str:
+    """grub.cfg of the boot ISO: optionally the firmware's IA32_FEATURE_CONTROL, then Linux."""
+    if not re.fullmatch(r"[A-Za-z0-9_.,=/ -]*", image.cmdline):
+        raise UsageError(
+            f"kernel command line has characters GRUB would interpret: {image.cmdline!r}"
+        )
+    firmware = ""
+    if image.feature_control is not None:
+        if not 0 <= image.feature_control <= 0xFFFFFFFF:
+            raise UsageError(f"IA32_FEATURE_CONTROL value {image.feature_control:#x} too big")
+        # What a firmware does before any OS: set (and maybe lock) the MSR.
+        firmware = f"  insmod wrmsr\n  wrmsr 0x3a {image.feature_control:#x}\n"
+    return (
+        "set timeout=0\nset default=0\n"
+        "menuentry rig {\n"
+        f"{firmware}"
+        f"  linux /boot/vmlinuz {image.cmdline}\n"
+        "  initrd /boot/initrd.gz\n}\n"
+    )
 
 
 def _ignore_build_products(_dir: str, names: list[str]) -> list[str]:

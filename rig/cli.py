@@ -36,6 +36,16 @@ def _jobs(value: str) -> str:
     raise argparse.ArgumentTypeError(f"-n takes a number or 'auto', not {value!r}")
 
 
+def _msr_value(value: str) -> int:
+    try:
+        number = int(value, 0)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"expected a 32-bit number such as 0x1, not {value!r}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rig", description="Prove the vmlaunch driver across a matrix."
@@ -76,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernel-arg", action="append", default=[],
         help="word appended to the guest kernel command line (e.g. clearcpuid=vmx); "
         "initramfs guests",
+    )  # fmt: skip
+    run.add_argument(
+        "--feature-control", type=_msr_value, default=None, metavar="VALUE",
+        help="IA32_FEATURE_CONTROL as a firmware would leave it, written by GRUB before the "
+        "kernel (bochs lane): 0x1 = locked with VMX off, 0x5 = locked with VMX on",
     )  # fmt: skip
     run.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"), help="run directories")
     run.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
@@ -189,6 +204,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 fix="use letters, digits and _ . , = / - only, e.g. clearcpuid=vmx",
             )
         argv += ["--rig-kernel-arg", arg]
+    if args.feature_control is not None:
+        argv += ["--rig-feature-control", hex(args.feature_control)]
     if args.jobs not in ("0", "1"):
         argv += ["-n", args.jobs, "--dist", "loadscope"]
     argv += list(args.pytest_args)

@@ -96,6 +96,9 @@ class GuestImage:
     initrd: Path
     cmdline: str
     iso: Path | None = None  # El Torito image for lanes without direct kernel boot (Bochs)
+    # IA32_FEATURE_CONTROL as the firmware leaves it: GRUB writes it before the kernel runs
+    # (ISO boots only). None: untouched (Bochs resets it to 0, unlocked; Linux then locks it).
+    feature_control: int | None = None
 
 
 # --------------------------------------------------------------------------- provision

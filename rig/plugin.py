@@ -52,6 +52,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--rig-kernel-arg", action="append", default=[],
         help="word appended to the guest kernel command line (repeatable)",
     )  # fmt: skip
+    g.addoption(
+        "--rig-feature-control", type=lambda v: int(v, 0), default=None,
+        help="IA32_FEATURE_CONTROL written by the boot loader before the kernel (bochs lane)",
+    )  # fmt: skip
     g.addoption("--rig-runs-dir", default=".rig/runs", help="where run directories live")
     g.addoption("--rig-cache", default=None, help="artifact cache (default ~/.cache/vmlaunch-rig)")
     g.addoption("--rig-run-id", default=None, help="run id (default: a new one per run)")
@@ -106,6 +110,7 @@ def _runner(config: pytest.Config) -> CellRunner:
                 repeat=config.option.rig_repeat,
                 preload=tuple(Path(p).resolve() for p in config.option.rig_preload),
                 kernel_args=tuple(config.option.rig_kernel_arg),
+                feature_control=config.option.rig_feature_control,
             ),
             artifacts=Artifacts(Cache(cache_root)),
             embed_pool=embed_pool,

@@ -47,6 +47,8 @@ class RunConfig:
     # tests/drivers/vmxhog takes VMX first, to prove the driver's vmx_busy refusal)
     preload: tuple[Path, ...] = ()
     kernel_args: tuple[str, ...] = ()  # appended to the guest kernel's command line
+    # IA32_FEATURE_CONTROL as the "firmware" leaves it (written by GRUB: ISO-booted lanes)
+    feature_control: int | None = None
     keep_images: bool = False
 
 
@@ -89,6 +91,10 @@ class CellRunner:
             return uniform(
                 cell, Outcome.SKIPPED, f"lane {cell.lane.name} cannot run on this host: {why}"
             )
+        if self.config.feature_control is not None and not backend.needs_iso:
+            why = (f"lane {cell.lane.name} boots the kernel directly, with no firmware step: "
+                   "--feature-control needs a lane that boots through GRUB (bochs)")  # fmt: skip
+            return uniform(cell, Outcome.SKIPPED, why)
         workdir = self.config.run_dir / "cells" / cell.id
         workdir.mkdir(parents=True, exist_ok=True)
         if (self.config.guest or cell.lane.guest) == "vm":
@@ -116,6 +122,7 @@ class CellRunner:
                 want_iso=backend.needs_iso,
                 preload=preload,
                 kernel_args=self.config.kernel_args,
+                feature_control=self.config.feature_control,
             )
             timings["image"] = time.monotonic() - t0
             spec = BootSpec(

@@ -4,6 +4,10 @@ Bochs 2.7 has no -kernel option: the guest boots from an El Torito ISO (GRUB). I
 with the RFB display (the only one compiled in), inside a private network namespace so that its
 display server listens on nobody's network, and with one CPU (Bochs' BIOS programs
 IA32_FEATURE_CONTROL on CPU 0 only).
+
+Bochs' own BIOS locks IA32_FEATURE_CONTROL at 0x5 (VMX on) before any boot loader runs. A boot
+that asks for another value (GuestImage.feature_control: GRUB writes it, as a firmware would)
+runs on SeaBIOS instead, which leaves the MSR at its reset value 0, unlocked.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from rig.model import BootEnd, BootResult, BootSpec
 BOCHS_BIN = "bochs-bin"
 BIOS = Path("/usr/share/bochs/BIOS-bochs-latest")
 VGABIOS = Path("/usr/share/bochs/VGABIOS-lgpl-latest")
+SEABIOS = Path("/usr/share/seabios/bios.bin")  # leaves IA32_FEATURE_CONTROL unlocked
 _MODEL_RE = re.compile(r"^[a-z0-9_]{1,40}$")
 _LOG_KEEP = re.compile(r"VMFAIL|VMENTER|VMEXIT FAIL|PANIC|triple fault|>>PANIC<<|\[CPU0  \] e")
 
@@ -37,7 +42,7 @@ def bochsrc(spec: BootSpec, console: Path, log: Path) -> str:
             f"megs: {int(spec.memory_mib)}",
             f"cpu: model={spec.cpu_model}, count=1, ips=200000000, reset_on_triple_fault=0",
             "clock: sync=none, time0=local",
-            f"romimage: file={BIOS}",
+            f"romimage: file={BIOS if spec.image.feature_control is None else SEABIOS}",
             f"vgaromimage: file={VGABIOS}",
             'display_library: rfb, options="timeout=0"',
             f'ata0-master: type=cdrom, path="{spec.image.iso}", status=inserted',
@@ -74,6 +79,10 @@ class BochsBackend:
         why = self.unavailable()
         if why is not None:
             raise ToolMissing(BOCHS_BIN, "bochs bochsbios vgabios", why)
+        if spec.image.feature_control is not None and not SEABIOS.exists():
+            raise ToolMissing(
+                str(SEABIOS), "seabios", "a firmware that leaves FEATURE_CONTROL open"
+            )
         wd = spec.workdir
         console, log = wd / "console.txt", wd / "bochs.log"
         rc, cmds = wd / "bochsrc", wd / "bochs.rc"

@@ -74,13 +74,15 @@ def test_vmx_owned_by_another_hypervisor_is_refused_untouched(rig) -> None:
 
 
 def test_vmx_locked_off_in_feature_control_is_refused(rig) -> None:
-    """`clearcpuid=vmx`: Linux then locks IA32_FEATURE_CONTROL with VMX off at boot, as a
-    firmware with VMX disabled would. The driver must name that cause (-EACCES)."""
-    run = rig(*BOCHS, "--cpu", "haswell", "--kernel-arg", "clearcpuid=vmx")
+    """The "firmware" (GRUB, before the kernel) locks IA32_FEATURE_CONTROL with VMX off. Linux
+    then clears its VMX flag; the driver must name the cause (-EACCES) and touch nothing.
+    (`clearcpuid=vmx` would not do: Linux locks the MSR with VMX on before it applies that.)"""
+    run = rig(*BOCHS, "--cpu", "haswell", "--feature-control", "0x1")
     assert run.rc == 0, run.output[-3000:]
     cell = run.cells["bochs-6.12-haswell"]
     console = cell["teardown"].system_out
-    assert "RIG-CPU vmx=0" in console  # the kernel's flag is gone, CPUID still has VMX
+    assert "VMX (outside TXT) disabled by BIOS" in console  # the kernel saw the lock
+    assert "RIG-CPU vmx=0" in console  # so its flag is gone; CPUID still says VMX
     assert re.search(
         r"vmlaunch: cpu=0 check declined errno=-13 why=vmx_disabled_by_bios "
         r"feature_control=0x1\b",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import subprocess
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,18 @@ def test_kernel_args_are_plain_words(tmp_path: Path, arg: str) -> None:
             kernel, [(ko, 1, [])], run_id="r", cell_id="c", workdir=work, want_iso=False,
             kernel_args=[arg],
         )  # fmt: skip
+
+
+def test_grub_writes_feature_control_before_linux_only_when_asked(tmp_path: Path) -> None:
+    from rig.artifacts import grub_config
+    from rig.model import GuestImage
+
+    plain = GuestImage(kernel=tmp_path, initrd=tmp_path, cmdline="console=ttyS0")
+    assert "wrmsr" not in grub_config(plain)
+    locked_off = replace(plain, feature_control=0x1)
+    cfg = grub_config(locked_off).splitlines()
+    assert cfg.index("  wrmsr 0x3a 0x1") < cfg.index("  linux /boot/vmlinuz console=ttyS0")
+    with pytest.raises(UsageError):
+        grub_config(replace(plain, feature_control=1 << 40))
+    with pytest.raises(UsageError):
+        grub_config(replace(plain, cmdline="console=ttyS0; reboot"))

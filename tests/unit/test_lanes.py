@@ -126,3 +126,16 @@ def test_owned_process_kills_its_whole_group(tmp_path: Path) -> None:
     states = [Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
               for pid in members.split() if Path(f"/proc/{pid}").exists()]  # fmt: skip
     assert all(state == "Z" for state in states), states  # only unreaped zombies may remain
+
+
+def test_bochs_firmware_is_seabios_only_when_the_boot_sets_feature_control(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from rig.lanes.bochs import BIOS, SEABIOS
+
+    spec = _spec(tmp_path, "corei7_haswell_4770")
+    assert f"romimage: file={BIOS}" in bochsrc(spec, tmp_path / "c", tmp_path / "l")
+    locked_off = replace(spec, image=replace(spec.image, feature_control=0x1))
+    assert f"romimage: file={SEABIOS}" in bochsrc(locked_off, tmp_path / "c", tmp_path / "l")

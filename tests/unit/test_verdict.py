@@ -727,3 +727,19 @@ def test_a_fixture_that_did_not_load_makes_the_run_an_infrastructure_error() -> 
     for stage in ("vmxon", "vmlaunch", "vmcall_exit", "teardown"):
         assert v.stages[stage].outcome is E, stage
         assert "vmxhog did not load (rc=1)" in v.stages[stage].reason
+
+
+def test_triple_fault_before_the_test_is_an_infrastructure_error() -> None:
+    """Real Bochs output (GRUB's wrmsr to a locked IA32_FEATURE_CONTROL, this repository's
+    first try at a firmware lock): the guest never reached the test, the driver never ran."""
+    bochs = "00690658838p[CPU0  ] >>PANIC<< exception(): 3rd (13) exception with no resolution"
+    result = BootResult(
+        console="\x1b[H\x1b[J\x1b[1;1H", end=BootEnd.EMULATOR, duration_s=7.5,
+        detail=f"Bochs stopped before the guest powered off: {bochs}", emulator_log=bochs,
+    )  # fmt: skip
+    v = judge(BOCHS_CELL, BUILD_OK, result)
+    assert v.stages["build"].outcome is P
+    for stage in ("vmxon", "vmlaunch", "vmcall_exit", "teardown"):
+        assert v.stages[stage].outcome is E, stage
+        assert "never reached the test" in v.stages[stage].reason
+        assert "3rd (13) exception with no resolution" in v.stages[stage].reason
