@@ -109,8 +109,11 @@ DECLINES: dict[str, str] = {
     "no_vmx": "the CPU has no VMX",
     "vmx_disabled_by_bios": "VMX is disabled by the firmware (IA32_FEATURE_CONTROL locked)",
     "vmx_busy": "VMX is already in use by another hypervisor (CR4.VMXE set)",
+    "vmx_disabled_by_kernel": "the guest kernel turned VMX off (X86_FEATURE_VMX cleared)",
 }
 ENVIRONMENT_DECLINES = frozenset({"vmx_disabled_by_bios", "vmx_busy"})
+_KERNEL_FLAG_OFF = ("vmx_disabled_by_bios", "vmx_disabled_by_kernel")
+"""Declines that explain a guest kernel without the vmx flag on a CPU whose CPUID has VMX."""
 
 STAGE_OF: dict[str, str] = {
     "load": "vmxon",
@@ -589,15 +592,22 @@ def _judge_vmxon(ctx: _Context, first: Sequence[DriverRecord]) -> _Judged:
                 f"the driver claims '{claims[0].stage} ok' on a CPU without VMX",
                 _evidence(claims),
             )
-        no_vmx = [r for r in declines if r.get("why") == "no_vmx"]
-        if no_vmx:
-            return _v("vmxon", Outcome.SKIPPED, ctx.no_vmx_reason, _evidence(no_vmx))
+        # The guest's flag is the kernel's X86_FEATURE_VMX. Where the lane's CPU has VMX in
+        # CPUID, the kernel clears the flag when firmware locked VMX off (or on request): the
+        # driver must then name that cause. Where the CPU has none, only no_vmx is right.
+        expected = ("no_vmx", *(_KERNEL_FLAG_OFF if ctx.cell.lane.vmx else ()))
+        right = [r for r in declines if r.get("why") in expected]
+        if right:
+            why = right[0].get("why") or "no_vmx"
+            reason = ctx.no_vmx_reason if why == "no_vmx" else f"driver declined: {DECLINES[why]}"
+            return _v("vmxon", Outcome.SKIPPED, reason, _evidence(right))
         if declines or fails:
             bad = (declines or fails)[0]
             return _v(
                 "vmxon",
                 Outcome.FAILED,
-                f"{decode_failure(bad)}; expected a decline with why=no_vmx (CPU has no VMX)",
+                f"{decode_failure(bad)}; expected a decline with why="
+                f"{' or '.join(expected)} (the guest kernel reports no VMX)",
                 _evidence([bad]),
             )
         if ctx.complete and not first:

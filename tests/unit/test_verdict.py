@@ -743,3 +743,30 @@ def test_triple_fault_before_the_test_is_an_infrastructure_error() -> None:
         assert v.stages[stage].outcome is E, stage
         assert "never reached the test" in v.stages[stage].reason
         assert "3rd (13) exception with no resolution" in v.stages[stage].reason
+
+
+FIRMWARE_OFF = (
+    "vmlaunch: cpu=0 check declined errno=-13 why=vmx_disabled_by_bios feature_control=0x1 "
+    "-- CPU 0 declined: vmx_disabled_by_bios"
+)
+
+
+def test_firmware_lock_on_a_vmx_cpu_skips_with_the_drivers_cause() -> None:
+    """Bochs has VMX in CPUID; the firmware locked it off, so the guest kernel shows no vmx
+    flag. The driver must say why: vmx_disabled_by_bios. A plain no_vmx would also do."""
+    decline = [TAINT, LOAD, FIRMWARE_OFF, "vmlaunch: cpu=- freed ok pages=0"]
+    text = console(vmx=0, insmod=decline, insmod_rc=13, rmmod=[], rmmod_rc=None)
+    v = judge(BOCHS_CELL, BUILD_OK, boot(text))
+    assert outcomes(v) == {"build": P, "vmxon": S, "vmlaunch": S, "vmcall_exit": S, "teardown": P}
+    assert "disabled by the firmware" in v.stages["vmxon"].reason
+    assert "feature_control=0x1" in v.stages["vmxon"].evidence
+
+
+def test_firmware_decline_on_a_cpu_without_vmx_is_wrong() -> None:
+    """On TCG CPUID has no VMX: blaming the firmware means the driver misread CPUID."""
+    decline = [TAINT, LOAD, FIRMWARE_OFF, "vmlaunch: cpu=- freed ok pages=0"]
+    text = console(vmx=0, model=PENRYN_MODEL, insmod=decline, insmod_rc=13, rmmod=[],
+                   rmmod_rc=None)  # fmt: skip
+    v = judge(TCG_CELL, BUILD_OK, boot(text))
+    assert v.stages["vmxon"].outcome is F
+    assert "expected a decline with why=no_vmx (" in v.stages["vmxon"].reason
