@@ -52,10 +52,19 @@ def read_junit(path: Path) -> list[CaseResult]:
     return results
 
 
+_SEVERITY = {Outcome.PASSED: 0, Outcome.SKIPPED: 1, Outcome.FAILED: 2, Outcome.ERROR: 3}
+
+
 def by_cell(results: list[CaseResult]) -> dict[str, dict[str, CaseResult]]:
+    """cell -> stage -> result. A stage reported twice (pytest-xdist reruns the cell of a
+    worker that died: the crash is an error, the rerun a verdict) keeps the worse result, so
+    a report never hides the crash."""
     table: dict[str, dict[str, CaseResult]] = {}
     for r in results:
-        table.setdefault(r.cell, {})[r.stage] = r
+        stages = table.setdefault(r.cell, {})
+        seen = stages.get(r.stage)
+        if seen is None or _SEVERITY[r.outcome] >= _SEVERITY[seen.outcome]:
+            stages[r.stage] = r
     return table
 
 

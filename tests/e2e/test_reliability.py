@@ -223,14 +223,16 @@ def test_kill_9_of_one_worker_is_an_error_of_its_cell_only(tmp_path: Path) -> No
     os.kill(worker, signal.SIGKILL)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 3, out[-3000:]
-    cells = by_cell(read_junit(junit))
-    errors = {c: s for c, stages in cells.items() for s, r in stages.items()
-              if r.outcome is Outcome.ERROR}  # fmt: skip
-    assert list(errors) == [victim_cell], (errors, out[-3000:])
-    err = cells[victim_cell][errors[victim_cell]]
-    assert "worker" in err.message and "infrastructure" in err.message, err.message
-    other = next(c for c in cells if c != victim_cell)
-    assert cells[other]["teardown"].outcome is Outcome.PASSED, cells[other]["teardown"].message
+    results = read_junit(junit)
+    errors = [r for r in results if r.outcome is Outcome.ERROR]
+    assert [r.cell for r in errors] == [victim_cell], ([(r.cell, r.stage) for r in errors], out)
+    assert "worker" in errors[0].message and "infrastructure" in errors[0].message
+    # xdist gives the dead worker's cell to a fresh worker: its stages still get real verdicts
+    for cell in {r.cell for r in results}:
+        last = {r.stage: r for r in results if r.cell == cell}
+        assert last["teardown"].outcome is Outcome.PASSED, (cell, last["teardown"].message)
+    # and the report keeps the crash visible
+    assert by_cell(results)[victim_cell][errors[0].stage].outcome is Outcome.ERROR
     # once the run has ended: no QEMU, no libvirt child, no scratch file of the killed worker
     assert not [cmd for _pid, cmd in processes_mentioning(str(runs))]
     assert not _qemu_guests(runs)

@@ -163,3 +163,13 @@ def test_markdown_report_has_one_row_per_cell_with_verdict_and_times() -> None:
     assert "| pass | " in rows["bochs-6.12-haswell"] and "101.5" in rows["bochs-6.12-haswell"]
     assert "pass (3 skipped: guest CPU has no VMX)" in rows["tcg-6.12-penryn"]
     assert "FAILED vmlaunch: vmlaunch VMfailValid \\| error 8 |" in rows["bochs-6.1-x"]
+
+
+def test_a_stage_reported_twice_keeps_its_worse_result() -> None:
+    """A dead worker's cell is rerun by xdist: the crash (error) must stay visible."""
+    from rig.report import CaseResult, by_cell
+
+    crash = CaseResult("tcg-6.12-penryn", "build", Outcome.ERROR, "worker 'gw1' crashed")
+    rerun = CaseResult("tcg-6.12-penryn", "build", Outcome.PASSED, "")
+    assert by_cell([crash, rerun])["tcg-6.12-penryn"]["build"] is crash
+    assert by_cell([rerun, crash])["tcg-6.12-penryn"]["build"] is crash
