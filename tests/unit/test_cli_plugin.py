@@ -173,3 +173,21 @@ def test_a_stage_reported_twice_keeps_its_worse_result() -> None:
     rerun = CaseResult("tcg-6.12-penryn", "build", Outcome.PASSED, "")
     assert by_cell([crash, rerun])["tcg-6.12-penryn"]["build"] is crash
     assert by_cell([rerun, crash])["tcg-6.12-penryn"]["build"] is crash
+
+
+def test_a_crash_report_without_properties_is_read_from_its_class_name(tmp_path: Path) -> None:
+    """What junitxml writes for an item whose worker died (no teardown: no properties)."""
+    from rig.report import read_junit
+
+    junit = tmp_path / "j.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="vmlaunch-rig">'
+        '<testcase classname="matrix.yaml.tcg-6.12-nehalem" name="build" time="0">'
+        '<error message="failed on setup with &quot;infrastructure: worker \'gw1\' crashed'
+        '&quot;">x</error></testcase>'
+        '<testcase classname="tests.test_x" name="test_y" time="0"/>'
+        "</testsuite></testsuites>"
+    )
+    (only,) = read_junit(junit)
+    assert (only.cell, only.stage, only.outcome) == ("tcg-6.12-nehalem", "build", Outcome.ERROR)
+    assert "worker 'gw1' crashed" in only.message
