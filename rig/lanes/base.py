@@ -24,6 +24,10 @@ from rig.model import BootEnd, BootResult, BootSpec
 PANIC_RE = re.compile(r"Kernel panic - not syncing|reboot: Restarting system")
 PANIC_GRACE_S = 2.0
 POWEROFF_RE = re.compile(r"reboot: Power down|reboot: System halted")
+# A kernel that oopsed while booting (before the guest's RIG-BEGIN) and then went silent will
+# not reach the test: stop after this long without console output instead of at the timeout.
+BOOT_OOPS_RE = re.compile(r"\b(?:BUG: |Oops: |invalid opcode: |general protection fault)")
+BOOT_OOPS_STALL_S = 150.0
 
 
 class Backend(Protocol):
@@ -61,14 +65,18 @@ def watch_console(
     alive: Callable[[], bool],
     timeout_s: float,
     poll_s: float = 0.25,
+    boot_oops_stall_s: float = BOOT_OOPS_STALL_S,
 ) -> ConsoleWatch:
     """Follow `console` until poweroff, panic, the emulator exits, or the timeout."""
     start = time.monotonic()
     panic_at: float | None = None
     panic_line = ""
+    seen, changed_at = -1, start
     while True:
         now = time.monotonic()
         text = console.read_text(errors="replace") if console.exists() else ""
+        if len(text) != seen:
+            seen, changed_at = len(text), now
         if panic_at is None:
             m = PANIC_RE.search(text)
             if m:
@@ -90,6 +98,17 @@ def watch_console(
         if not alive():
             return ConsoleWatch(
                 BootEnd.EMULATOR, "emulator exited before the guest powered off", now - start
+            )
+        if (
+            now - changed_at >= boot_oops_stall_s
+            and "RIG-BEGIN" not in text
+            and BOOT_OOPS_RE.search(text)
+        ):
+            return ConsoleWatch(
+                BootEnd.TIMEOUT,
+                f"the guest kernel oopsed while booting and then printed nothing for "
+                f"{boot_oops_stall_s:.0f} s",
+                now - start,
             )
         if now - start >= timeout_s:
             return ConsoleWatch(

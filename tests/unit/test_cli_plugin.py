@@ -183,7 +183,7 @@ def test_a_crash_report_without_properties_is_read_from_its_class_name(tmp_path:
     junit.write_text(
         '<testsuites><testsuite name="vmlaunch-rig">'
         '<testcase classname="matrix.yaml.tcg-6.12-nehalem" name="build" time="0">'
-        '<error message="failed on setup with &quot;infrastructure: worker \'gw1\' crashed'
+        "<error message=\"failed on setup with &quot;infrastructure: worker 'gw1' crashed"
         '&quot;">x</error></testcase>'
         '<testcase classname="tests.test_x" name="test_y" time="0"/>'
         "</testsuite></testsuites>"

@@ -139,3 +139,28 @@ def test_bochs_firmware_is_seabios_only_when_the_boot_sets_feature_control(
     assert f"romimage: file={BIOS}" in bochsrc(spec, tmp_path / "c", tmp_path / "l")
     locked_off = replace(spec, image=replace(spec.image, feature_control=0x1))
     assert f"romimage: file={SEABIOS}" in bochsrc(locked_off, tmp_path / "c", tmp_path / "l")
+
+
+def test_watch_console_gives_up_on_a_kernel_that_oopsed_while_booting(tmp_path: Path) -> None:
+    """Real lines of kernel 5.10 on Bochs corei7_icelake_u: an oops, then silence."""
+    console = tmp_path / "console.txt"
+    lines = ["[    0.968000] invalid opcode: 0000 [#1] SMP NOPTI",
+             "[    0.968000] RIP: 0010:ktime_get+0x91/0xa0"]  # fmt: skip
+    t = _writer(console, lines, 0.01)
+    w = watch_console(console, alive=lambda: True, timeout_s=60, poll_s=0.02,
+                      boot_oops_stall_s=0.5)  # fmt: skip
+    t.join()
+    assert w.end is BootEnd.TIMEOUT
+    assert "oopsed while booting" in w.detail
+    assert w.duration_s < 10
+
+
+def test_watch_console_keeps_waiting_after_an_oops_in_the_test(tmp_path: Path) -> None:
+    """After RIG-BEGIN an oops is the driver's: the guest's own end (or the timeout) decides."""
+    console = tmp_path / "console.txt"
+    t = _writer(console, ["RIG-BEGIN", "[ 9.0] BUG: kernel NULL pointer dereference"], 0.01)
+    w = watch_console(console, alive=lambda: True, timeout_s=1.5, poll_s=0.02,
+                      boot_oops_stall_s=0.3)  # fmt: skip
+    t.join()
+    assert w.end is BootEnd.TIMEOUT
+    assert "cell timeout" in w.detail
