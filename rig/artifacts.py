@@ -74,9 +74,10 @@ def digest(*parts: object) -> str:
 
 
 def tree_digest(root: Path) -> str:
-    """Hash of a source tree's files (paths and contents), ignoring build products."""
+    """Hash of a source tree's files (paths and contents), ignoring build products and the
+    documentation (`*.md`): a README edit does not change what the build makes."""
     h = hashlib.sha256()
-    skip_suffixes = {".o", ".ko", ".mod", ".cmd", ".symvers", ".order", ".a"}
+    skip_suffixes = {".o", ".ko", ".mod", ".cmd", ".symvers", ".order", ".a", ".md"}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root)
         if path.suffix in skip_suffixes or rel.name.startswith(".") or ".mod." in rel.name:

@@ -27,6 +27,7 @@ def test_tree_digest_follows_sources_not_build_products(tmp_path: Path) -> None:
     d1 = tree_digest(tmp_path)
     (tmp_path / "a.o").write_bytes(b"\0obj")
     (tmp_path / "a.ko").write_bytes(b"\0ko")
+    (tmp_path / "README.md").write_text("how it works")
     assert tree_digest(tmp_path) == d1
     (tmp_path / "a.c").write_text("int y;")
     assert tree_digest(tmp_path) != d1
