@@ -148,13 +148,21 @@ TIMES = ("kernel", "build", "image", "boot")
 """The per-cell timings the runner records (JUnit properties time_<name>_s)."""
 
 
+def _first_line(message: str) -> str:
+    """A verdict's reason without pytest's wrapping (`failed on setup with "Failed: ...`)."""
+    line = message.splitlines()[0] if message else ""
+    for prefix in ('failed on setup with "', "Failed: ", "infrastructure: "):
+        line = line.removeprefix(prefix)
+    return line[:140]
+
+
 def cell_summary(stages: dict[str, CaseResult]) -> str:
     """One phrase for a cell: `pass`, `pass (3 skipped: why)`, or the first bad stage."""
     ordered = [stages[s] for s in STAGES if s in stages]
     for outcome, word in ((Outcome.ERROR, "ERROR"), (Outcome.FAILED, "FAILED")):
         bad = next((c for c in ordered if c.outcome is outcome), None)
         if bad is not None:
-            return f"{word} {bad.stage}: {bad.message.splitlines()[0][:100] if bad.message else ''}"
+            return f"{word} {bad.stage}: {_first_line(bad.message)}"
     skipped = [c for c in ordered if c.outcome is Outcome.SKIPPED]
     if len(skipped) == len(ordered):
         why = skipped[0].message.splitlines()[0][:100] if skipped[0].message else ""
