@@ -214,10 +214,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         rc = pytest.main(argv, plugins=[outcome])
     finally:
         # Every process of the run has exited (workers, the in-process runner): what a worker
-        # killed mid-cell left (scratch files, pid files) goes now, not at the next run.
+        # killed mid-cell left (scratch files, pid files) goes now, not at the next run. A
+        # failure here must not replace the run's own outcome: the next run sweeps again.
         from rig.sweep import sweep
 
-        sweep(args.runs_dir.resolve())
+        try:
+            sweep(args.runs_dir.resolve())
+        except OSError as exc:
+            print(f"rig: cleaning up the run directory failed ({exc}); the next run or "
+                  "`rig clean` retries", file=sys.stderr)  # fmt: skip
     if rc in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR):
         return int(ExitCode.USAGE if rc == pytest.ExitCode.USAGE_ERROR else ExitCode.INFRA)
     if rc == pytest.ExitCode.INTERRUPTED:

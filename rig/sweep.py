@@ -102,7 +102,7 @@ def sweep(runs_root: Path) -> Sweep:
                     shutil.rmtree(p, ignore_errors=True)
                     result.scratch_removed += 1
                 elif p.exists():
-                    p.unlink()
+                    p.unlink(missing_ok=True)  # its owner may be removing it right now
                     result.scratch_removed += 1
     return result
 

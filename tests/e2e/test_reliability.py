@@ -165,11 +165,24 @@ def test_ctrl_c_ends_the_run_as_infrastructure_and_leaves_nothing(tmp_path: Path
     runs = tmp_path / "runs"
     argv = _rig_argv(tmp_path / "j.xml", runs, "--driver", str(DRIVERS / "hang"),
                      "--timeout", "120")  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "rig.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
     _wait_for_guest(runs)
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 3
+    try:
+        rc = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        # Say where it was stuck before failing: the processes and the logs of the cell.
+        state = [cmd for _pid, cmd in processes_mentioning(str(runs))]
+        logs = {p.name: p.read_text(errors="replace")[-1500:]
+                for p in runs.glob("*/cells/*/*") if p.suffix in (".log", ".txt")}  # fmt: skip
+        proc.kill()
+        said = out.read_text(errors="replace")[-2000:]
+        pytest.fail(f"rig did not exit 120 s after SIGINT\nprocesses: {state}\n"
+                    f"rig output: {said}\nlogs: {logs}")  # fmt: skip
+    assert rc == 3, out.read_text(errors="replace")[-2000:]
     assert not _qemu_guests(runs)
     assert not [p for _pid, p in processes_mentioning(str(runs))]
 
