@@ -161,13 +161,21 @@ def test_libvirt_connection_lost_mid_boot_is_an_error_and_leaves_no_guest(tmp_pa
     assert not _qemu_guests(runs)  # the run's end swept the orphaned QEMU
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_the_run_as_infrastructure_and_leaves_nothing(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     argv = _rig_argv(tmp_path / "j.xml", runs, "--driver", str(DRIVERS / "hang"),
                      "--timeout", "120")  # fmt: skip
     out = tmp_path / "rig.out"
     with out.open("wb") as sink:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+        # As from a terminal: SIGINT at its default. (A test run started in the background by
+        # a non-interactive shell inherits SIGINT ignored, and so would the rig: it would then
+        # rightly ignore this Ctrl-C.)
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
+                                preexec_fn=_sigint_default)  # fmt: skip
     _wait_for_guest(runs)
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
