@@ -36,6 +36,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 GUESTS_DIR = REPO_ROOT / "guests"
 
 KERNEL_ARG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=/-]{0,127}")
+
+
+def check_kernel_arg(arg: str, what: str = "kernel argument") -> str:
+    """A word for the guest kernel's command line: never anything GRUB or a shell interprets."""
+    if not KERNEL_ARG_RE.fullmatch(arg):
+        raise UsageError(
+            f"{what} {arg!r} is not a plain word",
+            fix="use letters, digits and _ . , = / - only, e.g. clearcpuid=vmx",
+        )
+    return arg
+
+
 _PARAM_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}=[A-Za-z0-9_.,-]{0,128}$")
 _MODNAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,55}$")
 
@@ -348,11 +360,7 @@ class Artifacts:
         (root / "rig/run-id").write_text(run_id + "\n")
         (root / "rig/cell-id").write_text(cell_id + "\n")
         for arg in kernel_args:
-            if not KERNEL_ARG_RE.fullmatch(arg):
-                raise UsageError(
-                    f"kernel argument {arg!r} is not a plain word",
-                    fix="use letters, digits and _ . , = / - only, e.g. clearcpuid=vmx",
-                )
+            check_kernel_arg(arg)
         plan = []
         for ko in preload:
             shutil.copy2(ko, root / "rig/modules" / ko.name)

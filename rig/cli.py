@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rig.artifacts import HOST_TOOLS, KERNEL_ARG_RE, Artifacts, Cache, default_cache_root
+from rig.artifacts import HOST_TOOLS, Artifacts, Cache, check_kernel_arg, default_cache_root
 from rig.errors import ExitCode, RigError, UsageError
 from rig.hostcheck import kvm_usable
 from rig.lanes import backend_for
@@ -198,12 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--preload {src}: no such directory", fix="pass a module source tree")
         argv += ["--rig-preload", str(src.resolve())]
     for arg in args.kernel_arg:
-        if not KERNEL_ARG_RE.fullmatch(arg):
-            raise UsageError(
-                f"--kernel-arg {arg!r} is not a plain word",
-                fix="use letters, digits and _ . , = / - only, e.g. clearcpuid=vmx",
-            )
-        argv += ["--rig-kernel-arg", arg]
+        argv += ["--rig-kernel-arg", check_kernel_arg(arg, "--kernel-arg")]
     if args.feature_control is not None:
         argv += ["--rig-feature-control", hex(args.feature_control)]
     if args.jobs not in ("0", "1"):

@@ -97,7 +97,7 @@ class GuestImage:
     cmdline: str
     iso: Path | None = None  # El Torito image for lanes without direct kernel boot (Bochs)
     # IA32_FEATURE_CONTROL as the firmware leaves it: GRUB writes it before the kernel runs
-    # (ISO boots only). None: untouched (Bochs resets it to 0, unlocked; Linux then locks it).
+    # (ISO boots only). None: as the lane's own firmware leaves it (Bochs' BIOS locks it at 0x5).
     feature_control: int | None = None
 
 

@@ -164,13 +164,12 @@ def cell_summary(stages: dict[str, CaseResult]) -> str:
         if bad is not None:
             return f"{word} {bad.stage}: {_first_line(bad.message)}"
     skipped = [c for c in ordered if c.outcome is Outcome.SKIPPED]
+    if not skipped:
+        return "pass"
+    why = skipped[0].message.splitlines()[0][:100] if skipped[0].message else ""
     if len(skipped) == len(ordered):
-        why = skipped[0].message.splitlines()[0][:100] if skipped[0].message else ""
         return f"skipped: {why}"
-    if skipped:
-        why = skipped[0].message.splitlines()[0][:100] if skipped[0].message else ""
-        return f"pass ({len(skipped)} skipped: {why})"
-    return "pass"
+    return f"pass ({len(skipped)} skipped: {why})"
 
 
 def render_markdown(results: list[CaseResult]) -> str:

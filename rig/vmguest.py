@@ -450,6 +450,14 @@ def _kv(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
+def _step(guest: Guest, t: Transcript, step: str, command: str) -> None:
+    """One driver step (insmod, rmmod): its kernel lines, its output, its RIG-STEP line."""
+    r = guest.run(command, step, STEP_CAP_S)
+    t.take_serial()
+    t.add_output(r.stdout + r.stderr)
+    t.add(f"RIG-STEP {step} rc={r.rc}")
+
+
 def exercise_in_guest(guest: Guest, t: Transcript, plan: VmCellPlan, name: str, ko: str) -> None:
     """The initramfs appliance's sequence (guests/initramfs/init), one SSH command a step."""
     info = _kv(guest.run(PREPARE, "prepare").stdout)
@@ -464,14 +472,10 @@ def exercise_in_guest(guest: Guest, t: Transcript, plan: VmCellPlan, name: str, 
     for n in range(plan.repeat):  # one module per VM: run number n is iteration n
         t.add(f"RIG-RUN {n} module={name} iter={n}")
         # From here on kernel lines go to the serial console as well (see the init).
-        r = guest.run(
+        _step(
+            guest, t, "insmod",
             f"dmesg -n 8; echo 'rig: run={n} step=insmod' > /dev/kmsg; exec insmod {q_ko} {params}",
-            "insmod",
-            STEP_CAP_S,
-        )
-        t.take_serial()
-        t.add_output(r.stdout + r.stderr)
-        t.add(f"RIG-STEP insmod rc={r.rc}")
+        )  # fmt: skip
         r = guest.run(
             f"cd /sys/kernel/{q_name} 2>/dev/null || exit 0; "
             'for f in *; do [ -f "$f" ] && sed "s/^/RIG-SYSFS $f: /" "$f"; done; true',
@@ -482,14 +486,12 @@ def exercise_in_guest(guest: Guest, t: Transcript, plan: VmCellPlan, name: str, 
         t.add(*(ln for ln in r.stdout.splitlines() if ln.startswith("RIG-SYSFS ")))
         loaded = guest.run(f"grep -q '^{name} ' /proc/modules", "lsmod").rc == 0
         if loaded:
-            r = guest.run(
-                f"echo 'rig: run={n} step=rmmod' > /dev/kmsg; exec rmmod {q_name}",
+            _step(
+                guest,
+                t,
                 "rmmod",
-                STEP_CAP_S,
+                f"echo 'rig: run={n} step=rmmod' > /dev/kmsg; exec rmmod {q_name}",
             )
-            t.take_serial()
-            t.add_output(r.stdout + r.stderr)
-            t.add(f"RIG-STEP rmmod rc={r.rc}")
         else:
             t.add("RIG-STEP rmmod rc=none")
         mem = guest.run("grep MemFree /proc/meminfo", "meminfo").stdout.split()
