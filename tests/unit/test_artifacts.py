@@ -7,12 +7,13 @@ import subprocess
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rig.artifacts import Artifacts, Cache, _module_name, digest, tree_digest
 from rig.errors import UsageError
-from rig.model import KernelArtifacts, KernelSpec
+from rig.model import GuestImage, KernelArtifacts, KernelSpec
 
 
 def test_digest_changes_with_every_input() -> None:
@@ -70,20 +71,27 @@ def test_module_name_from_kbuild(tmp_path: Path) -> None:
         _module_name(tmp_path)
 
 
+def _initramfs(
+    tmp_path: Path, modules: list[tuple[Path, int, list[str]]], **options: Any
+) -> GuestImage:
+    """initramfs_image for a stand-in kernel (it never reads the kernel's files)."""
+    spec = KernelSpec(name="6.12", suite="trixie", abi="x")
+    kernel = KernelArtifacts(spec=spec, vmlinuz=tmp_path / "vmlinuz", headers=tmp_path,
+                             chroot=tmp_path)  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return Artifacts(Cache(tmp_path / "c")).initramfs_image(
+        kernel, modules, run_id="r1", cell_id="bochs-6.12-haswell", workdir=work,
+        want_iso=False, **options,
+    )  # fmt: skip
+
+
 def test_initramfs_holds_init_plan_and_module(tmp_path: Path) -> None:
     if not Path("/bin/busybox").exists():
         pytest.skip("busybox-static not installed")
     ko = tmp_path / "vmlaunch.ko"
     ko.write_bytes(b"\x7fELF fake")
-    spec = KernelSpec(name="6.12", suite="trixie", abi="x")
-    kernel = KernelArtifacts(spec=spec, vmlinuz=tmp_path / "vmlinuz", headers=tmp_path,
-                             chroot=tmp_path)  # fmt: skip
-    work = tmp_path / "work"
-    work.mkdir()
-    image = Artifacts(Cache(tmp_path / "c")).initramfs_image(
-        kernel, [(ko, 3, ["break_field=none"])], run_id="r1", cell_id="bochs-6.12-haswell",
-        workdir=work, want_iso=False,
-    )  # fmt: skip
+    image = _initramfs(tmp_path, [(ko, 3, ["break_field=none"])])
     archive = gzip.decompress(image.initrd.read_bytes())
     listing = subprocess.run(
         ["cpio", "-it", "--quiet"], input=archive, capture_output=True, check=True
@@ -97,14 +105,8 @@ def test_initramfs_holds_init_plan_and_module(tmp_path: Path) -> None:
 def test_module_parameters_are_words_not_shell(tmp_path: Path, param: str) -> None:
     ko = tmp_path / "m.ko"
     ko.write_bytes(b"x")
-    spec = KernelSpec(name="6.12", suite="trixie", abi="x")
-    kernel = KernelArtifacts(spec=spec, vmlinuz=ko, headers=tmp_path, chroot=tmp_path)
-    work = tmp_path / "w"
-    work.mkdir()
     with pytest.raises(UsageError):
-        Artifacts(Cache(tmp_path / "c")).initramfs_image(
-            kernel, [(ko, 1, [param])], run_id="r", cell_id="c", workdir=work, want_iso=False
-        )
+        _initramfs(tmp_path, [(ko, 1, [param])])
 
 
 def test_preloaded_fixtures_and_kernel_args_reach_plan_and_cmdline(tmp_path: Path) -> None:
@@ -113,14 +115,7 @@ def test_preloaded_fixtures_and_kernel_args_reach_plan_and_cmdline(tmp_path: Pat
     ko, hog = tmp_path / "vmlaunch.ko", tmp_path / "vmxhog.ko"
     ko.write_bytes(b"\x7fELF fake")
     hog.write_bytes(b"\x7fELF hog")
-    spec = KernelSpec(name="6.12", suite="trixie", abi="x")
-    kernel = KernelArtifacts(spec=spec, vmlinuz=ko, headers=tmp_path, chroot=tmp_path)
-    work = tmp_path / "work"
-    work.mkdir()
-    image = Artifacts(Cache(tmp_path / "c")).initramfs_image(
-        kernel, [(ko, 2, [])], run_id="r", cell_id="c", workdir=work, want_iso=False,
-        preload=[hog], kernel_args=["clearcpuid=vmx"],
-    )  # fmt: skip
+    image = _initramfs(tmp_path, [(ko, 2, [])], preload=[hog], kernel_args=["clearcpuid=vmx"])
     assert image.cmdline.endswith(" clearcpuid=vmx")
     archive = gzip.decompress(image.initrd.read_bytes())
     out = tmp_path / "x"
@@ -134,20 +129,12 @@ def test_preloaded_fixtures_and_kernel_args_reach_plan_and_cmdline(tmp_path: Pat
 def test_kernel_args_are_plain_words(tmp_path: Path, arg: str) -> None:
     ko = tmp_path / "m.ko"
     ko.write_bytes(b"x")
-    spec = KernelSpec(name="6.12", suite="trixie", abi="x")
-    kernel = KernelArtifacts(spec=spec, vmlinuz=ko, headers=tmp_path, chroot=tmp_path)
-    work = tmp_path / "w"
-    work.mkdir()
     with pytest.raises(UsageError):
-        Artifacts(Cache(tmp_path / "c")).initramfs_image(
-            kernel, [(ko, 1, [])], run_id="r", cell_id="c", workdir=work, want_iso=False,
-            kernel_args=[arg],
-        )  # fmt: skip
+        _initramfs(tmp_path, [(ko, 1, [])], kernel_args=[arg])
 
 
 def test_grub_writes_feature_control_before_linux_only_when_asked(tmp_path: Path) -> None:
     from rig.artifacts import grub_config
-    from rig.model import GuestImage
 
     plain = GuestImage(kernel=tmp_path, initrd=tmp_path, cmdline="console=ttyS0")
     assert "wrmsr" not in grub_config(plain)
