@@ -105,7 +105,9 @@ def main() -> int:
                 timeout_s=600,
                 workdir=wd,
             )
-            (wd / "bare.rc").write_text(bochsrc(bspec, wd / "bare-console.txt", wd / "bare.log"))
+            (wd / "bare.rc").write_text(
+                bochsrc(bspec, wd / "bare-console.txt", wd / "bare-agent.txt", wd / "bare.log")
+            )
             (wd / "cont").write_text("c\n")
             results.setdefault("bare Bochs", []).append(
                 timed(

@@ -9,6 +9,7 @@ several pytest-xdist workers asking for the same artifact at once build it once.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import json
@@ -21,10 +22,10 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from rig.errors import InfraError, ToolMissing, UsageError
 from rig.model import GuestImage, KernelArtifacts, KernelSpec, ModuleBuild
@@ -105,6 +106,30 @@ def stderr_progress(msg: str) -> None:
     print(f"[rig artifacts] {msg}", file=sys.stderr, flush=True)
 
 
+EMBED_KIND = "libvirt-embed"  # the embedded libvirt roots live in the cache too
+
+
+def slot_in_use(root: Path) -> bool:
+    """An embedded libvirt root whose slot lock a live libvirt child holds."""
+    lock = root / "rig.lock"
+    if not lock.exists():
+        return False
+    with lock.open("r") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+@dataclass
+class Prune:
+    removed: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # in use by a live run or build: kept
+    kept: list[str] = field(default_factory=list)  # still named by the matrix (--unused)
+
+
 @dataclass(frozen=True)
 class Cache:
     """A content-addressed directory store with per-key locks."""
@@ -129,6 +154,9 @@ class Cache:
             if final.exists():
                 yield final, None
                 return
+            # We hold the key's lock: any temp dir of this key is a killed build's leftover.
+            for stale in final.parent.glob(f".{key}.*"):
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
             try:
                 yield final, tmp
@@ -136,6 +164,53 @@ class Cache:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+
+    @contextlib.contextmanager
+    def held(self, kind: str, key: str) -> Iterator[bool]:
+        """Try to take an entry's build lock without waiting: True when nobody holds it."""
+        lock = FileLock(str(self.slot(kind, key)) + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def prune(self, keep: Callable[[str, str], bool] = lambda _k, _n: False) -> Prune:
+        """Delete entries (and killed builds' temp dirs) that nobody is using, except `keep`.
+
+        An entry whose build lock is held is being built: left alone. An embedded libvirt
+        root (kind `libvirt-embed`) is left alone while its slot lock is held (a live run).
+        """
+        result = Prune()
+        if not self.root.exists():
+            return result
+        for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for entry in sorted(p for p in kind_dir.iterdir() if p.is_dir()):
+                name = entry.name
+                if name.startswith("."):  # `.KEY.XXXX`: a build's temp dir
+                    key = name[1:].rsplit(".", 1)[0]
+                    with self.held(kind_dir.name, key) as free:
+                        if free:
+                            shutil.rmtree(entry, ignore_errors=True)
+                            result.removed.append(f"{kind_dir.name}/{name}")
+                    continue
+                if keep(kind_dir.name, name):
+                    result.kept.append(f"{kind_dir.name}/{name}")
+                    continue
+                if kind_dir.name == EMBED_KIND and slot_in_use(entry):
+                    result.busy.append(f"{kind_dir.name}/{name}")
+                    continue
+                with self.held(kind_dir.name, name) as free:
+                    if not free:
+                        result.busy.append(f"{kind_dir.name}/{name}")
+                        continue
+                    shutil.rmtree(entry)
+                    result.removed.append(f"{kind_dir.name}/{name}")
+        return result
 
     def entries(self) -> list[tuple[str, str, int]]:
         out: list[tuple[str, str, int]] = []
@@ -175,7 +250,8 @@ def _in_root(
     """argv run chrooted in `root` with its own /proc (objtool of 7.x reads /proc)."""
     envv = [f"{k}={v}" for k, v in (env or {}).items()]
     return [
-        "unshare", "--fork", "--pid", "--mount-proc", f"--root={root}", f"--wd={cwd}", "--",
+        "unshare", "--fork", "--pid", "--kill-child", "--mount-proc", f"--root={root}",
+        f"--wd={cwd}", "--",
         "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8",
         *envv, *argv,
     ]  # fmt: skip
@@ -217,8 +293,11 @@ class Artifacts:
         root = out / "root"
         t0 = time.monotonic()
         self.progress(f"kernel {spec.name}: debootstrap {spec.suite} (about 30 s) ...")
+        # In a mount and PID namespace of its own: the mounts it makes inside the chroot (and
+        # every process it starts) vanish with it if the build is killed.
         _run(
-            ["debootstrap", "--variant=minbase", "--include=make,kmod,ca-certificates",
+            ["unshare", "--mount", "--propagation", "private", "--fork", "--pid", "--kill-child",
+             "debootstrap", "--variant=minbase", "--include=make,kmod,ca-certificates",
              spec.suite, str(root), spec.mirror],
             log=log, what=f"debootstrap {spec.suite}",
         )  # fmt: skip
@@ -305,7 +384,11 @@ class Artifacts:
 
     def _build_module(self, kernel: KernelArtifacts, src: Path, name: str, out: Path) -> None:
         self.progress(f"module {name}: building against {kernel.spec.abi} ...")
-        build_dir = Path(tempfile.mkdtemp(prefix=f"build-{name}-", dir=kernel.chroot / "tmp"))
+        # Called under the module key's lock: earlier build dirs of this key were killed builds.
+        prefix = f"build-{out.name.lstrip('.').split('.')[0]}-"
+        for stale in (kernel.chroot / "tmp").glob(prefix + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        build_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=kernel.chroot / "tmp"))
         try:
             shutil.copytree(src, build_dir, dirs_exist_ok=True, ignore=_ignore_build_products)
             inside = "/" + str(build_dir.relative_to(kernel.chroot))
@@ -357,6 +440,7 @@ class Artifacts:
         shutil.copy2(BUSYBOX, root / "bin/busybox")
         shutil.copy2(GUESTS_DIR / "initramfs/init", root / "init")
         (root / "init").chmod(0o755)
+        shutil.copy2(GUESTS_DIR / "agent/rig-agent", root / "rig/rig-agent")
         (root / "rig/run-id").write_text(run_id + "\n")
         (root / "rig/cell-id").write_text(cell_id + "\n")
         for arg in kernel_args:

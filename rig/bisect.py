@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from rig.model import CellVerdict, Outcome
+from rig.model import CellVerdict, Outcome, worst
 
 
 class Mark(StrEnum):
@@ -24,13 +24,15 @@ class Mark(StrEnum):
 
 
 def mark_of(verdict: CellVerdict) -> Mark:
-    """A cell's verdict as a bisection mark: failures are BAD, errors and skips are SKIP."""
-    outcomes = {sv.outcome for sv in verdict.stages.values()}
-    if Outcome.FAILED in outcomes:
-        return Mark.BAD
-    if Outcome.ERROR in outcomes or outcomes == {Outcome.SKIPPED}:
+    """A cell's verdict as a bisection mark, by the one severity order (rig.model.worst): an
+    infrastructure error anywhere makes the probe SKIP (it never blames a kernel), a failure
+    BAD; a cell whose launch was never judged (all skipped, or vmcall_exit skipped) SKIP."""
+    outcome = worst(sv.outcome for sv in verdict.stages.values())
+    if outcome is Outcome.ERROR:
         return Mark.SKIP
-    if Outcome.SKIPPED in outcomes and verdict.stages["vmcall_exit"].outcome is Outcome.SKIPPED:
+    if outcome is Outcome.FAILED:
+        return Mark.BAD
+    if verdict.stages["vmcall_exit"].outcome is Outcome.SKIPPED:
         return Mark.SKIP  # the launch itself was never judged
     return Mark.GOOD
 

@@ -11,23 +11,37 @@ import os
 import re
 import shutil
 import sys
+import traceback
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rig.artifacts import HOST_TOOLS, Artifacts, Cache, check_kernel_arg, default_cache_root
+from rig.artifacts import EMBED_KIND, HOST_TOOLS, Artifacts, Cache, default_cache_root
 from rig.errors import ExitCode, RigError, UsageError
 from rig.hostcheck import kvm_usable
 from rig.lanes import backend_for
 from rig.matrix import load_matrix
+from rig.model import Outcome, worst
+from rig.options import add_to_argparse, pytest_words, settings_from, values_of
+from rig.paths import DEFAULT_DRIVER, DEFAULT_MATRIX
+from rig.runner import RunConfig, arrangements, check_required
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_HELP = """\
+Run the selected cells of the matrix (one guest per cell; five checks each) and write JUnit.
+
+Selection: --lane/--kernel/--cpu filter the full matrix on the axes given; an axis not given
+falls back to default_slice in the matrix file.
+
+Exit codes: 0 every check passed or was skipped, 1 a check failed (the driver misbehaved),
+2 bad input or usage, 3 infrastructure error (a tool missing, a guest that never booted,
+a required lane that cannot run here, an internal error of the rig).
+"""
 
 
 def _default_matrix() -> Path:
     local = Path("matrix.yaml")
-    return local if local.exists() else REPO_ROOT / "matrix.yaml"
+    return local if local.exists() else DEFAULT_MATRIX
 
 
 def _jobs(value: str) -> str:
@@ -61,52 +75,41 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--cpu", action="append", default=[], help="CPU generation (repeatable)")
         sp.add_argument("--cache", type=Path, default=None, help="artifact cache directory")
 
-    run = sub.add_parser("run", help="run matrix cells and write JUnit XML")
-    matrix_filters(run)
-    run.add_argument("--driver", type=Path, default=REPO_ROOT / "driver", help="driver sources")
+    run = sub.add_parser(
+        "run",
+        help="run matrix cells and write JUnit XML",
+        description=RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--matrix", type=Path, default=None, help="matrix file (any name)")
+    add_to_argparse(run.add_argument)
     run.add_argument("--junit", type=Path, default=Path("rig-junit.xml"), help="JUnit XML output")
     run.add_argument("-n", dest="jobs", type=_jobs, default="1", help="workers: N or auto")
-    run.add_argument("--timeout", type=int, default=None, help="per-cell timeout (seconds)")
-    run.add_argument("--param", action="append", default=[], help="module parameter name=value")
-    run.add_argument(
-        "--uri", action="append", default=[],
-        help="libvirt URI for libvirt lanes (default: embedded); repeat to spread cells over hosts",
-    )  # fmt: skip
-    run.add_argument(
-        "--guest", choices=("initramfs", "vm"), default=None,
-        help="guest flavour: initramfs appliance or full Debian VM over SSH (default: per lane)",
-    )  # fmt: skip
-    run.add_argument("--repeat", type=int, default=1, help="load/unload cycles in each guest")
-    run.add_argument(
-        "--preload", type=Path, action="append", default=[],
-        help="module source tree built like the driver, loaded before it and left loaded "
-        "(e.g. tests/drivers/vmxhog); initramfs guests",
-    )  # fmt: skip
-    run.add_argument(
-        "--kernel-arg", action="append", default=[],
-        help="word appended to the guest kernel command line (e.g. clearcpuid=vmx); "
-        "initramfs guests",
-    )  # fmt: skip
-    run.add_argument(
-        "--feature-control", type=_msr_value, default=None, metavar="VALUE",
-        help="IA32_FEATURE_CONTROL as a firmware would leave it, written by GRUB before the "
-        "kernel (bochs lane): 0x1 = locked with VMX off, 0x5 = locked with VMX on",
-    )  # fmt: skip
-    run.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"), help="run directories")
     run.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
 
     doctor = sub.add_parser("doctor", help="what this host can run, lane by lane")
     doctor.add_argument("--matrix", type=Path, default=None)
+    doctor.add_argument(
+        "--lane", action="append", default=[],
+        help="a lane that must be able to run here (repeatable): exit 3 if it cannot",
+    )  # fmt: skip
 
     images = sub.add_parser("images", help="build, list or prune cached artifacts")
     isub = images.add_subparsers(dest="images_command", required=True)
     ib = isub.add_parser("build", help="build kernels and driver modules for the selected cells")
     matrix_filters(ib)
-    ib.add_argument("--driver", type=Path, default=REPO_ROOT / "driver")
+    ib.add_argument("--driver", type=Path, default=DEFAULT_DRIVER)
     il = isub.add_parser("list", help="list cached artifacts")
     il.add_argument("--cache", type=Path, default=None)
-    ip = isub.add_parser("prune", help="delete every cached artifact")
+    ip = isub.add_parser(
+        "prune", help="delete cached artifacts nobody is using (never one a live run holds)"
+    )
     ip.add_argument("--cache", type=Path, default=None)
+    ip.add_argument(
+        "--unused", action="store_true",
+        help="only what the matrix no longer names (kernels, their modules and VM images)",
+    )  # fmt: skip
+    ip.add_argument("--matrix", type=Path, default=None)
     iu = isub.add_parser("update", help="pin matrix.yaml's kernels to the newest in the archive")
     iu.add_argument("--matrix", type=Path, default=None, help="matrix file (default matrix.yaml)")
     iu.add_argument("--kernel", action="append", default=[], help="kernel name (repeatable)")
@@ -118,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     bis.add_argument("--good", required=True, help="a kernel name known to pass")
     bis.add_argument("--bad", required=True, help="a kernel name known to fail")
     bis.add_argument("--repeat", type=int, default=1, help="runs per kernel (flaky results)")
-    bis.add_argument("--driver", type=Path, default=REPO_ROOT / "driver")
+    bis.add_argument("--driver", type=Path, default=DEFAULT_DRIVER)
     bis.add_argument("--param", action="append", default=[])
     bis.add_argument("--junit", type=Path, default=Path("rig-bisect.xml"))
     bis.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"))
@@ -154,14 +157,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rig.plugin import exit_code_from
 
     matrix_path = (args.matrix or _default_matrix()).resolve()
+    if not matrix_path.is_file():
+        raise UsageError(f"--matrix {matrix_path}: no such file", fix="pass a matrix YAML file")
     matrix = load_matrix(matrix_path)  # MatrixError (exit 2) before anything starts
-    cells = matrix.select(lanes=args.lane, kernels=args.kernel, cpus=args.cpu)
+    # Every option is checked here, before any kernel is fetched or module built (exit 2).
+    values = values_of(args)
+    settings = settings_from(values, default_driver=DEFAULT_DRIVER)
+    cells = matrix.select(lanes=settings.lanes, kernels=settings.kernels, cpus=settings.cpus)
     if not cells:
         raise UsageError("the selection contains no cell", fix="check --lane/--kernel/--cpu")
-    if not args.driver.is_dir():
-        raise UsageError(f"driver directory {args.driver} does not exist", fix="pass --driver DIR")
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError("--timeout must be a positive number of seconds")
+    check_required(matrix, cells, settings.require_lanes)
+    arrangements(RunConfig.from_settings(settings, run_id="check", run_dir=Path()))
+    values["driver"] = str(settings.driver)
+    values["runs_dir"] = str(settings.runs_dir)
+    values["preload"] = [str(p) for p in settings.preload]
     argv = [
         str(matrix_path),
         "-p", "no:vmlaunch_rig", "-p", "rig.plugin", "-p", "no:cacheprovider", "-p", "no:benchmark",
@@ -170,37 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "-o", "junit_suite_name=vmlaunch-rig", "-o", "console_output_style=classic",
         "-W", "ignore::pytest.PytestAssertRewriteWarning",
         f"--junitxml={args.junit}", "-rfE", "--show-capture=no",
-        "--rig-driver", str(args.driver.resolve()),
-        "--rig-runs-dir", str(args.runs_dir.resolve()),
+        *pytest_words(values),
     ]  # fmt: skip
-    if args.cache:
-        argv += ["--rig-cache", str(args.cache)]
-    for lane in args.lane:
-        argv += ["--rig-lane", lane]
-    for kernel in args.kernel:
-        argv += ["--rig-kernel", kernel]
-    for cpu in args.cpu:
-        argv += ["--rig-cpu", cpu]
-    for param in args.param:
-        argv += ["--rig-param", param]
-    if args.timeout:
-        argv += ["--rig-timeout", str(args.timeout)]
-    for uri in args.uri:
-        argv += ["--rig-uri", uri]
-    if args.guest:
-        argv += ["--rig-guest", args.guest]
-    if args.repeat != 1:
-        if not 1 <= args.repeat <= 1000:
-            raise UsageError("--repeat takes 1 to 1000")
-        argv += ["--rig-repeat", str(args.repeat)]
-    for src in args.preload:
-        if not src.is_dir():
-            raise UsageError(f"--preload {src}: no such directory", fix="pass a module source tree")
-        argv += ["--rig-preload", str(src.resolve())]
-    for arg in args.kernel_arg:
-        argv += ["--rig-kernel-arg", check_kernel_arg(arg, "--kernel-arg")]
-    if args.feature_control is not None:
-        argv += ["--rig-feature-control", hex(args.feature_control)]
     if args.jobs not in ("0", "1"):
         argv += ["-n", args.jobs, "--dist", "loadscope"]
     argv += list(args.pytest_args)
@@ -214,7 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from rig.sweep import sweep
 
         try:
-            sweep(args.runs_dir.resolve())
+            sweep(settings.runs_dir)
         except OSError as exc:
             print(f"rig: cleaning up the run directory failed ({exc}); the next run or "
                   "`rig clean` retries", file=sys.stderr)  # fmt: skip
@@ -235,12 +215,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         where = shutil.which(tool)
         print(f"  {tool:14} {'ok' if where else 'MISSING (apt-get install ' + package + ')'}"
               f"  [{purpose}]")  # fmt: skip
+    for name in args.lane:
+        if name not in matrix.lanes:
+            raise UsageError(
+                f"--lane {name!r}: no such lane", fix=f"one of: {', '.join(matrix.lanes)}"
+            )
     print("lanes:")
-    runnable = 0
+    runnable, missing = 0, []
     for lane in matrix.lanes.values():
         why = backend_for(lane, embed_pool=pool).unavailable()
         runnable += why is None
-        print(f"  {lane.name:6} {'can run here' if why is None else 'SKIPPED here: ' + why}")
+        required = " (required)" if lane.name in args.lane else ""
+        print(f"  {lane.name:6} {'can run here' if why is None else 'SKIPPED here: ' + why}"
+              f"{required}")  # fmt: skip
+        if why is not None and required:
+            missing.append(lane.name)
+    if missing:
+        print(f"rig doctor: required lane(s) cannot run here: {', '.join(missing)}",
+              file=sys.stderr)  # fmt: skip
+        return int(ExitCode.INFRA)
     return int(ExitCode.OK if runnable else ExitCode.INFRA)
 
 
@@ -258,9 +251,17 @@ def cmd_images(args: argparse.Namespace) -> int:
         print(f"{'total':59} {total / 2**20:8.1f} MiB  ({cache.root})")
         return 0
     if args.images_command == "prune":
-        for kind, name, _size in cache.entries():
-            shutil.rmtree(cache.root / kind / name)
-            print(f"removed {kind}/{name}")
+        keep = lambda _kind, _name: False  # noqa: E731
+        if args.unused:
+            names = set(load_matrix((args.matrix or _default_matrix()).resolve()).kernels)
+            keep = lambda kind, name: kind == EMBED_KIND or _kernel_of(name) in names  # noqa: E731
+        result = cache.prune(keep)
+        for name in result.removed:
+            print(f"removed {name}")
+        for name in result.busy:
+            print(f"in use, kept {name}")
+        print(f"pruned {len(result.removed)}, {len(result.busy)} in use, "
+              f"{len(result.kept)} still named by the matrix")  # fmt: skip
         return 0
     matrix = load_matrix((args.matrix or _default_matrix()).resolve())
     cells = matrix.select(lanes=args.lane, kernels=args.kernel, cpus=args.cpu)
@@ -273,6 +274,12 @@ def cmd_images(args: argparse.Namespace) -> int:
         print(f"{spec.name:6} {spec.abi:28} module {'ok' if build.ok else 'FAILED'}"
               f" ({build.warnings} warnings)")  # fmt: skip
     return int(ExitCode.CHECK_FAILED if failed else ExitCode.OK)
+
+
+def _kernel_of(entry: str) -> str:
+    """The kernel name in a cache entry's name: `6.12-<key>`, `vmlaunch-6.12-<key>`."""
+    parts = entry.split("-")
+    return parts[-2] if len(parts) >= 2 else entry
 
 
 def _version_key(name: str) -> tuple[int, ...]:
@@ -308,12 +315,15 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             embed_pool=cache_root / "libvirt-embed",
         )  # fmt: skip
         attempt = 0
+        infra: list[str] = []
 
         def probe(kernel: str) -> Mark:
             nonlocal attempt
             attempt += 1
             verdict = runner.run(matrix.cell(args.lane, kernel, args.cpu))
             mark = mark_of(verdict)
+            if worst(v.outcome for v in verdict.stages.values()) is Outcome.ERROR:
+                infra.append(kernel)
             reasons = "; ".join(f"{s}: {v.outcome.value} ({v.reason})"
                                 for s, v in verdict.stages.items())  # fmt: skip
             print(f"  {kernel:8} try {attempt:3}: {mark.value:4}  {reasons[:160]}")
@@ -333,10 +343,14 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             ET.ElementTree(cases).write(args.junit, encoding="unicode", xml_declaration=True)
     if result.first_bad:
         print(f"first bad kernel: {result.first_bad} (last good: {result.last_good})")
-    else:
-        print(f"inconclusive: the first bad is one of {', '.join(result.suspects)} "
-              f"(skipped kernels hide the boundary; last good: {result.last_good})")  # fmt: skip
-    return 0
+        return int(ExitCode.OK)
+    print(f"inconclusive: the first bad is one of {', '.join(result.suspects)} "
+          f"(skipped kernels hide the boundary; last good: {result.last_good})")  # fmt: skip
+    if infra:
+        print(f"rig bisect: {len(infra)} probe(s) were infrastructure errors: {', '.join(infra)}",
+              file=sys.stderr)  # fmt: skip
+        return int(ExitCode.INFRA)
+    return int(ExitCode.CHECK_FAILED)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -388,6 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("rig: interrupted", file=sys.stderr)
+        return int(ExitCode.INFRA)
+    except Exception:  # a bug of the rig or an unforeseen environment: never "a check failed"
+        traceback.print_exc()
+        print("rig: internal error (the traceback above); this is not a verdict on the driver",
+              file=sys.stderr)  # fmt: skip
         return int(ExitCode.INFRA)
 
 

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from rig.model import Outcome
+
 
 class ExitCode(IntEnum):
     OK = 0
     CHECK_FAILED = 1
     USAGE = 2
     INFRA = 3
+
+
+def exit_code_of(outcome: Outcome) -> ExitCode:
+    """The exit code of a run whose worst outcome (rig.model.worst) is `outcome`."""
+    return {Outcome.ERROR: ExitCode.INFRA, Outcome.FAILED: ExitCode.CHECK_FAILED}.get(
+        outcome, ExitCode.OK
+    )
 
 
 class RigError(Exception):

@@ -6,6 +6,7 @@ records of the stage before it and produces its own; nothing flows backwards.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -121,11 +122,14 @@ class BootSpec:
 
 @dataclass(frozen=True)
 class BootResult:
-    console: str  # everything the guest wrote on its serial console
+    console: str  # everything the guest's kernel wrote on its console (ttyS0)
     end: BootEnd
     duration_s: float
     emulator_log: str = ""  # tail of bochs.log / libvirt / qemu log
     detail: str = ""  # human explanation of `end` when it is not POWEROFF
+    # the guest agent's protocol channel (second serial port, or SSH): "" = the protocol is
+    # on the console itself (one channel, as older guests and hand-made consoles have it)
+    agent: str = ""
 
 
 # --------------------------------------------------------------------------- verdict
@@ -134,6 +138,49 @@ class Outcome(StrEnum):
     FAILED = "failed"  # the driver misbehaved
     SKIPPED = "skipped"  # cannot be tested here (stated reason)
     ERROR = "error"  # infrastructure: the check could not be made
+
+
+SEVERITY: dict[Outcome, int] = {
+    Outcome.PASSED: 0,
+    Outcome.SKIPPED: 1,
+    Outcome.FAILED: 2,
+    Outcome.ERROR: 3,
+}
+"""The one order of outcomes, worst last: the verdict (repeated runs), the report (a stage
+reported twice), bisection and the exit code all rank with it. An infrastructure ERROR
+outranks a FAILED check: a result the rig could not trust is never read as the driver's."""
+
+
+def worst(outcomes: Iterable[Outcome]) -> Outcome:
+    """The worst of some outcomes (PASSED for none)."""
+    return max(outcomes, key=SEVERITY.__getitem__, default=Outcome.PASSED)
+
+
+DECLINE_REASONS: tuple[str, ...] = (
+    "no_vmx",
+    "vmx_disabled_by_bios",
+    "vmx_disabled_by_kernel",
+    "vmx_busy",
+)
+"""The driver's `why=` values for a legitimate refusal (docs/contract.md)."""
+
+
+@dataclass(frozen=True)
+class Arranged:
+    """What the run set up in the guest that makes the driver's refusal the right answer.
+
+    A decline is SKIPPED only when the run arranged its cause; on a lane that promises VMX
+    any other decline is the driver's FAILURE.
+    """
+
+    declines: frozenset[str] = frozenset()  # e.g. {"vmx_busy"}: a fixture holds VMX
+    why: tuple[tuple[str, str], ...] = ()  # decline -> what arranged it (for the reason)
+
+    def because(self, decline: str) -> str:
+        return dict(self.why).get(decline, "")
+
+
+NOTHING_ARRANGED = Arranged()
 
 
 @dataclass(frozen=True)

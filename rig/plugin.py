@@ -19,46 +19,32 @@ from typing import Any
 import pytest
 
 from rig.artifacts import Artifacts, Cache, default_cache_root
-from rig.errors import ExitCode
+from rig.errors import ExitCode, RigError, exit_code_of
 from rig.matrix import load_matrix
-from rig.model import STAGES, Cell, CellVerdict, Outcome, StageVerdict
-from rig.runner import CellRunner, RunConfig
+from rig.model import STAGES, Cell, CellVerdict, Outcome, StageVerdict, worst
+from rig.options import RUN_OPTIONS, add_to_pytest, settings_from, values_of
+from rig.paths import PROJECT_ROOT
+from rig.runner import CellRunner, RunConfig, check_required
+from rig.runs import verdict_for
 from rig.sweep import new_run_id, run_lock, sweep, sweep_embed_pool
 
 VERDICTS = pytest.StashKey[dict[str, CellVerdict]]()
 RUNNER = pytest.StashKey[CellRunner]()
+DEFAULT_DRIVER = PROJECT_ROOT / "driver"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("vmlaunch-rig", "vmlaunch-rig matrix runs")
-    g.addoption("--rig-lane", action="append", default=[], help="lane name (repeatable)")
-    g.addoption("--rig-kernel", action="append", default=[], help="kernel name (repeatable)")
-    g.addoption("--rig-cpu", action="append", default=[], help="CPU generation (repeatable)")
-    g.addoption("--rig-driver", default="driver", help="driver source tree (default: driver/)")
-    g.addoption("--rig-param", action="append", default=[], help="module parameter name=value")
-    g.addoption("--rig-timeout", type=int, default=None, help="per-cell timeout in seconds")
-    g.addoption(
-        "--rig-uri", action="append", default=[], help="libvirt URI (repeatable: cells spread)"
-    )
-    g.addoption(
-        "--rig-guest", choices=("initramfs", "vm"), default=None, help="guest flavour override"
-    )
-    g.addoption("--rig-repeat", type=int, default=1, help="load/unload cycles per guest")
-    g.addoption(
-        "--rig-preload", action="append", default=[],
-        help="module source tree loaded before the driver and left loaded (repeatable)",
-    )  # fmt: skip
-    g.addoption(
-        "--rig-kernel-arg", action="append", default=[],
-        help="word appended to the guest kernel command line (repeatable)",
-    )  # fmt: skip
-    g.addoption(
-        "--rig-feature-control", type=lambda v: int(v, 0), default=None,
-        help="IA32_FEATURE_CONTROL written by the boot loader before the kernel (bochs lane)",
-    )  # fmt: skip
-    g.addoption("--rig-runs-dir", default=".rig/runs", help="where run directories live")
-    g.addoption("--rig-cache", default=None, help="artifact cache (default ~/.cache/vmlaunch-rig)")
-    g.addoption("--rig-run-id", default=None, help="run id (default: a new one per run)")
+    add_to_pytest(parser.getgroup("vmlaunch-rig", "vmlaunch-rig matrix runs").addoption)
+
+
+def _values(config: pytest.Config) -> dict[str, Any]:
+    return values_of(config.option, "rig_")
+
+
+def asked(config: pytest.Config) -> bool:
+    """Did this pytest session ask for a matrix run (any --rig-* option given)?"""
+    defaults = {o.dest: ([] if o.repeat else o.default) for o in RUN_OPTIONS}
+    return any(v != defaults[k] for k, v in _values(config).items())
 
 
 def _run_id(config: pytest.Config) -> str:
@@ -82,12 +68,11 @@ def pytest_configure_node(node: Any) -> None:
 
 def _runner(config: pytest.Config) -> CellRunner:
     if RUNNER not in config.stash:
+        settings = settings_from(_values(config), default_driver=DEFAULT_DRIVER)
         run_id = _run_id(config)
-        runs_root = Path(config.option.rig_runs_dir).resolve()
+        runs_root = settings.runs_dir
         run_dir = runs_root / run_id
-        cache_root = (
-            Path(config.option.rig_cache) if config.option.rig_cache else default_cache_root()
-        )
+        cache_root = settings.cache or default_cache_root()
         embed_pool = cache_root / "libvirt-embed"
         # Every process of the run (each xdist worker) holds a shared lock on the run
         # directory while it lives; then it sweeps what dead runs left behind.
@@ -99,19 +84,7 @@ def _runner(config: pytest.Config) -> CellRunner:
         held.callback(sweep_embed_pool, embed_pool)
         config.add_cleanup(held.close)
         config.stash[RUNNER] = CellRunner(
-            config=RunConfig(
-                run_id=run_id,
-                run_dir=run_dir,
-                driver=Path(config.option.rig_driver).resolve(),
-                module_params=tuple(config.option.rig_param),
-                timeout_s=config.option.rig_timeout,
-                uris=tuple(config.option.rig_uri),
-                guest=config.option.rig_guest,
-                repeat=config.option.rig_repeat,
-                preload=tuple(Path(p).resolve() for p in config.option.rig_preload),
-                kernel_args=tuple(config.option.rig_kernel_arg),
-                feature_control=config.option.rig_feature_control,
-            ),
+            config=RunConfig.from_settings(settings, run_id=run_id, run_dir=run_dir),
             artifacts=Artifacts(Cache(cache_root)),
             embed_pool=embed_pool,
         )
@@ -123,23 +96,36 @@ def _message(sv: StageVerdict) -> str:
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
-    if file_path.suffix in (".yaml", ".yml") and file_path.name.startswith("matrix"):
+    """A matrix file is collected only when asked for: named on the command line (any file
+    name), or, with a --rig-* option, a `matrix*.yaml` found under the given paths. A bare
+    `pytest` in this or any other project collects none."""
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    config = parent.config
+    named = {Path(str(a).split("::")[0]).resolve() for a in config.args}
+    if file_path.resolve() in named or (asked(config) and file_path.name.startswith("matrix")):
         return MatrixFile.from_parent(parent, path=file_path)
     return None
 
 
 class MatrixFile(pytest.File):
     def collect(self) -> Iterator[pytest.Collector]:
-        opt = self.config.option
-        matrix = load_matrix(self.path)
-        cells = matrix.select(lanes=opt.rig_lane, kernels=opt.rig_kernel, cpus=opt.rig_cpu)
+        try:
+            settings = settings_from(_values(self.config), default_driver=DEFAULT_DRIVER)
+            matrix = load_matrix(self.path)
+            cells = matrix.select(
+                lanes=settings.lanes, kernels=settings.kernels, cpus=settings.cpus
+            )
+            check_required(matrix, cells, settings.require_lanes)
+        except RigError as exc:
+            raise pytest.UsageError(exc.render()) from exc
         for index, cell in enumerate(cells):
             yield CellNode.from_parent(self, name=cell.id, cell=cell, index=index)
 
 
 class CellNode(pytest.Collector):
-    """One matrix cell: its stages are its children, so `--dist loadscope` keeps them on one
-    worker (node ids `matrix.yaml::<cell>::<stage>`; JUnit classname ends with the cell)."""
+    """One matrix cell: its stages are its children (node ids `<matrix>::<cell>::<stage>`).
+    Whatever worker runs a stage, the cell is judged once (rig.runs.verdict_for)."""
 
     def __init__(self, *, cell: Cell, index: int, **kw: Any) -> None:
         super().__init__(**kw)
@@ -172,7 +158,11 @@ class StageItem(pytest.Item):
     def _verdict(self) -> CellVerdict:
         verdicts = self.config.stash[VERDICTS]
         if self.cell.id not in verdicts:
-            verdicts[self.cell.id] = _runner(self.config).run(self.cell, self.index)
+            runner = _runner(self.config)
+            cell_dir = runner.config.run_dir / "cells" / self.cell.id
+            verdicts[self.cell.id] = verdict_for(
+                cell_dir, self.cell.id, lambda: runner.run(self.cell, self.index)
+            )
         return verdicts[self.cell.id]
 
     def setup(self) -> None:
@@ -253,9 +243,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 def exit_code_from(stats: dict[str, list[Any]]) -> ExitCode:
-    """Map a finished session to the rig's exit codes (errors outrank failures)."""
-    if stats.get("error"):
-        return ExitCode.INFRA
-    if stats.get("failed"):
-        return ExitCode.CHECK_FAILED
-    return ExitCode.OK
+    """Map a finished session to the rig's exit codes, by the one severity order."""
+    seen = [Outcome.ERROR] if stats.get("error") else []
+    seen += [Outcome.FAILED] if stats.get("failed") else []
+    return exit_code_of(worst(seen))

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rig.model import STAGES, Outcome
+from rig.model import SEVERITY, STAGES, Outcome
 
 _CLASSNAME_RE = re.compile(r"(?:^|\.)matrix[^.]*\.ya?ml\.(?P<cell>[A-Za-z][A-Za-z0-9_.-]*)$")
 
@@ -61,9 +61,6 @@ def read_junit(path: Path) -> list[CaseResult]:
     return results
 
 
-_SEVERITY = {Outcome.PASSED: 0, Outcome.SKIPPED: 1, Outcome.FAILED: 2, Outcome.ERROR: 3}
-
-
 def by_cell(results: list[CaseResult]) -> dict[str, dict[str, CaseResult]]:
     """cell -> stage -> result. A stage reported twice (pytest-xdist reruns the cell of a
     worker that died: the crash is an error, the rerun a verdict) keeps the worse result, so
@@ -72,7 +69,7 @@ def by_cell(results: list[CaseResult]) -> dict[str, dict[str, CaseResult]]:
     for r in results:
         stages = table.setdefault(r.cell, {})
         seen = stages.get(r.stage)
-        if seen is None or _SEVERITY[r.outcome] >= _SEVERITY[seen.outcome]:
+        if seen is None or SEVERITY[r.outcome] >= SEVERITY[seen.outcome]:
             stages[r.stage] = r
     return table
 

@@ -7,17 +7,24 @@ outcome becomes a CellVerdict (infrastructure trouble as ERROR stages with the r
 from __future__ import annotations
 
 import errno
+import json
+import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rig.artifacts import Artifacts
-from rig.errors import InfraError, RigError
+from rig.errors import InfraError, RigError, UsageError
 from rig.lanes import Backend, LibvirtBackend, backend_for
 from rig.lanes.base import tail
+from rig.matrix import Matrix
 from rig.model import (
+    DECLINE_REASONS,
     STAGES,
+    Arranged,
+    BootResult,
     BootSpec,
     Cell,
     CellVerdict,
@@ -26,6 +33,7 @@ from rig.model import (
     Outcome,
     StageVerdict,
 )
+from rig.options import RunSettings
 from rig.verdict import judge
 from rig.vmguest import VmCellPlan, run_vm_cell
 from rig.vmimage import VmImages
@@ -50,6 +58,87 @@ class RunConfig:
     # IA32_FEATURE_CONTROL as the "firmware" leaves it (written by GRUB: ISO-booted lanes)
     feature_control: int | None = None
     keep_images: bool = False
+    # lanes that must run here: one that cannot is an infrastructure ERROR, not a skip
+    required_lanes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, s: RunSettings, *, run_id: str, run_dir: Path) -> RunConfig:
+        return cls(
+            run_id=run_id,
+            run_dir=run_dir,
+            driver=s.driver,
+            module_params=s.module_params,
+            timeout_s=s.timeout_s,
+            uris=s.uris,
+            guest=s.guest,
+            repeat=s.repeat,
+            preload=s.preload,
+            kernel_args=s.kernel_args,
+            feature_control=s.feature_control,
+            required_lanes=s.require_lanes,
+        )
+
+
+def check_required(matrix: Matrix, cells: Sequence[Cell], required: Sequence[str]) -> None:
+    """--require-lane names a lane of the matrix that the selection runs (UsageError)."""
+    for lane in required:
+        if lane not in matrix.lanes:
+            raise UsageError(
+                f"--require-lane {lane!r}: no such lane in the matrix",
+                fix=f"one of: {', '.join(matrix.lanes)}",
+            )
+        if not any(c.lane.name == lane for c in cells):
+            raise UsageError(
+                f"--require-lane {lane}: the selection has no cell of that lane",
+                fix=f"add --lane {lane} (or select its kernels and CPUs)",
+            )
+
+
+FIXTURE_ARRANGES = "ARRANGES"
+"""File in a --preload fixture's tree: the driver refusals (why= words) the fixture sets up."""
+FC_LOCK, FC_VMX_OUTSIDE_SMX = 0x1, 0x4  # IA32_FEATURE_CONTROL bits
+
+
+def arrangements(config: RunConfig) -> Arranged:
+    """What this run sets up that makes a refusal of the driver the right answer.
+
+    Raises UsageError (exit 2) for a fixture that declares something the driver cannot say.
+    """
+    why: dict[str, str] = {}
+    for src in config.preload:
+        declared = src / FIXTURE_ARRANGES
+        words = declared.read_text().split() if declared.is_file() else []
+        for word in words:
+            if word not in DECLINE_REASONS:
+                raise UsageError(
+                    f"{declared}: {word!r} is not a refusal of the driver",
+                    fix=f"one of: {', '.join(DECLINE_REASONS)}",
+                )
+            why.setdefault(word, f"--preload {src.name} holds it")
+    fc = config.feature_control
+    if fc is not None and fc & FC_LOCK and not fc & FC_VMX_OUTSIDE_SMX:
+        why["vmx_disabled_by_bios"] = f"--feature-control {fc:#x} locks VMX off"
+    for arg in config.kernel_args:
+        name, _, value = arg.partition("=")
+        if name == "clearcpuid" and "vmx" in value.split(","):
+            why["vmx_disabled_by_kernel"] = f"--kernel-arg {arg}"
+    return Arranged(frozenset(why), tuple(sorted(why.items())))
+
+
+BOOTS_LOG = "boots.log"
+BOOT_FILE = "boot.json"
+
+
+def record_boot(workdir: Path, boot: BootResult) -> None:
+    """How the guest ended, beside its console and agent channel (for reports, golden data)."""
+    fact = {"end": boot.end.value, "detail": boot.detail, "duration_s": round(boot.duration_s, 1)}
+    (workdir / BOOT_FILE).write_text(json.dumps(fact) + "\n")
+
+
+def log_boot(workdir: Path) -> None:
+    """One line per guest booted for the cell (a cell judged once boots once)."""
+    with (workdir / BOOTS_LOG).open("a") as fh:
+        fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} boot\n")
 
 
 def uniform(cell: Cell, outcome: Outcome, reason: str, build_log: str = "") -> CellVerdict:
@@ -87,6 +176,13 @@ class CellRunner:
             )
         backend = backend_for(cell.lane, embed_pool=self.embed_pool, uri=self.uri_for(index))
         why = backend.unavailable()
+        if why is not None and cell.lane.name in self.config.required_lanes:
+            return uniform(
+                cell,
+                Outcome.ERROR,
+                f"infrastructure: lane {cell.lane.name} is required (--require-lane) but "
+                f"cannot run on this host: {why}",
+            )
         if why is not None:
             return uniform(
                 cell, Outcome.SKIPPED, f"lane {cell.lane.name} cannot run on this host: {why}"
@@ -110,7 +206,7 @@ class CellRunner:
             timings["build"] = time.monotonic() - t0
             (workdir / "build.log").write_text(build.log)
             if not build.ok or build.ko is None:
-                return judge(cell, build, None)
+                return judge(cell, build, None, arrangements(self.config))
             preload = [self._fixture(kernel, src) for src in self.config.preload]
             t0 = time.monotonic()
             image = self.artifacts.initramfs_image(
@@ -134,8 +230,10 @@ class CellRunner:
                 workdir=workdir,
             )
             t0 = time.monotonic()
+            log_boot(workdir)
             boot = backend.boot(spec)
             timings["boot"] = time.monotonic() - t0
+            record_boot(workdir, boot)
         except (RigError, OSError) as exc:
             return uniform(cell, Outcome.ERROR, infra_reason(exc),
                            build_log=build.log if build else "")  # fmt: skip
@@ -144,7 +242,7 @@ class CellRunner:
                 for scratch in ("boot.iso", "initrd.gz"):
                     (workdir / scratch).unlink(missing_ok=True)
                 shutil.rmtree(workdir / "initramfs", ignore_errors=True)
-        verdict = judge(cell, build, boot)
+        verdict = judge(cell, build, boot, arrangements(self.config))
         return CellVerdict(
             cell_id=verdict.cell_id,
             stages=verdict.stages,
@@ -189,8 +287,9 @@ class CellRunner:
             t0 = time.monotonic()
             image = VmImages(self.artifacts.cache, self.artifacts.progress).image(cell.kernel)
             image_s = time.monotonic() - t0
+            log_boot(workdir)
             vm = run_vm_cell(plan, image, backend, progress=self.artifacts.progress)
         except (RigError, OSError) as exc:
             return uniform(cell, Outcome.ERROR, infra_reason(exc))
-        verdict = judge(cell, vm.build, vm.boot)
+        verdict = judge(cell, vm.build, vm.boot, arrangements(self.config))
         return replace(verdict, timings={"image": image_s, **vm.timings, **verdict.timings})

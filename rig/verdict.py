@@ -38,7 +38,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from rig.model import (
+    NOTHING_ARRANGED,
+    SEVERITY,
     STAGES,
+    Arranged,
     BootEnd,
     BootResult,
     Cell,
@@ -111,7 +114,6 @@ DECLINES: dict[str, str] = {
     "vmx_busy": "VMX is already in use by another hypervisor (CR4.VMXE set)",
     "vmx_disabled_by_kernel": "the guest kernel turned VMX off (X86_FEATURE_VMX cleared)",
 }
-ENVIRONMENT_DECLINES = frozenset({"vmx_disabled_by_bios", "vmx_busy"})
 _KERNEL_FLAG_OFF = ("vmx_disabled_by_bios", "vmx_disabled_by_kernel")
 """Declines that explain a guest kernel without the vmx flag on a CPU whose CPUID has VMX."""
 
@@ -313,6 +315,7 @@ class GuestReport:
     boot_oopses: tuple[Oops, ...] = ()  # before RIG-BEGIN: never the driver's
     lines: tuple[str, ...] = ()
     preloads: tuple[tuple[str, int | None], ...] = ()  # RIG-PRELOAD module=M rc=N: fixtures
+    rebooted: bool = False  # a second RIG-BEGIN: the guest rebooted during the test
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -422,10 +425,86 @@ class _RunBuilder:
         )
 
 
-def parse_console(text: str) -> GuestReport:
-    """Parse a guest's serial console. Never raises; unknown lines are kept, not judged."""
+_CONSOLE_MARK_RE = re.compile(r"rig: run=(?P<n>\d{1,6}) step=(?P<step>[a-z]{1,16})\b")
+
+
+def complete_lines(text: str) -> list[str]:
+    """The lines of a channel that were written whole: an unterminated last line (the guest
+    died mid-line, `reason=0x12` cut to `reason=0x1`) is never evidence."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    begin = end = False
+    lines.pop()  # "" after a final newline, else the unterminated rest
+    return lines
+
+
+def merge_channels(agent: str, console: str) -> list[str]:
+    """One ordered transcript from the agent's protocol channel and the kernel's console.
+
+    The channels share no wire, so no kernel line is ever spliced into a protocol line. The
+    kernel's lines are placed by the agent's kmsg markers (`rig: run=N step=S` on the console):
+    boot lines before RIG-BEGIN, run N's insmod lines after its RIG-RUN, its rmmod lines
+    before its `RIG-STEP rmmod`, what followed the rmmod before its dump. Lines of a run the
+    agent never announced (its output was lost) come last, in console order.
+    """
+    prelude: list[str] = []
+    segments: dict[tuple[int, str], list[str]] = {}
+    order: list[tuple[int, str]] = []
+    current: list[str] = prelude
+    for line in complete_lines(console):
+        m = _CONSOLE_MARK_RE.search(line)
+        if m:
+            key = (int(m["n"]), m["step"])
+            if key not in segments:
+                segments[key] = []
+                order.append(key)
+            current = segments[key]
+        current.append(line)
+
+    out = list(prelude)
+    run: int | None = None
+
+    def take(*steps: str) -> None:
+        if run is not None:
+            for step in steps:
+                out.extend(segments.pop((run, step), []))
+
+    for line in complete_lines(agent):
+        m = _MARKER_RE.match(line)
+        kind = m["kind"] if m else None
+        if kind in ("RUN", "END"):
+            take("insmod", "rmmod", "dump")
+            run = None
+        if kind == "STEP" and (m["rest"] or "").startswith("rmmod"):  # type: ignore[index]
+            take("insmod", "rmmod")
+        elif kind == "DMESG-BEGIN":
+            take("insmod", "rmmod", "dump")
+        out.append(line)
+        if kind == "RUN":
+            rm = _RUN_RE.match((m["rest"] or "") if m else "")
+            run = int(rm["n"]) if rm and rm["n"] else None
+            take("insmod")
+    take("insmod", "rmmod", "dump")
+    for key in order:
+        out.extend(segments.pop(key, []))
+    return out
+
+
+def parse_guest(boot: BootResult) -> GuestReport:
+    """What the guest said: its agent's channel merged with its console (one channel when
+    the lane has no separate agent channel)."""
+    if boot.agent:
+        return parse_lines(merge_channels(boot.agent, boot.console))
+    return parse_lines(complete_lines(boot.console))
+
+
+def parse_console(text: str) -> GuestReport:
+    """Parse a one-channel transcript (protocol and kernel lines on one console)."""
+    return parse_lines(complete_lines(text + "\n"))
+
+
+def parse_lines(lines: Sequence[str]) -> GuestReport:
+    """Parse a guest's transcript. Never raises; unknown lines are kept, not judged."""
+    lines = list(lines)
+    begin = end = rebooted = False
     run_id = cell_id = model = ""
     vmx: bool | None = None
     cpus: int | None = None
@@ -445,6 +524,9 @@ def parse_console(text: str) -> GuestReport:
                 assert runs[-1].dump is not None
                 runs[-1].dump.append(line)
             continue
+        if begin and kind == "BEGIN":
+            rebooted = True  # the guest started over: what follows is another boot's
+            break
         if not begin:
             if kind == "BEGIN":
                 begin = True
@@ -506,6 +588,7 @@ def parse_console(text: str) -> GuestReport:
         boot_oopses=tuple(_find_oopses(prelude, 0)),
         lines=tuple(lines),
         preloads=tuple(preloads),
+        rebooted=rebooted,
     )
 
 
@@ -570,6 +653,9 @@ class _Context:
     vmx_expected: bool  # does the guest CPU have VMX (guest's word, else the lane's)?
     no_vmx_reason: str  # skip reason when it has none
     complete: bool  # the guest finished the test: missing lines are the driver's fault
+    arranged: Arranged = NOTHING_ARRANGED  # the refusals this run set up: the right answer
+    last: bool = True  # the guest's last run: after it only RIG-END should follow
+    ended: bool = True  # the guest printed RIG-END
 
 
 _Judged = StageVerdict | None  # None: no conclusion yet (the stage did not finish)
@@ -592,14 +678,28 @@ def _judge_vmxon(ctx: _Context, first: Sequence[DriverRecord]) -> _Judged:
                 f"the driver claims '{claims[0].stage} ok' on a CPU without VMX",
                 _evidence(claims),
             )
-        # The guest's flag is the kernel's X86_FEATURE_VMX. Where the lane's CPU has VMX in
-        # CPUID, the kernel clears the flag when firmware locked VMX off (or on request): the
-        # driver must then name that cause. Where the CPU has none, only no_vmx is right.
-        expected = ("no_vmx", *(_KERNEL_FLAG_OFF if ctx.cell.lane.vmx else ()))
+        # The guest's flag is the kernel's X86_FEATURE_VMX. On a lane that promises VMX the
+        # kernel clears it only when the run locked VMX off in the firmware (or asked the
+        # kernel to): the driver must then name that cause. Without such an arrangement a
+        # VMX lane whose guest shows no VMX is a wrong CPU model or an emulator regression.
+        if ctx.cell.lane.vmx:
+            expected = tuple(w for w in _KERNEL_FLAG_OFF if w in ctx.arranged.declines)
+            if not expected:
+                return _v(
+                    "vmxon",
+                    Outcome.ERROR,
+                    f"infrastructure: lane {ctx.cell.lane.name} promises VMX but the guest CPU "
+                    f"shows no vmx flag ({ctx.no_vmx_reason}; CPU model "
+                    f"{ctx.cell.cpu_model or ctx.cell.cpu.name}): a wrong CPU model or an "
+                    "emulator regression, not a verdict on the driver",
+                    _evidence(mine),
+                )
+        else:
+            expected = ("no_vmx",)
         right = [r for r in declines if r.get("why") in expected]
         if right:
             why = right[0].get("why") or "no_vmx"
-            reason = ctx.no_vmx_reason if why == "no_vmx" else f"driver declined: {DECLINES[why]}"
+            reason = ctx.no_vmx_reason if why == "no_vmx" else _arranged_reason(ctx, why)
             return _v("vmxon", Outcome.SKIPPED, reason, _evidence(right))
         if declines or fails:
             bad = (declines or fails)[0]
@@ -623,13 +723,32 @@ def _judge_vmxon(ctx: _Context, first: Sequence[DriverRecord]) -> _Judged:
     if declines:
         d = declines[0]
         why = d.get("why") or "?"
-        if why in ENVIRONMENT_DECLINES:
-            return _v("vmxon", Outcome.SKIPPED, f"driver declined: {DECLINES[why]}", d.raw)
+        if why in ctx.arranged.declines:
+            return _v("vmxon", Outcome.SKIPPED, _arranged_reason(ctx, why), d.raw)
         return _v(
             "vmxon",
             Outcome.FAILED,
-            f"{decode_failure(d)}, but the guest CPU has VMX",
+            f"{decode_failure(d)}, but the guest CPU has VMX and the run arranged no such "
+            "condition",
             d.raw,
+        )
+    flag_off = [w for w in _KERNEL_FLAG_OFF if w in ctx.arranged.declines]
+    if flag_off:
+        return _v(
+            "vmxon",
+            Outcome.ERROR,
+            f"infrastructure: the run arranged {flag_off[0]} ({ctx.arranged.because(flag_off[0])})"
+            " but the guest kernel still shows the vmx flag: the arrangement did not take",
+            _evidence(mine),
+        )
+    if ctx.arranged.declines and (claims or fails):
+        why = sorted(ctx.arranged.declines)[0]
+        return _v(
+            "vmxon",
+            Outcome.FAILED,
+            f"the run arranged {why} ({ctx.arranged.because(why)}) but the driver did not "
+            "decline: it went on to use VMX that is not its to take",
+            _evidence(claims or fails),
         )
     if fails:
         return _v("vmxon", Outcome.FAILED, decode_failure(fails[0]), _evidence(fails))
@@ -647,6 +766,11 @@ def _judge_vmxon(ctx: _Context, first: Sequence[DriverRecord]) -> _Judged:
         )
         return _v("vmxon", Outcome.FAILED, f"the driver printed {what}", _evidence(mine))
     return None
+
+
+def _arranged_reason(ctx: _Context, why: str) -> str:
+    how = ctx.arranged.because(why)
+    return f"driver declined as arranged: {DECLINES.get(why, why)}" + (f" ({how})" if how else "")
 
 
 def _silent(run: Run) -> str:
@@ -858,13 +982,15 @@ def _trouble(ctx: _Context, boot: BootResult, judged: dict[str, _Judged]) -> _Tr
             oops.text,
             "crashed",
         )
-    if ctx.complete:
+    if ctx.complete and (ctx.ended or not ctx.last):
         return None
-    at = _stage_index(judged)
-    if at is None:
-        return None  # every check concluded before the guest went away
     tail = "\n".join([*run.console.lines, *(run.dump.lines if run.dump else ())][-TAIL_LINES:])
     detail = f" ({boot.detail})" if boot.detail else ""
+    at = _stage_index(judged)
+    if at is None:
+        # Every check concluded, then the guest never reached RIG-END: a teardown that
+        # wedges the CPU (or a guest that dies once the driver is gone) is the driver's.
+        return _after_teardown(boot, detail, tail, len(_GUEST_STAGES) - 1)
     if boot.end is BootEnd.TIMEOUT:
         detail = detail or f" (timeout {cell.timeout_s} s)"
         reason = f"driver hang: the guest stopped before RIG-END{detail}"
@@ -880,8 +1006,28 @@ def _trouble(ctx: _Context, boot: BootResult, judged: dict[str, _Judged]) -> _Tr
     return _Trouble(at, Outcome.ERROR, reason, tail, "died")
 
 
+def _after_teardown(boot: BootResult, detail: str, tail: str, at: int) -> _Trouble:
+    if boot.end is BootEnd.TIMEOUT:
+        reason = f"guest hung after rmmod: no RIG-END after the driver's teardown{detail}"
+        return _Trouble(at, Outcome.FAILED, reason, tail, "hung")
+    if boot.end is BootEnd.PANIC:
+        return _Trouble(at, Outcome.FAILED, f"guest panicked after rmmod{detail}", tail, "crashed")
+    if boot.end is BootEnd.EMULATOR:
+        if _TRIPLE_FAULT_RE.search(boot.detail) or _TRIPLE_FAULT_RE.search(boot.emulator_log):
+            return _Trouble(at, Outcome.FAILED, f"guest triple-faulted after rmmod{detail}",
+                            tail, "died")  # fmt: skip
+        reason = f"the emulator stopped after rmmod, before RIG-END{detail}"
+        return _Trouble(at, Outcome.ERROR, reason, tail, "died")
+    reason = f"the console ended before RIG-END (guest output lost?){detail}"
+    return _Trouble(at, Outcome.ERROR, reason, tail, "died")
+
+
 def _judge_run(
-    cell: Cell, boot: BootResult, report: GuestReport, run: Run
+    cell: Cell,
+    boot: BootResult,
+    report: GuestReport,
+    run: Run,
+    arranged: Arranged = NOTHING_ARRANGED,
 ) -> dict[str, StageVerdict]:
     model = report.cpu_model or cell.cpu_model or cell.cpu.name
     vmx_expected = report.vmx if report.vmx is not None else cell.lane.vmx
@@ -890,7 +1036,10 @@ def _judge_run(
     else:
         no_vmx_reason = f"guest CPU has no VMX ({model})"
     complete = run.dump_complete or report.end
-    ctx = _Context(cell, run, vmx_expected, no_vmx_reason, complete)
+    last = run is report.runs[-1]
+    ctx = _Context(
+        cell, run, vmx_expected, no_vmx_reason, complete, arranged, last=last, ended=report.end
+    )
     judged = _judge_records(ctx, run.records)
     trouble = _trouble(ctx, boot, judged)
     out: dict[str, StageVerdict] = {}
@@ -908,10 +1057,15 @@ def _judge_run(
     return out
 
 
-_SEVERITY = {Outcome.PASSED: 0, Outcome.SKIPPED: 1, Outcome.ERROR: 2, Outcome.FAILED: 3}
-
-
-def _judge_guest(cell: Cell, boot: BootResult, report: GuestReport) -> dict[str, StageVerdict]:
+def _judge_guest(
+    cell: Cell, boot: BootResult, report: GuestReport, arranged: Arranged
+) -> dict[str, StageVerdict]:
+    if report.rebooted:
+        reason = (
+            "infrastructure: the guest started over during the test (a second RIG-BEGIN): "
+            "what it printed belongs to two boots"
+        )
+        return _all(Outcome.ERROR, reason, report.tail(), _GUEST_STAGES)
     broken = [(m, rc) for m, rc in report.preloads if rc != 0]
     if broken:
         # A fixture of the test did not load: the run proves nothing about the driver.
@@ -921,12 +1075,12 @@ def _judge_guest(cell: Cell, boot: BootResult, report: GuestReport) -> dict[str,
     if report.end and not report.steps and not report.records:
         reason = "the guest finished without running insmod"
         return _all(Outcome.ERROR, reason, report.tail(), _GUEST_STAGES)
-    per_run = [_judge_run(cell, boot, report, run) for run in report.runs]
+    per_run = [_judge_run(cell, boot, report, run, arranged) for run in report.runs]
     if len(per_run) == 1:
         return per_run[0]
     out: dict[str, StageVerdict] = {}
     for stage in _GUEST_STAGES:
-        worst = max(range(len(per_run)), key=lambda i: (_SEVERITY[per_run[i][stage].outcome], -i))
+        worst = max(range(len(per_run)), key=lambda i: (SEVERITY[per_run[i][stage].outcome], -i))
         v = per_run[worst][stage]
         if v.outcome is Outcome.PASSED and all(r[stage].outcome is v.outcome for r in per_run):
             reason = f"{v.reason} (all {len(per_run)} runs)"
@@ -955,15 +1109,23 @@ def _judge_build(build: ModuleBuild | None) -> StageVerdict:
     return _v("build", Outcome.FAILED, f"module did not compile: {first[:200]}", evidence)
 
 
-def judge(cell: Cell, build: ModuleBuild | None, boot: BootResult | None) -> CellVerdict:
-    """One StageVerdict per stage in STAGES for this cell."""
-    console = boot.console if boot is not None else ""
+def judge(
+    cell: Cell,
+    build: ModuleBuild | None,
+    boot: BootResult | None,
+    arranged: Arranged = NOTHING_ARRANGED,
+) -> CellVerdict:
+    """One StageVerdict per stage in STAGES for this cell, knowing what the run arranged."""
+    # what people read: the agent's protocol and the kernel's lines, in one transcript
+    transcript = "" if boot is None else boot.console
+    if boot is not None and boot.agent:
+        transcript = "\n".join(merge_channels(boot.agent, boot.console)) + "\n"
 
     def verdict(stages: dict[str, StageVerdict]) -> CellVerdict:
         return CellVerdict(
             cell_id=cell.id,
             stages={s: stages[s] for s in STAGES},
-            console=console,
+            console=transcript,
             build_log=build.log if build is not None else "",
             emulator_log=boot.emulator_log if boot is not None else "",
             timings={"boot": boot.duration_s} if boot is not None else {},
@@ -981,7 +1143,7 @@ def judge(cell: Cell, build: ModuleBuild | None, boot: BootResult | None) -> Cel
     elif boot is None:
         stages.update(_all(Outcome.ERROR, "the guest was not booted", stages=_GUEST_STAGES))
     else:
-        report = parse_console(boot.console)
+        report = parse_guest(boot)
         if not report.begin:
             detail = boot.detail or f"boot ended: {boot.end.value}"
             stages.update(
@@ -993,7 +1155,7 @@ def judge(cell: Cell, build: ModuleBuild | None, boot: BootResult | None) -> Cel
                 )
             )
         else:
-            stages.update(_judge_guest(cell, boot, report))
+            stages.update(_judge_guest(cell, boot, report, arranged))
     return verdict(stages)
 
 

@@ -159,12 +159,20 @@ def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+CONSOLE_FILE = "console.txt"  # the guest kernel's console (first serial port)
+AGENT_FILE = "agent.txt"  # the guest agent's protocol channel (second serial port)
+
+
+def read_text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def make_result(
-    console: Path, watch: ConsoleWatch, emulator_log: str = "", detail: str = ""
+    workdir: Path, watch: ConsoleWatch, emulator_log: str = "", detail: str = ""
 ) -> BootResult:
-    text = console.read_text(errors="replace") if console.exists() else ""
     return BootResult(
-        console=text,
+        console=read_text(workdir / CONSOLE_FILE),
+        agent=read_text(workdir / AGENT_FILE),
         end=watch.end,
         duration_s=watch.duration_s,
         emulator_log=emulator_log,

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rig.errors import InfraError, ToolMissing
-from rig.lanes.base import make_result, owned_process, tail, watch_console
+from rig.lanes.base import (
+    AGENT_FILE,
+    CONSOLE_FILE,
+    make_result,
+    owned_process,
+    tail,
+    watch_console,
+)
 from rig.model import BootEnd, BootResult, BootSpec
 
 BOCHS_BIN = "bochs-bin"
@@ -29,12 +36,12 @@ _MODEL_RE = re.compile(r"^[a-z0-9_]{1,40}$")
 _LOG_KEEP = re.compile(r"VMFAIL|VMENTER|VMEXIT FAIL|PANIC|triple fault|>>PANIC<<|\[CPU0  \] e")
 
 
-def bochsrc(spec: BootSpec, console: Path, log: Path) -> str:
+def bochsrc(spec: BootSpec, console: Path, agent: Path, log: Path) -> str:
     """The Bochs configuration for one boot. Every value is checked, nothing user-typed leaks."""
     if not _MODEL_RE.match(spec.cpu_model):
         raise InfraError(f"not a Bochs CPU model name: {spec.cpu_model!r}")
     assert spec.image.iso is not None
-    for p in (spec.image.iso, console, log):
+    for p in (spec.image.iso, console, agent, log):
         if '"' in str(p) or "\n" in str(p):
             raise InfraError(f"path not usable in a bochsrc: {p!r}")
     return "\n".join(
@@ -48,6 +55,7 @@ def bochsrc(spec: BootSpec, console: Path, log: Path) -> str:
             f'ata0-master: type=cdrom, path="{spec.image.iso}", status=inserted',
             "boot: cdrom",
             f'com1: enabled=1, mode=file, dev="{console}"',
+            f'com2: enabled=1, mode=file, dev="{agent}"',
             f'log: "{log}"',
             "panic: action=fatal",
             "error: action=report",
@@ -84,9 +92,11 @@ class BochsBackend:
                 str(SEABIOS), "seabios", "a firmware that leaves FEATURE_CONTROL open"
             )
         wd = spec.workdir
-        console, log = wd / "console.txt", wd / "bochs.log"
+        console, agent, log = wd / CONSOLE_FILE, wd / AGENT_FILE, wd / "bochs.log"
         rc, cmds = wd / "bochsrc", wd / "bochs.rc"
-        rc.write_text(bochsrc(spec, console, log))
+        for stale in (console, agent):
+            stale.unlink(missing_ok=True)
+        rc.write_text(bochsrc(spec, console, agent, log))
         cmds.write_text("c\n")  # bochs-bin has the debugger built in: continue at once
         argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", "-f", str(rc), "-rc", str(cmds)]
         with owned_process(argv, cwd=wd, stdout=wd / "bochs.out", pidfile=wd / "emulator.pid") as p:
@@ -103,4 +113,4 @@ class BochsBackend:
                 detail = "Bochs stopped before the guest powered off: " + (
                     tail(kept, 5) or tail(out, 5) or "no reason logged"
                 )
-        return make_result(console, watch, emulator_log=kept, detail=detail)
+        return make_result(wd, watch, emulator_log=kept, detail=detail)

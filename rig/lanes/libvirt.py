@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rig.errors import InfraError
 from rig.hostcheck import kvm_usable
-from rig.lanes.base import owned_process, tail
+from rig.lanes.base import AGENT_FILE, CONSOLE_FILE, owned_process, read_text, tail
 from rig.model import BootEnd, BootResult, BootSpec
 
 EMBED = "embed"  # our name for the default: qemu:///embed?root=<a locked slot of the pool>
@@ -67,6 +67,7 @@ def domain_xml(
     domain_type: str,
     console: Path,
     require_vmx: bool,
+    agent: Path | None = None,
     vm: VmDevices | None = None,
 ) -> str:
     """The transient domain, built with ElementTree (names and paths are escaped by it)."""
@@ -105,9 +106,11 @@ def domain_xml(
         ET.SubElement(el, "target", dev=disk.target, bus="virtio")
         if disk.readonly:
             ET.SubElement(el, "readonly")
-    serial = ET.SubElement(devices, "serial", type="file")
-    ET.SubElement(serial, "source", path=str(console))
-    ET.SubElement(serial, "target", port="0")
+    # ttyS0: the kernel's console; ttyS1: the guest agent's protocol channel
+    for port, path in enumerate([console] if agent is None else [console, agent]):
+        serial = ET.SubElement(devices, "serial", type="file")
+        ET.SubElement(serial, "source", path=str(path))
+        ET.SubElement(serial, "target", port=str(port))
     if vm is not None and vm.rng:
         rng = ET.SubElement(devices, "rng", model="virtio")
         ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
@@ -160,9 +163,9 @@ class LiveDomain:
                 + tail(child_log, 20)
             )
         res = json.loads(self.result_file.read_text())
-        text = self.console.read_text(errors="replace") if self.console.exists() else ""
         return BootResult(
-            console=text,
+            console=read_text(self.console),
+            agent=read_text(self.console.with_name(AGENT_FILE)),
             end=BootEnd(res["end"]),
             duration_s=float(res["duration_s"]),
             emulator_log=tail(res.get("emulator_log", "") + "\n" + child_log, 60),
@@ -213,10 +216,10 @@ class LibvirtBackend:
         (SIGTERM) and waits stop_grace_s for that; a child that does not finish is killed.
         """
         wd = spec.workdir
-        console = wd / "console.txt"
+        console, agent = wd / CONSOLE_FILE, wd / AGENT_FILE
         started = wd / "domain-started"
         result_file = wd / "domain-result.json"
-        for stale in (console, started, result_file):
+        for stale in (console, agent, started, result_file):
             stale.unlink(missing_ok=True)
         # Unique across concurrent runs: the run id (cells/<cell> lives in runs/<run-id>).
         name = f"rig-{wd.parent.parent.name}-{wd.name}"
@@ -229,6 +232,7 @@ class LibvirtBackend:
                 domain_type=self.domain_type,
                 console=console,
                 require_vmx=self.require_vmx,
+                agent=agent if vm is None else None,
                 vm=vm,
             ),
             console=str(console),

@@ -145,3 +145,62 @@ def test_grub_writes_feature_control_before_linux_only_when_asked(tmp_path: Path
         grub_config(replace(plain, feature_control=1 << 40))
     with pytest.raises(UsageError):
         grub_config(replace(plain, cmdline="console=ttyS0; reboot"))
+
+
+def _hold_in_child(lock_path: Path, ready: Path, release: Path) -> subprocess.Popen[bytes]:
+    """A separate process holding an flock (as a live build or libvirt child would)."""
+    code = (
+        "import fcntl,sys,time,pathlib;"
+        "fh=open(sys.argv[1],'a');fcntl.flock(fh,fcntl.LOCK_EX);"
+        "pathlib.Path(sys.argv[2]).touch();"
+        "[time.sleep(0.05) for _ in range(400) if not pathlib.Path(sys.argv[3]).exists()]"
+    )
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock_path), str(ready), str(release)])
+    for _ in range(200):
+        if ready.exists():
+            break
+        threading.Event().wait(0.05)
+    return proc
+
+
+def test_prune_never_touches_what_a_live_build_or_run_holds(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    cache = Cache(tmp_path)
+    for kind, name in (("kernels", "6.12-aaaa"), ("kernels", "5.4-bbbb"), ("modules", "m-6.12-c")):
+        (tmp_path / kind / name).mkdir(parents=True)
+    stale = tmp_path / "kernels" / ".6.12-dddd.x1y2"  # a killed build's temp dir
+    stale.mkdir()
+    live_slot = tmp_path / "libvirt-embed" / "slot-0"
+    free_slot = tmp_path / "libvirt-embed" / "slot-1"
+    for slot in (live_slot, free_slot):
+        slot.mkdir(parents=True)
+        (slot / "rig.lock").touch()
+    holder = _hold_in_child(live_slot / "rig.lock", tmp_path / "ready", tmp_path / "go")
+    try:
+        with FileLock(str(tmp_path / "modules" / "m-6.12-c") + ".lock"):  # being built
+            # keep what the matrix still names (the --unused rule)
+            result = cache.prune(lambda _kind, name: name.startswith("6.12-"))
+    finally:
+        (tmp_path / "go").touch()
+        holder.wait(10)
+    assert sorted(result.removed) == [
+        "kernels/.6.12-dddd.x1y2", "kernels/5.4-bbbb", "libvirt-embed/slot-1"
+    ]  # fmt: skip
+    assert sorted(result.busy) == ["libvirt-embed/slot-0", "modules/m-6.12-c"]
+    assert result.kept == ["kernels/6.12-aaaa"]
+    assert live_slot.exists() and not stale.exists()
+
+
+def test_a_build_sweeps_the_temp_dirs_of_killed_builds_of_its_key(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    leftover = tmp_path / "kind" / ".key.abc123"
+    leftover.mkdir(parents=True)
+    (leftover / "half").write_text("x")
+    with cache.building("kind", "key") as (_final, tmp):
+        assert tmp is not None
+        (tmp / "done").write_text("y")
+    assert not leftover.exists()
+    assert (tmp_path / "kind/key/done").exists()

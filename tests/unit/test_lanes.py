@@ -59,12 +59,15 @@ def test_domain_xml_requires_vmx_with_full_check_on_kvm(tmp_path: Path) -> None:
 
 def test_bochsrc_refuses_names_that_could_inject_options(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "corei7_haswell_4770")
-    rc = bochsrc(spec, tmp_path / "console.txt", tmp_path / "bochs.log")
+    rc = bochsrc(spec, tmp_path / "console.txt", tmp_path / "agent.txt", tmp_path / "bochs.log")
     assert "cpu: model=corei7_haswell_4770, count=1" in rc
     assert 'display_library: rfb, options="timeout=0"' in rc
+    # the guest agent's protocol has its own port, where the kernel never writes
+    assert f'com1: enabled=1, mode=file, dev="{tmp_path / "console.txt"}"' in rc
+    assert f'com2: enabled=1, mode=file, dev="{tmp_path / "agent.txt"}"' in rc
     for bad in ("haswell, count=4", "x\nmegs: 1", "a b"):
         with pytest.raises(InfraError):
-            bochsrc(_spec(tmp_path, bad), tmp_path / "c", tmp_path / "l")
+            bochsrc(_spec(tmp_path, bad), tmp_path / "c", tmp_path / "a", tmp_path / "l")
 
 
 def _writer(path: Path, lines: list[str], delay: float) -> threading.Thread:
@@ -136,9 +139,11 @@ def test_bochs_firmware_is_seabios_only_when_the_boot_sets_feature_control(
     from rig.lanes.bochs import BIOS, SEABIOS
 
     spec = _spec(tmp_path, "corei7_haswell_4770")
-    assert f"romimage: file={BIOS}" in bochsrc(spec, tmp_path / "c", tmp_path / "l")
+    assert f"romimage: file={BIOS}" in bochsrc(spec, tmp_path / "c", tmp_path / "a", tmp_path / "l")
     locked_off = replace(spec, image=replace(spec.image, feature_control=0x1))
-    assert f"romimage: file={SEABIOS}" in bochsrc(locked_off, tmp_path / "c", tmp_path / "l")
+    assert f"romimage: file={SEABIOS}" in bochsrc(
+        locked_off, tmp_path / "c", tmp_path / "a", tmp_path / "l"
+    )
 
 
 def test_watch_console_gives_up_on_a_kernel_that_oopsed_while_booting(tmp_path: Path) -> None:

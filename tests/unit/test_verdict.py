@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from rig.model import (
     STAGES,
+    Arranged,
     BootEnd,
     BootResult,
     Cell,
@@ -218,11 +219,14 @@ def test_tcg_decline_with_wrong_reason_fails() -> None:
     assert "why=no_vmx" in v.stages["vmxon"].reason
 
 
-def test_vmx_lane_where_guest_has_no_vmx_is_skipped_as_lane_problem() -> None:
+def test_vmx_lane_where_guest_has_no_vmx_is_an_infrastructure_error_naming_the_model() -> None:
+    """A wrong CPU model or an emulator regression must not read as a stated skip."""
     text = console(vmx=0, model="Bochs generic", insmod=[LOAD, NO_VMX, FREED], insmod_rc=1)
     v = judge(BOCHS_CELL, BUILD_OK, boot(text))
-    assert outcomes(v) == {"build": P, "vmxon": S, "vmlaunch": S, "vmcall_exit": S, "teardown": P}
-    assert v.stages["vmlaunch"].reason == "guest CPU lacks VMX: Bochs generic"
+    assert outcomes(v) == {"build": P, "vmxon": E, "vmlaunch": E, "vmcall_exit": E, "teardown": P}
+    assert "promises VMX" in v.stages["vmxon"].reason
+    assert "corei7_haswell_4770" in v.stages["vmxon"].reason
+    assert "Bochs generic" in v.stages["vmxon"].reason
 
 
 def test_decline_no_vmx_on_a_vmx_guest_fails() -> None:
@@ -238,12 +242,24 @@ def test_decline_no_vmx_on_a_vmx_guest_fails() -> None:
     ("why", "words"),
     [("vmx_busy", "another hypervisor"), ("vmx_disabled_by_bios", "firmware")],
 )
-def test_environment_declines_on_vmx_lane_are_skips(why: str, words: str) -> None:
+def test_environment_declines_on_vmx_lane_without_cause_fail(why: str, words: str) -> None:
+    """A decline the run did not arrange is a broken driver, whatever reason it gives."""
     line = f"vmlaunch: cpu=0 check declined errno=-16 why={why} -- not ours"
     text = console(insmod=[LOAD, line, FREED], insmod_rc=1)
     v = judge(BOCHS_CELL, BUILD_OK, boot(text))
-    assert outcomes(v) == {"build": P, "vmxon": S, "vmlaunch": S, "vmcall_exit": S, "teardown": P}
+    assert outcomes(v) == {"build": P, "vmxon": F, "vmlaunch": S, "vmcall_exit": S, "teardown": P}
     assert words in v.stages["vmxon"].reason
+    assert "arranged no such condition" in v.stages["vmxon"].reason
+
+
+def test_vmx_busy_arranged_by_a_fixture_is_a_skip() -> None:
+    line = "vmlaunch: cpu=0 check declined errno=-16 why=vmx_busy -- CR4.VMXE already set"
+    text = console(insmod=[LOAD, line, FREED], insmod_rc=1)
+    arranged = Arranged(frozenset({"vmx_busy"}), (("vmx_busy", "--preload vmxhog"),))
+    v = judge(BOCHS_CELL, BUILD_OK, boot(text), arranged)
+    assert outcomes(v) == {"build": P, "vmxon": S, "vmlaunch": S, "vmcall_exit": S, "teardown": P}
+    assert "another hypervisor" in v.stages["vmxon"].reason
+    assert "--preload vmxhog" in v.stages["vmxon"].reason
 
 
 def test_unknown_decline_on_vmx_lane_fails() -> None:
@@ -362,10 +378,12 @@ def test_console_cut_short_after_poweroff_is_error() -> None:
     assert outcomes(judge(BOCHS_CELL, BUILD_OK, boot(text)))["vmxon"] is E
 
 
-def test_hang_after_all_checks_keeps_verdicts() -> None:
+def test_hang_after_all_checks_fails_teardown() -> None:
+    """A teardown that wedges the CPU: every driver line is there, RIG-END never comes."""
     text = console(dump=False, end=False)
-    v = judge(BOCHS_CELL, BUILD_OK, boot(text, BootEnd.TIMEOUT))
-    assert outcomes(v) == dict.fromkeys(STAGES, P)
+    v = judge(BOCHS_CELL, BUILD_OK, boot(text, BootEnd.TIMEOUT, "no poweroff within 400 s"))
+    assert outcomes(v) == {**dict.fromkeys(STAGES, P), "teardown": F}
+    assert v.stages["teardown"].reason.startswith("guest hung after rmmod")
 
 
 # --------------------------------------------------------------------------- teardown
@@ -756,9 +774,14 @@ def test_firmware_lock_on_a_vmx_cpu_skips_with_the_drivers_cause() -> None:
     flag. The driver must say why: vmx_disabled_by_bios. A plain no_vmx would also do."""
     decline = [TAINT, LOAD, FIRMWARE_OFF, "vmlaunch: cpu=- freed ok pages=0"]
     text = console(vmx=0, insmod=decline, insmod_rc=13, rmmod=[], rmmod_rc=None)
-    v = judge(BOCHS_CELL, BUILD_OK, boot(text))
+    arranged = Arranged(
+        frozenset({"vmx_disabled_by_bios"}), (("vmx_disabled_by_bios", "--feature-control 0x1"),)
+    )
+    v = judge(BOCHS_CELL, BUILD_OK, boot(text), arranged)
     assert outcomes(v) == {"build": P, "vmxon": S, "vmlaunch": S, "vmcall_exit": S, "teardown": P}
     assert "disabled by the firmware" in v.stages["vmxon"].reason
+    # the same console without the arrangement: the guest shows no VMX on a VMX lane
+    assert judge(BOCHS_CELL, BUILD_OK, boot(text)).stages["vmxon"].outcome is E
     assert "feature_control=0x1" in v.stages["vmxon"].evidence
 
 
