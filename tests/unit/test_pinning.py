@@ -1,4 +1,4 @@
-"""Unit tests of rig.pinning (`rig images update`): apt output parsing, choice, rewrite.
+"""Unit tests of rig.matrix.pinning (`rig images update`): apt output parsing, choice, rewrite.
 
 The apt-cache samples were captured from deb.debian.org on 2026-11-25 with a private apt
 configuration (fields irrelevant here, such as checksums, trimmed).
@@ -12,28 +12,27 @@ from pathlib import Path
 
 import pytest
 
+from rig.debian import compare_versions
 from rig.errors import MatrixError, UsageError
 from rig.matrix import parse_matrix
-from rig.model import KernelSpec
-from rig.pinning import (
+from rig.matrix.edit import checked_rewrite, rewrite_kernel_pin
+from rig.matrix.pinning import (
     Candidate,
     Pin,
     candidates,
-    checked_rewrite,
     choose,
-    compare_versions,
     image_abi,
     in_series,
     newest_first,
     parse_depends,
     parse_stanzas,
     relevant_packages,
-    rewrite_kernel_pin,
     series_of,
     update_failed,
     update_matrix,
     versions_of,
 )
+from rig.model import KernelSpec
 
 REPO_MATRIX = Path(__file__).resolve().parents[2] / "matrix.yaml"
 
