@@ -239,7 +239,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_images(args: argparse.Namespace) -> int:
     if args.images_command == "update":
-        from rig.pinning import cmd_update
+        from rig.matrix.pinning import cmd_update
 
         return cmd_update(args.matrix or _default_matrix(), args.kernel)
     cache = Cache(args.cache or default_cache_root())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rig.errors import ExitCode, MatrixError, UsageError
-from rig.matrix import MAX_BYTES, MatrixFileError, load_matrix, parse_matrix
+from rig.matrix import (
+    MAX_BYTES,
+    MatrixFileError,
+    cells_json,
+    load_matrix,
+    parse_matrix,
+    parse_shard,
+    shard,
+)
 
 REPO_MATRIX = Path(__file__).resolve().parents[2] / "matrix.yaml"
 
@@ -423,3 +433,118 @@ def test_valid_generated_matrices_select_unique_cells(
         )
         has_model = bool(spec["cpus"][cell.cpu.name].get(cell.lane.name))
         assert (cell.skip_reason is None) == (has_model and not excluded)
+
+
+# --------------------------------------------------------------------------- YAML typing
+def test_plain_scalars_are_typed_as_yaml_1_1_as_pyyaml_did() -> None:
+    # yes/on are booleans, y/n and 1e9 are strings (ruamel's own 1.1 rules differ there)
+    m = parse_matrix(GOOD.replace("vmx: true", "vmx: yes").replace("haswell", "n"), "m.yaml")
+    assert m.lanes["bochs"].vmx is True
+    assert "n" in m.cpus
+    assert "wrong type for version: the string '1e0'" in one(
+        GOOD.replace("version: 1", "version: 1e0")
+    )
+    octal = problems(GOOD.replace('"6.1": {', "010: {"))
+    assert any(p.startswith("m.yaml:5:3: key '010' is read by YAML as int") for p in octal)
+
+
+# --------------------------------------------------------------------------- everything
+def test_select_everything_fills_the_axes_not_given_with_all_names() -> None:
+    m = parse_matrix(GOOD, "m.yaml")
+    assert m.select(everything=True) == m.all_cells() == m.select(full=True)
+    assert [c.id for c in m.select(kernels=["6.1"], everything=True)] == [
+        "bochs-6.1-penryn",
+        "bochs-6.1-haswell",
+        "tcg-6.1-penryn",
+        "tcg-6.1-haswell",
+    ]
+    assert [c.id for c in m.select(kernels=["6.1"])] == ["bochs-6.1-haswell"]
+    assert [c.id for c in m.select(lanes=["tcg"], cpus=["penryn"], everything=True)] == [
+        "tcg-6.12-penryn",
+        "tcg-6.1-penryn",
+    ]
+    with pytest.raises(UsageError, match="unknown lane 'kvm'"):
+        m.select(lanes=["kvm"], everything=True)
+
+
+# --------------------------------------------------------------------------- shards
+def test_parse_shard() -> None:
+    assert parse_shard("1/2") == (1, 2)
+    assert parse_shard(" 3 / 3 ") == (3, 3)
+    assert parse_shard("1/1") == (1, 1)
+
+
+@pytest.mark.parametrize("bad", ["0/2", "3/2", "a/b", "1/0", "0/0", "", "1", "1/2/3", "-1/2"])
+def test_parse_shard_refuses_bad_specs_with_a_fix(bad: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_shard(bad)
+    assert info.value.exit_code == ExitCode.USAGE
+    assert repr(bad) in str(info.value)
+    assert "I/N" in str(info.value.fix)
+
+
+def test_shard_of_the_repo_matrix() -> None:
+    m = load_matrix(REPO_MATRIX)
+    every = m.all_cells()
+    parts = [shard(every, i, 4) for i in range(1, 5)]
+    assert sorted(c.id for p in parts for c in p) == sorted(c.id for c in every)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    runnable = [sum(c.skip_reason is None for c in p) for p in parts]
+    assert max(runnable) - min(runnable) <= 1
+    assert shard(every, 1, 1) == every
+    with pytest.raises(UsageError, match="out of range"):
+        shard(every, 0, 4)
+    with pytest.raises(UsageError, match="out of range"):
+        shard(every, 5, 4)
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(matrices(), st.integers(1, 7), st.randoms(use_true_random=False))
+def test_shards_partition_the_selection(
+    spec: dict[str, Any], count: int, rnd: random.Random
+) -> None:
+    m = parse_matrix(yaml.safe_dump(spec, sort_keys=False), "gen.yaml")
+    cells = m.all_cells()
+    parts = [shard(cells, i, count) for i in range(1, count + 1)]
+    ids = [c.id for p in parts for c in p]
+    assert sorted(ids) == sorted(c.id for c in cells)  # every cell in exactly one shard
+    assert len(ids) == len(set(ids))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    runnable = [sum(c.skip_reason is None for c in p) for p in parts]
+    assert max(runnable) - min(runnable) <= 1
+    for p in parts:  # each shard keeps the order of the selection
+        positions = [cells.index(c) for c in p]
+        assert positions == sorted(positions)
+    shuffled = list(cells)
+    rnd.shuffle(shuffled)  # the order of the selection does not move cells between shards
+    for i in range(1, count + 1):
+        assert {c.id for c in shard(shuffled, i, count)} == {c.id for c in parts[i - 1]}
+
+
+# --------------------------------------------------------------------------- JSON
+def test_cells_json_is_plain_data_for_every_cell() -> None:
+    m = parse_matrix(GOOD, "m.yaml")
+    data = cells_json(m.all_cells())
+    assert json.loads(json.dumps(data)) == data
+    assert [d["id"] for d in data] == [c.id for c in m.all_cells()]
+    by_id = {d["id"]: d for d in data}
+    assert by_id["tcg-6.12-haswell"] == {
+        "id": "tcg-6.12-haswell",
+        "lane": "tcg",
+        "kernel": "6.12",
+        "kernel_abi": "6.12.117+deb13-amd64",
+        "cpu": "haswell",
+        "cpu_model": None,
+        "skip_reason": "lane 'tcg' has no CPU model for 'haswell'",
+    }
+    assert by_id["bochs-6.1-penryn"] == {
+        "id": "bochs-6.1-penryn",
+        "lane": "bochs",
+        "kernel": "6.1",
+        "kernel_abi": "6.1.0-44-amd64",
+        "cpu": "penryn",
+        "cpu_model": "core2_penryn_t9600",
+        "skip_reason": None,
+    }
+    assert by_id["bochs-6.1-haswell"]["skip_reason"] == "excluded in m.yaml: hangs at boot"
+    assert cells_json([]) == []

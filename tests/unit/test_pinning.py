@@ -1,4 +1,4 @@
-"""Unit tests of rig.pinning (`rig images update`): apt output parsing, choice, rewrite.
+"""Unit tests of rig.matrix.pinning (`rig images update`): apt output parsing, choice, rewrite.
 
 The apt-cache samples were captured from deb.debian.org on 2026-11-25 with a private apt
 configuration (fields irrelevant here, such as checksums, trimmed).
@@ -12,28 +12,27 @@ from pathlib import Path
 
 import pytest
 
+from rig.debian import apt_sources, compare_versions
 from rig.errors import MatrixError, UsageError
 from rig.matrix import parse_matrix
-from rig.model import KernelSpec
-from rig.pinning import (
+from rig.matrix.edit import checked_rewrite, rewrite_kernel_pin
+from rig.matrix.pinning import (
     Candidate,
     Pin,
     candidates,
-    checked_rewrite,
     choose,
-    compare_versions,
     image_abi,
     in_series,
     newest_first,
     parse_depends,
     parse_stanzas,
     relevant_packages,
-    rewrite_kernel_pin,
     series_of,
     update_failed,
     update_matrix,
     versions_of,
 )
+from rig.model import KernelSpec
 
 REPO_MATRIX = Path(__file__).resolve().parents[2] / "matrix.yaml"
 
@@ -630,3 +629,70 @@ def test_update_matrix_writes_nothing_when_a_kernel_fails(tmp_path: Path) -> Non
     with pytest.raises(UsageError):
         update_matrix(path, resolver=resolver, out=lambda _: None)
     assert path.read_text() == MATRIX
+
+
+# --------------------------------------------------------------------------- rig.debian
+def test_apt_sources_put_security_suites_on_the_security_mirror() -> None:
+    s = spec("6.1", "bookworm", "6.1.0-44-amd64", "", "bookworm-security", "bookworm-updates")
+    assert apt_sources(s) == (
+        "deb http://deb.debian.org/debian bookworm main\n"
+        "deb http://deb.debian.org/debian-security bookworm-security main\n"
+        "deb http://deb.debian.org/debian bookworm-updates main\n"
+    )
+    mirrored = KernelSpec(
+        name="6.1",
+        suite="bookworm",
+        abi="6.1.0-44-amd64",
+        mirror="http://mirror.example/debian/",
+        extra_suites=("bookworm-security",),
+    )
+    assert apt_sources(mirrored).splitlines()[1] == (
+        "deb http://mirror.example/debian-security bookworm-security main"
+    )
+
+
+def test_compare_versions_refuses_what_is_no_debian_version() -> None:
+    with pytest.raises(ValueError, match="Invalid version"):
+        compare_versions("a:b", "1.0")
+
+
+# --------------------------------------------------------------------------- rewrite, more
+def test_rewrite_flow_kernels_mapping_and_last_line_without_newline() -> None:
+    flow = 'version: 1\nkernels: {"6.1": {suite: bookworm, abi: "6.1.0-1-amd64"}}  # k\n'
+    assert rewrite_kernel_pin(flow, "6.1", "6.1.0-2-amd64", "6.1.2-1") == (
+        'version: 1\nkernels: {"6.1": {suite: bookworm, abi: "6.1.0-2-amd64", '
+        'version: "6.1.2-1"}}  # k\n'
+    )
+    block = "kernels:\n  lts:\n    suite: bookworm\n    abi: 6.1.0-1-amd64"
+    assert rewrite_kernel_pin(block, "lts", "6.1.0-2-amd64", "6.1.2-1") == (
+        'kernels:\n  lts:\n    suite: bookworm\n    abi: "6.1.0-2-amd64"\n    version: "6.1.2-1"'
+    )
+
+
+def test_rewrite_leaves_comments_naming_abi_and_other_kernels_alone() -> None:
+    text = MATRIX.replace(
+        "  lts:\n    suite: bookworm\n",
+        '  lts:\n    # abi: "keep-me", version: "keep-me"\n    suite: bookworm\n',
+    )
+    new = rewrite_kernel_pin(text, "lts", "6.1.0-56-amd64", "6.1.192-2")
+    assert '    # abi: "keep-me", version: "keep-me"\n' in new
+    changed = [(a, b) for a, b in zip(text.splitlines(), new.splitlines(), strict=True) if a != b]
+    assert changed == [
+        ('    abi: "6.1.0-1-amd64"', '    abi: "6.1.0-56-amd64"'),
+        ('    version: "6.1.1-1"', '    version: "6.1.192-2"'),
+    ]
+
+
+def test_rewrite_refuses_block_scalars_and_non_mapping_entries() -> None:
+    folded = MATRIX.replace('    abi: "6.1.0-1-amd64"\n', "    abi: >-\n      6.1.0-1-amd64\n")
+    with pytest.raises(MatrixError, match="plain or quoted"):
+        rewrite_kernel_pin(folded, "lts", "6.1.0-56-amd64", "6.1.192-2")
+    with pytest.raises(MatrixError, match="not a mapping"):
+        rewrite_kernel_pin("kernels:\n  lts: 6.1\n", "lts", "6.1.0-56-amd64", "6.1.192-2")
+    with pytest.raises(MatrixError, match="cannot read as YAML"):
+        rewrite_kernel_pin("kernels: [\n", "lts", "6.1.0-56-amd64", "6.1.192-2")
+
+
+def test_checked_rewrite_refuses_an_unknown_kernel() -> None:
+    with pytest.raises(MatrixError, match="not found"):
+        checked_rewrite(MATRIX, "9.9", "9.9.0-1-amd64", "9.9-1", "m.yaml")

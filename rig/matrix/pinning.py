@@ -11,9 +11,10 @@ which linux-image-<abi> packages of the kernel's line (its series, "6.1") its su
 
 The newest of those by Debian version order whose linux-headers-<abi> exists at the same
 version (the artifact build installs it) is pinned: the kernel's `abi:` and `version:` values
-in matrix.yaml are rewritten in place, line by line, leaving comments and layout alone.
+in matrix.yaml are rewritten in place, leaving comments and layout alone (rig.matrix.edit).
 
-The parsing and the text rewrite are pure functions (unit-tested on captured apt output);
+apt's output is read and versions are ordered with python-debian (deb822, PkgRelation; via
+rig.debian). Parsing and choice are pure functions (unit-tested on captured apt output);
 `AptArchive` is the thin layer that runs apt-get/apt-cache.
 """
 
@@ -28,11 +29,13 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
-from rig.artifacts import _apt_sources
-from rig.errors import InfraError, MatrixError, ToolMissing, UsageError
-from rig.matrix import load_matrix, parse_matrix
+from debian.deb822 import Deb822, PkgRelation
+
+from rig.debian import apt_sources, compare_versions
+from rig.errors import InfraError, ToolMissing, UsageError
+from rig.matrix.edit import checked_rewrite
+from rig.matrix.load import load_matrix
 from rig.model import KernelSpec
 
 FLAVOUR = "amd64"
@@ -43,90 +46,16 @@ _APT_TIMEOUT_S = 600
 _TAIL_LINES = 20
 
 
-# --------------------------------------------------------------------------- versions
-def _order(c: str) -> int:
-    """dpkg's character weight in the non-digit parts: ~ < end < letters < the rest."""
-    if c == "~":
-        return -1
-    if c == "" or c.isdigit():
-        return 0
-    if c.isalpha():
-        return ord(c)
-    return ord(c) + 256
-
-
-def _verrevcmp(a: str, b: str) -> int:
-    """dpkg's verrevcmp() on an upstream version or a revision."""
-    i = j = 0
-
-    def at(s: str, k: int) -> str:
-        return s[k] if k < len(s) else ""
-
-    while i < len(a) or j < len(b):
-        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
-            ac, bc = _order(at(a, i)), _order(at(b, j))
-            if ac != bc:
-                return ac - bc
-            i += 1
-            j += 1
-        while at(a, i) == "0":
-            i += 1
-        while at(b, j) == "0":
-            j += 1
-        first_diff = 0
-        while at(a, i).isdigit() and at(b, j).isdigit():
-            if not first_diff:
-                first_diff = ord(a[i]) - ord(b[j])
-            i += 1
-            j += 1
-        if at(a, i).isdigit():
-            return 1
-        if at(b, j).isdigit():
-            return -1
-        if first_diff:
-            return first_diff
-    return 0
-
-
-def _split_version(v: str) -> tuple[int, str, str]:
-    epoch = 0
-    if ":" in v:
-        e, v = v.split(":", 1)
-        epoch = int(e) if e.isdigit() else 0
-    upstream, _, revision = v.rpartition("-") if "-" in v else (v, "", "")
-    return epoch, upstream, revision
-
-
-def compare_versions(a: str, b: str) -> int:
-    """Debian version order (as `dpkg --compare-versions`): <0, 0 or >0."""
-    ea, ua, ra = _split_version(a)
-    eb, ub, rb = _split_version(b)
-    if ea != eb:
-        return ea - eb
-    return _verrevcmp(ua, ub) or _verrevcmp(ra, rb)
-
-
 # --------------------------------------------------------------------------- apt output
 def parse_stanzas(text: str) -> list[dict[str, str]]:
     """The paragraphs of `apt-cache show` output: field -> value (continuations joined)."""
-    stanzas: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    last = ""
-    for line in text.splitlines():
-        if not line.strip():
-            if current:
-                stanzas.append(current)
-            current, last = {}, ""
-        elif line[0] in " \t":
-            if last:
-                current[last] += "\n" + line.strip()
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            last = key.strip()
-            current[last] = value.strip()
-    if current:
-        stanzas.append(current)
-    return stanzas
+    return [
+        {
+            str(name): "\n".join(line.strip() for line in value.splitlines())
+            for name, value in p.items()
+        }
+        for p in Deb822.iter_paragraphs(text.splitlines(), use_apt_pkg=False)
+    ]
 
 
 @dataclass(frozen=True)
@@ -138,24 +67,14 @@ class Relation:
     version: str = ""
 
 
-_REL_RE = re.compile(
-    r"^\s*(?P<name>[a-z0-9][a-z0-9.+-]*)(?::[a-z0-9-]+)?\s*"
-    r"(?:\(\s*(?P<op><<|<=|=|>=|>>|<|>)\s*(?P<version>[^)\s]+)\s*\))?"
-)
-
-
 def parse_depends(value: str) -> list[list[Relation]]:
     """A Depends field: a list of entries, each a list of alternatives."""
-    out: list[list[Relation]] = []
-    for entry in value.split(","):
-        alts: list[Relation] = []
-        for alt in entry.split("|"):
-            m = _REL_RE.match(alt)
-            if m:
-                alts.append(Relation(m["name"], m["op"] or "", m["version"] or ""))
-        if alts:
-            out.append(alts)
-    return out
+    if not value.strip():
+        return []
+    return [
+        [Relation(alt["name"], *(alt.get("version") or ("", ""))) for alt in entry]
+        for entry in PkgRelation.parse_relations(value)
+    ]
 
 
 def image_abi(package: str) -> str | None:
@@ -266,214 +185,6 @@ def versions_of(stanzas: Iterable[dict[str, str]], package: str) -> set[str]:
     return {s["Version"] for s in stanzas if s.get("Package") == package and "Version" in s}
 
 
-# --------------------------------------------------------------------------- matrix.yaml
-_KEY_LINE_RE = re.compile(
-    r"""^(?P<indent>[ ]*)(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<plain>[^\s:#'"{}\[\],][^\s:#]*))"""
-    r"""\s*:(?:\s|$)"""
-)
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-def _is_blank_or_comment(line: str) -> bool:
-    s = line.strip()
-    return not s or s.startswith("#")
-
-
-def _code_end(line: str) -> int:
-    """Where the code of a YAML line ends (the start of a trailing comment, or its length)."""
-    quote = ""
-    i = 0
-    while i < len(line):
-        c = line[i]
-        if quote == '"':
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quote = ""
-        elif quote == "'":
-            if c == "'":
-                quote = ""
-        elif c in "\"'":
-            quote = c
-        elif c == "#" and (i == 0 or line[i - 1] in " \t"):
-            return i
-        i += 1
-    return len(line)
-
-
-@dataclass(frozen=True)
-class _Value:
-    line: int  # index into the lines
-    key_col: int  # where the key starts
-    start: int  # where the value starts
-    end: int  # one past its end
-    flow: bool  # inside a { } or [ ] collection
-
-
-def _find_values(lines: Sequence[str], first: int, last: int, key: str) -> list[_Value]:
-    """Occurrences of `key: value` (outside quotes and comments) in lines[first:last]."""
-    found: list[_Value] = []
-    pat = re.compile(rf"{re.escape(key)}\s*:(?=\s)")
-    for n in range(first, last):
-        line = lines[n]
-        end = _code_end(line)
-        code = line[:end]
-        quote, depth, i = "", 0, 0
-        while i < len(code):
-            c = code[i]
-            if quote:
-                if quote == '"' and c == "\\":
-                    i += 1
-                elif c == quote:
-                    quote = ""
-                i += 1
-                continue
-            if c in "\"'":
-                quote = c
-            elif c in "{[":
-                depth += 1
-            elif c in "}]":
-                depth -= 1
-            elif (i == 0 or code[i - 1] in " \t{,") and (m := pat.match(code, i)):
-                vstart = m.end()
-                while vstart < len(code) and code[vstart] in " \t":
-                    vstart += 1
-                vend = _value_end(code, vstart, depth > 0)
-                found.append(_Value(n, i, vstart, vend, depth > 0))
-                i = vend
-                continue
-            i += 1
-    return found
-
-
-def _value_end(code: str, start: int, flow: bool) -> int:
-    if start >= len(code):
-        return start
-    q = code[start]
-    if q in "\"'":
-        i = start + 1
-        while i < len(code):
-            if q == '"' and code[i] == "\\":
-                i += 2
-                continue
-            if code[i] == q:
-                if q == "'" and code[i + 1 : i + 2] == "'":
-                    i += 2
-                    continue
-                return i + 1
-            i += 1
-        return len(code)
-    i = start
-    stop = ",}]" if flow else ""
-    while i < len(code) and code[i] not in stop:
-        i += 1
-    return len(code[:i].rstrip()) if i > start else i
-
-
-def _kernel_entry(lines: Sequence[str], name: str, source: str) -> tuple[int, int]:
-    """(first, last) line indices of kernel `name`'s entry in the kernels: section."""
-    section = next(
-        (n for n, line in enumerate(lines) if re.match(r"^kernels\s*:\s*(#.*)?$", line)), None
-    )
-    if section is None:
-        raise MatrixError(
-            "no block `kernels:` section found",
-            where=source,
-            fix="write kernels: as a block mapping, one kernel per key",
-        )
-    end = len(lines)
-    for n in range(section + 1, len(lines)):
-        if not _is_blank_or_comment(lines[n]) and _indent(lines[n]) == 0:
-            end = n
-            break
-    level: int | None = None
-    for n in range(section + 1, end):
-        line = lines[n]
-        if _is_blank_or_comment(line):
-            continue
-        if level is None:
-            level = _indent(line)
-        if _indent(line) != level:
-            continue
-        m = _KEY_LINE_RE.match(line)
-        if not m:
-            continue
-        key = m["dq"] if m["dq"] is not None else m["sq"] if m["sq"] is not None else m["plain"]
-        if key != name:
-            continue
-        last = n + 1
-        while last < end and (_is_blank_or_comment(lines[last]) or _indent(lines[last]) > level):
-            last += 1
-        while last > n + 1 and _is_blank_or_comment(lines[last - 1]):
-            last -= 1
-        return n, last
-    raise MatrixError(f"kernel {name!r} not found in the kernels: section", where=source)
-
-
-def _quoted(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def rewrite_kernel_pin(
-    text: str, name: str, abi: str, version: str, source: str = "matrix.yaml"
-) -> str:
-    """matrix.yaml text with kernel `name`'s abi and version set; everything else untouched.
-
-    The version key is added after abi when the entry has none.
-    """
-    lines = text.splitlines(keepends=True)
-    bare = [line.rstrip("\r\n") for line in lines]
-    first, last = _kernel_entry(bare, name, source)
-    abis = _find_values(bare, first, last, "abi")
-    versions = _find_values(bare, first, last, "version")
-    if len(abis) != 1 or len(versions) > 1:
-        raise MatrixError(
-            f"kernel {name!r}: expected one abi and at most one version key, "
-            f"found {len(abis)} and {len(versions)}",
-            where=f"{source}:{first + 1}",
-        )
-    edits: list[tuple[int, int, int, str]] = []  # (line, start, end, new text)
-    a = abis[0]
-    edits.append((a.line, a.start, a.end, _quoted(abi)))
-    new_line: tuple[int, str] | None = None
-    if versions:
-        v = versions[0]
-        edits.append((v.line, v.start, v.end, _quoted(version)))
-    elif a.flow:
-        edits.append((a.line, a.end, a.end, f", version: {_quoted(version)}"))
-    else:
-        new_line = (a.line + 1, " " * a.key_col + f"version: {_quoted(version)}")
-    for n, start, end, new in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
-        line = lines[n]
-        eol = line[len(bare[n]) :]
-        lines[n] = bare[n][:start] + new + bare[n][end:] + eol
-        bare[n] = lines[n].rstrip("\r\n")
-    if new_line is not None:
-        n, new = new_line
-        eol = lines[n - 1][len(bare[n - 1]) :] or "\n"
-        if not lines[n - 1].endswith(("\n", "\r")):
-            lines[n - 1] += eol
-        lines.insert(n, new + eol)
-    return "".join(lines)
-
-
-def checked_rewrite(text: str, name: str, abi: str, version: str, source: str) -> str:
-    """rewrite_kernel_pin, then make sure the result still loads and says what was meant."""
-    new = rewrite_kernel_pin(text, name, abi, version, source)
-    matrix = parse_matrix(new, source)
-    got = matrix.kernels.get(name)
-    if got is None or got.abi != abi or got.version != version:
-        raise MatrixError(
-            f"rewriting kernel {name!r} did not give abi={abi} version={version}",
-            where=source,
-            fix="edit the kernel's abi/version by hand",
-        )
-    return new
-
-
 # --------------------------------------------------------------------------- apt
 def _tail(text: str, n: int = _TAIL_LINES) -> str:
     return "\n".join(text.strip().splitlines()[-n:])
@@ -499,7 +210,7 @@ class AptArchive:
         root.chmod(0o755)  # apt fetches as the _apt user
         for d in ("lists/partial", "cache/archives/partial", "etc/preferences.d"):
             (root / d).mkdir(parents=True)
-        (root / "sources.list").write_text(_apt_sources(spec))
+        (root / "sources.list").write_text(apt_sources(spec))
         (root / "status").write_text("")
         self.options = [
             "-o", f"Dir::Etc::SourceList={root / 'sources.list'}",
@@ -521,12 +232,7 @@ class AptArchive:
     def __enter__(self) -> AptArchive:
         return self
 
-    def __exit__(
-        self,
-        _t: type[BaseException] | None,
-        _e: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self._tmp.cleanup()
 
     def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
