@@ -27,6 +27,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from rig.debian import apt_sources
 from rig.errors import InfraError, ToolMissing, UsageError
 from rig.model import GuestImage, KernelArtifacts, KernelSpec, ModuleBuild
 
@@ -257,16 +258,6 @@ def _in_root(
     ]  # fmt: skip
 
 
-def _apt_sources(spec: KernelSpec) -> str:
-    lines = [f"deb {spec.mirror} {spec.suite} main"]
-    for extra in spec.extra_suites:
-        mirror = spec.mirror
-        if extra.endswith("-security"):
-            mirror = spec.mirror.rstrip("/").removesuffix("/debian") + "/debian-security"
-        lines.append(f"deb {mirror} {extra} main")
-    return "\n".join(lines) + "\n"
-
-
 @dataclass(frozen=True)
 class Artifacts:
     cache: Cache
@@ -301,7 +292,7 @@ class Artifacts:
              spec.suite, str(root), spec.mirror],
             log=log, what=f"debootstrap {spec.suite}",
         )  # fmt: skip
-        (root / "etc/apt/sources.list").write_text(_apt_sources(spec))
+        (root / "etc/apt/sources.list").write_text(apt_sources(spec))
         aptopts = ["-o", "Acquire::Retries=3"]
         if not spec.check_valid_until:
             aptopts += ["-o", "Acquire::Check-Valid-Until=false"]

@@ -30,13 +30,13 @@ from rig.artifacts import (
     GUESTS_DIR,
     Cache,
     Progress,
-    _apt_sources,
     _in_root,
     _run,
     digest,
     stderr_progress,
     tree_digest,
 )
+from rig.debian import apt_sources
 from rig.errors import InfraError, ToolMissing
 from rig.model import KernelSpec
 
@@ -226,7 +226,7 @@ class VmImages:
         ]  # fmt: skip
         if not spec.check_valid_until:
             argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
-        argv += [spec.suite, str(tree), *_apt_sources(spec).splitlines()]
+        argv += [spec.suite, str(tree), *apt_sources(spec).splitlines()]
         _run(argv, log=log, what=f"mmdebstrap {spec.suite}", timeout=1800)
         t1 = time.monotonic()
         self._customize(tree, log)
