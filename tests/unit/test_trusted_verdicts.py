@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rig.errors import UsageError
+from rig.guest.protocol import complete_lines, merge_channels
 from rig.model import (
     STAGES,
     Arranged,
@@ -37,7 +38,7 @@ from rig.model import (
 )
 from rig.runner import RunConfig, arrangements
 from rig.runs import VERDICT_FILE, read_verdict, verdict_for
-from rig.verdict import complete_lines, judge, merge_channels, parse_guest
+from rig.verdict import judge, parse_guest
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "consoles"
 ROOT = Path(__file__).resolve().parents[2]
@@ -307,3 +308,13 @@ def test_matrix_items_are_collected_only_when_asked_for(tmp_path: Path) -> None:
     (tmp_path / "nightly-cells.yml").write_text((ROOT / "matrix.yaml").read_text())
     other = _collect(tmp_path, "nightly-cells.yml", "--rig-lane", "tcg")
     assert re.search(r"nightly-cells\.yml::tcg-6\.12-penryn::teardown", other)
+
+
+def test_a_driver_line_with_something_spliced_in_front_is_not_evidence() -> None:
+    from rig.verdict import parse_driver_line
+
+    assert parse_driver_line("[   12.3] rigflood: noise vmlaunch: cpu=0 exit ok reason=0x12") is None
+    assert parse_driver_line("RIG-STEP insmod rc=0vmlaunch: cpu=- unload ok") is None
+    rec = parse_driver_line("[   10.465625] vmlaunch: cpu=0 exit ok reason=0x12 basic=18")
+    assert rec is not None and rec.number("reason") == 0x12
+    assert parse_driver_line("<6>[    1.000000] vmlaunch: cpu=- unload ok") is not None
