@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from rig.guest.protocol import transcript_text
+from rig.guest.protocol import CONSOLE_MARK_RE, transcript_text
 from rig.model import (
     NOTHING_ARRANGED,
     SEVERITY,
@@ -75,6 +75,18 @@ class Trouble:
     word: str  # "crashed" | "hung" | "died"
 
 
+def past_rmmod(run: Run) -> bool:
+    """The driver is gone and the agent got past rmmod: the console shows the driver's
+    `unload ok` and the agent's next kmsg marker (its dump step) for this run."""
+    marks = {
+        m["step"]
+        for line in run.console.lines
+        if (m := CONSOLE_MARK_RE.search(line)) and int(m["n"]) == run.number
+    }
+    unloaded = any(r.stage == "unload" and r.result == "ok" for r in run.console.records)
+    return unloaded and "dump" in marks
+
+
 def stage_index(judged: dict[str, Judged]) -> int | None:
     return next((i for i, s in enumerate(GUEST_STAGES) if judged[s] is None), None)
 
@@ -101,10 +113,11 @@ def find_trouble(ctx: RunContext, boot: BootResult, judged: dict[str, Judged]) -
     tail = "\n".join([*run.console.lines, *(run.dump.lines if run.dump else ())][-TAIL_LINES:])
     detail = f" ({boot.detail})" if boot.detail else ""
     at = stage_index(judged)
-    if at is None:
-        # Every check concluded, then the guest never reached RIG-END: a teardown that
-        # wedges the CPU (or a guest that dies once the driver is gone) is the driver's.
-        return after_teardown(boot, detail, tail, len(GUEST_STAGES) - 1)
+    if at is None or (at == last and past_rmmod(run)):
+        # Every check concluded (or the driver's teardown lines are all there and the agent
+        # had gone past rmmod, though its own report of it was lost), then the guest never
+        # reached RIG-END: a teardown that wedges the CPU is the driver's.
+        return after_teardown(boot, detail, tail, last)
     if boot.end is BootEnd.TIMEOUT:
         detail = detail or f" (timeout {cell.timeout_s} s)"
         reason = f"driver hang: the guest stopped before RIG-END{detail}"

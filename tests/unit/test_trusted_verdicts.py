@@ -58,6 +58,12 @@ def golden_cases() -> list[Path]:
     return sorted(p for p in DATA.iterdir() if (p / "expected.json").exists())
 
 
+def reasons(case: Path) -> dict[str, str]:
+    """Words each stage's reason must contain (expected.json `reasons`)."""
+    meta = json.loads((case / "expected.json").read_text())
+    return dict(meta.get("reasons", {}))
+
+
 def load_case(case: Path) -> tuple[Cell, BootResult, Arranged, dict[str, str]]:
     meta = json.loads((case / "expected.json").read_text())
     cell = Cell(lane=LANES[meta["lane"]], kernel=KERNEL, cpu=CPUS[meta["cpu"]], timeout_s=400)
@@ -80,7 +86,10 @@ def outcomes(v: CellVerdict) -> dict[str, str]:
 @pytest.mark.parametrize("case", golden_cases(), ids=lambda p: p.name)
 def test_golden_console_gets_its_expected_verdict(case: Path) -> None:
     cell, boot, arranged, expected = load_case(case)
-    assert outcomes(judge(cell, BUILD_OK, boot, arranged)) == expected
+    verdict = judge(cell, BUILD_OK, boot, arranged)
+    assert outcomes(verdict) == expected
+    for stage, words in reasons(case).items():
+        assert words in verdict.stages[stage].reason, (stage, verdict.stages[stage].reason)
 
 
 def test_the_golden_corpus_covers_every_kind_of_ending() -> None:
