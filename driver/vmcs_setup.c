@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Host state and guest state of the VMCS.  The guest mirrors the host: same
+ * Middle layer.  Host state and guest state of the VMCS.  The guest mirrors the host: same
  * CR0/CR3/CR4, same GDT/IDT, same segments as loaded right now, its own
  * stack page, RIP at vml_guest_entry (VMCALL), RFLAGS = 0x2 (IF=0).
  */
@@ -10,7 +10,8 @@
 #include <linux/string.h>
 
 #include "vmcs_setup.h"
-#include "vmcs_fields.h"
+#include "vmx_sdm.h"
+#include "vmcs_access.h"
 #include "compat.h"
 
 #define VML_AR_UNUSABLE		(1u << 16)
@@ -136,24 +137,35 @@ struct vml_seg_fields {
 };
 
 static const struct vml_seg_fields seg_fields[] = {
-	{ VMCS_GUEST_ES_SELECTOR, VMCS_GUEST_ES_BASE, VMCS_GUEST_ES_LIMIT, VMCS_GUEST_ES_ACCESS_RIGHTS },
-	{ VMCS_GUEST_CS_SELECTOR, VMCS_GUEST_CS_BASE, VMCS_GUEST_CS_LIMIT, VMCS_GUEST_CS_ACCESS_RIGHTS },
-	{ VMCS_GUEST_SS_SELECTOR, VMCS_GUEST_SS_BASE, VMCS_GUEST_SS_LIMIT, VMCS_GUEST_SS_ACCESS_RIGHTS },
-	{ VMCS_GUEST_DS_SELECTOR, VMCS_GUEST_DS_BASE, VMCS_GUEST_DS_LIMIT, VMCS_GUEST_DS_ACCESS_RIGHTS },
-	{ VMCS_GUEST_FS_SELECTOR, VMCS_GUEST_FS_BASE, VMCS_GUEST_FS_LIMIT, VMCS_GUEST_FS_ACCESS_RIGHTS },
-	{ VMCS_GUEST_GS_SELECTOR, VMCS_GUEST_GS_BASE, VMCS_GUEST_GS_LIMIT, VMCS_GUEST_GS_ACCESS_RIGHTS },
-	{ VMCS_GUEST_LDTR_SELECTOR, VMCS_GUEST_LDTR_BASE, VMCS_GUEST_LDTR_LIMIT, VMCS_GUEST_LDTR_ACCESS_RIGHTS },
-	{ VMCS_GUEST_TR_SELECTOR, VMCS_GUEST_TR_BASE, VMCS_GUEST_TR_LIMIT, VMCS_GUEST_TR_ACCESS_RIGHTS },
+	{ VMCS_F16(VMCS_GUEST_ES_SELECTOR), VMCS_FNAT(VMCS_GUEST_ES_BASE), VMCS_F32(VMCS_GUEST_ES_LIMIT), VMCS_F32(VMCS_GUEST_ES_ACCESS_RIGHTS) },
+	{ VMCS_F16(VMCS_GUEST_CS_SELECTOR), VMCS_FNAT(VMCS_GUEST_CS_BASE), VMCS_F32(VMCS_GUEST_CS_LIMIT), VMCS_F32(VMCS_GUEST_CS_ACCESS_RIGHTS) },
+	{ VMCS_F16(VMCS_GUEST_SS_SELECTOR), VMCS_FNAT(VMCS_GUEST_SS_BASE), VMCS_F32(VMCS_GUEST_SS_LIMIT), VMCS_F32(VMCS_GUEST_SS_ACCESS_RIGHTS) },
+	{ VMCS_F16(VMCS_GUEST_DS_SELECTOR), VMCS_FNAT(VMCS_GUEST_DS_BASE), VMCS_F32(VMCS_GUEST_DS_LIMIT), VMCS_F32(VMCS_GUEST_DS_ACCESS_RIGHTS) },
+	{ VMCS_F16(VMCS_GUEST_FS_SELECTOR), VMCS_FNAT(VMCS_GUEST_FS_BASE), VMCS_F32(VMCS_GUEST_FS_LIMIT), VMCS_F32(VMCS_GUEST_FS_ACCESS_RIGHTS) },
+	{ VMCS_F16(VMCS_GUEST_GS_SELECTOR), VMCS_FNAT(VMCS_GUEST_GS_BASE), VMCS_F32(VMCS_GUEST_GS_LIMIT), VMCS_F32(VMCS_GUEST_GS_ACCESS_RIGHTS) },
+	{ VMCS_F16(VMCS_GUEST_LDTR_SELECTOR), VMCS_FNAT(VMCS_GUEST_LDTR_BASE), VMCS_F32(VMCS_GUEST_LDTR_LIMIT), VMCS_F32(VMCS_GUEST_LDTR_ACCESS_RIGHTS) },
+	{ VMCS_F16(VMCS_GUEST_TR_SELECTOR), VMCS_FNAT(VMCS_GUEST_TR_BASE), VMCS_F32(VMCS_GUEST_TR_LIMIT), VMCS_F32(VMCS_GUEST_TR_ACCESS_RIGHTS) },
 };
 
 enum { SEG_ES, SEG_CS, SEG_SS, SEG_DS, SEG_FS, SEG_GS, SEG_LDTR, SEG_TR, SEG_COUNT };
 
 struct vml_write {
 	u32 field;
+	u32 width;		/* VMCS_WIDTH_*, as the writer meant it */
 	u64 value;
 };
 
-/* VMWRITE a list; on failure record the field and the instruction error. */
+/* Table entries; VMCS_F*() fails the build if the field has another width. */
+#define W16(f, v)	((struct vml_write){ VMCS_F16(f), VMCS_WIDTH_16, (v) })
+#define W32(f, v)	((struct vml_write){ VMCS_F32(f), VMCS_WIDTH_32, (v) })
+#define W64(f, v)	((struct vml_write){ VMCS_F64(f), VMCS_WIDTH_64, (v) })
+#define WNAT(f, v)	((struct vml_write){ VMCS_FNAT(f), VMCS_WIDTH_NATURAL, (v) })
+
+/*
+ * VMWRITE a list; on failure record the field and the instruction error.
+ * A value wider than its field is a bug of ours: VMWRITE would silently
+ * drop the high bits, so refuse it as a failed write of that field.
+ */
 static int vml_write_list(struct vml_cpu *c, const struct vml_write *w, size_t n)
 {
 	unsigned long err;
@@ -161,6 +173,11 @@ static int vml_write_list(struct vml_cpu *c, const struct vml_write *w, size_t n
 	int rc;
 
 	for (i = 0; i < n; i++) {
+		if (w[i].value > vml_vmcs_width_max(w[i].width)) {
+			c->rc = VML_RC_FAIL_INVALID;
+			c->field = w[i].field;
+			return VML_E_VMWRITE;
+		}
 		rc = vml_vmwrite(w[i].field, w[i].value);
 		if (rc == VML_RC_OK)
 			continue;
@@ -197,49 +214,49 @@ int vml_vmcs_fill(struct vml_cpu *c, enum vml_break brk)
 	seg[SEG_TR].ar = (seg[SEG_TR].ar & ~VML_AR_TYPE_MASK) | VML_TYPE_TSS64_BUSY;
 
 	/* ---- VM-execution, VM-exit and VM-entry controls ---- */
-	w[n++] = (struct vml_write){ VMCS_PIN_BASED_VM_EXEC_CONTROL, ctl->pin };
-	w[n++] = (struct vml_write){ VMCS_PRIMARY_PROC_BASED_VM_EXEC_CONTROL, ctl->proc };
-	w[n++] = (struct vml_write){ VMCS_VM_EXIT_CONTROLS, ctl->exit };
-	w[n++] = (struct vml_write){ VMCS_VM_ENTRY_CONTROLS, ctl->entry };
-	w[n++] = (struct vml_write){ VMCS_EXCEPTION_BITMAP, 0xffffffffu };
-	w[n++] = (struct vml_write){ VMCS_PAGE_FAULT_ERROR_CODE_MASK, 0 };
-	w[n++] = (struct vml_write){ VMCS_PAGE_FAULT_ERROR_CODE_MATCH, 0 };
-	w[n++] = (struct vml_write){ VMCS_CR3_TARGET_COUNT, 0 };
-	w[n++] = (struct vml_write){ VMCS_VM_EXIT_MSR_STORE_COUNT, 0 };
-	w[n++] = (struct vml_write){ VMCS_VM_EXIT_MSR_LOAD_COUNT, 0 };
-	w[n++] = (struct vml_write){ VMCS_VM_ENTRY_MSR_LOAD_COUNT, 0 };
-	w[n++] = (struct vml_write){ VMCS_VM_ENTRY_INTR_INFO, 0 };
-	w[n++] = (struct vml_write){ VMCS_CR0_GUEST_HOST_MASK, 0 };
-	w[n++] = (struct vml_write){ VMCS_CR4_GUEST_HOST_MASK, 0 };
-	w[n++] = (struct vml_write){ VMCS_CR0_READ_SHADOW, h->cr0 };
-	w[n++] = (struct vml_write){ VMCS_CR4_READ_SHADOW, h->cr4 };
+	w[n++] = W32(VMCS_PIN_BASED_VM_EXEC_CONTROL, ctl->pin);
+	w[n++] = W32(VMCS_PRIMARY_PROC_BASED_VM_EXEC_CONTROL, ctl->proc);
+	w[n++] = W32(VMCS_VM_EXIT_CONTROLS, ctl->exit);
+	w[n++] = W32(VMCS_VM_ENTRY_CONTROLS, ctl->entry);
+	w[n++] = W32(VMCS_EXCEPTION_BITMAP, 0xffffffffu);
+	w[n++] = W32(VMCS_PAGE_FAULT_ERROR_CODE_MASK, 0);
+	w[n++] = W32(VMCS_PAGE_FAULT_ERROR_CODE_MATCH, 0);
+	w[n++] = W32(VMCS_CR3_TARGET_COUNT, 0);
+	w[n++] = W32(VMCS_VM_EXIT_MSR_STORE_COUNT, 0);
+	w[n++] = W32(VMCS_VM_EXIT_MSR_LOAD_COUNT, 0);
+	w[n++] = W32(VMCS_VM_ENTRY_MSR_LOAD_COUNT, 0);
+	w[n++] = W32(VMCS_VM_ENTRY_INTR_INFO, 0);
+	w[n++] = WNAT(VMCS_CR0_GUEST_HOST_MASK, 0);
+	w[n++] = WNAT(VMCS_CR4_GUEST_HOST_MASK, 0);
+	w[n++] = WNAT(VMCS_CR0_READ_SHADOW, h->cr0);
+	w[n++] = WNAT(VMCS_CR4_READ_SHADOW, h->cr4);
 	if (ctl->msr_bitmap)	/* all-zero bitmap: no RDMSR/WRMSR exits */
-		w[n++] = (struct vml_write){ VMCS_MSR_BITMAP,
-			page_to_phys(c->pages[VML_PAGE_MSR_BITMAP]) };
+		w[n++] = W64(VMCS_MSR_BITMAP,
+			     page_to_phys(c->pages[VML_PAGE_MSR_BITMAP]));
 
 	/* ---- host state ---- */
-	w[n++] = (struct vml_write){ VMCS_HOST_CR0, h->cr0 };
-	w[n++] = (struct vml_write){ VMCS_HOST_CR3, h->cr3 };
-	w[n++] = (struct vml_write){ VMCS_HOST_CR4, h->cr4 };
+	w[n++] = WNAT(VMCS_HOST_CR0, h->cr0);
+	w[n++] = WNAT(VMCS_HOST_CR3, h->cr3);
+	w[n++] = WNAT(VMCS_HOST_CR4, h->cr4);
 	/* Host selectors must have RPL = 0 and TI = 0 (SDM 26.2.3). */
-	w[n++] = (struct vml_write){ VMCS_HOST_ES_SELECTOR, t->es & ~7u };
-	w[n++] = (struct vml_write){ VMCS_HOST_CS_SELECTOR, t->cs & ~7u };
-	w[n++] = (struct vml_write){ VMCS_HOST_SS_SELECTOR, t->ss & ~7u };
-	w[n++] = (struct vml_write){ VMCS_HOST_DS_SELECTOR, t->ds & ~7u };
-	w[n++] = (struct vml_write){ VMCS_HOST_FS_SELECTOR, t->fs & ~7u };
-	w[n++] = (struct vml_write){ VMCS_HOST_GS_SELECTOR, t->gs & ~7u };
-	w[n++] = (struct vml_write){ VMCS_HOST_TR_SELECTOR, t->tr & ~7u };
-	w[n++] = (struct vml_write){ VMCS_HOST_FS_BASE, h->fs_base };
-	w[n++] = (struct vml_write){ VMCS_HOST_GS_BASE, h->gs_base };
-	w[n++] = (struct vml_write){ VMCS_HOST_TR_BASE, h->tr_base };
-	w[n++] = (struct vml_write){ VMCS_HOST_GDTR_BASE, t->gdt.base };
-	w[n++] = (struct vml_write){ VMCS_HOST_IDTR_BASE, t->idt.base };
-	w[n++] = (struct vml_write){ VMCS_HOST_IA32_SYSENTER_CS, h->sysenter_cs };
-	w[n++] = (struct vml_write){ VMCS_HOST_IA32_SYSENTER_ESP, h->sysenter_esp };
-	w[n++] = (struct vml_write){ VMCS_HOST_IA32_SYSENTER_EIP, h->sysenter_eip };
+	w[n++] = W16(VMCS_HOST_ES_SELECTOR, t->es & ~7u);
+	w[n++] = W16(VMCS_HOST_CS_SELECTOR, t->cs & ~7u);
+	w[n++] = W16(VMCS_HOST_SS_SELECTOR, t->ss & ~7u);
+	w[n++] = W16(VMCS_HOST_DS_SELECTOR, t->ds & ~7u);
+	w[n++] = W16(VMCS_HOST_FS_SELECTOR, t->fs & ~7u);
+	w[n++] = W16(VMCS_HOST_GS_SELECTOR, t->gs & ~7u);
+	w[n++] = W16(VMCS_HOST_TR_SELECTOR, t->tr & ~7u);
+	w[n++] = WNAT(VMCS_HOST_FS_BASE, h->fs_base);
+	w[n++] = WNAT(VMCS_HOST_GS_BASE, h->gs_base);
+	w[n++] = WNAT(VMCS_HOST_TR_BASE, h->tr_base);
+	w[n++] = WNAT(VMCS_HOST_GDTR_BASE, t->gdt.base);
+	w[n++] = WNAT(VMCS_HOST_IDTR_BASE, t->idt.base);
+	w[n++] = W32(VMCS_HOST_IA32_SYSENTER_CS, (u32)h->sysenter_cs);
+	w[n++] = WNAT(VMCS_HOST_IA32_SYSENTER_ESP, h->sysenter_esp);
+	w[n++] = WNAT(VMCS_HOST_IA32_SYSENTER_EIP, h->sysenter_eip);
 	if (ctl->efer)
-		w[n++] = (struct vml_write){ VMCS_HOST_IA32_EFER, h->efer };
-	w[n++] = (struct vml_write){ VMCS_HOST_RIP, (unsigned long)vml_host_rip };
+		w[n++] = W64(VMCS_HOST_IA32_EFER, h->efer);
+	w[n++] = WNAT(VMCS_HOST_RIP, (unsigned long)vml_host_rip);
 	/* HOST_RSP is written by vml_enter_guest() itself. */
 
 	err = vml_write_list(c, w, n);
@@ -249,10 +266,10 @@ int vml_vmcs_fill(struct vml_cpu *c, enum vml_break brk)
 
 	/* ---- guest state: segments ---- */
 	for (i = 0; i < SEG_COUNT; i++) {
-		w[n++] = (struct vml_write){ seg_fields[i].sel, seg[i].sel };
-		w[n++] = (struct vml_write){ seg_fields[i].base, seg[i].base };
-		w[n++] = (struct vml_write){ seg_fields[i].limit, seg[i].limit };
-		w[n++] = (struct vml_write){ seg_fields[i].ar, seg[i].ar };
+		w[n++] = (struct vml_write){ seg_fields[i].sel, VMCS_WIDTH_16, seg[i].sel };
+		w[n++] = (struct vml_write){ seg_fields[i].base, VMCS_WIDTH_NATURAL, seg[i].base };
+		w[n++] = (struct vml_write){ seg_fields[i].limit, VMCS_WIDTH_32, seg[i].limit };
+		w[n++] = (struct vml_write){ seg_fields[i].ar, VMCS_WIDTH_32, seg[i].ar };
 	}
 	err = vml_write_list(c, w, n);
 	if (err)
@@ -262,28 +279,28 @@ int vml_vmcs_fill(struct vml_cpu *c, enum vml_break brk)
 	/* ---- guest state: the rest ---- */
 	guest_rsp = (unsigned long)page_address(c->pages[VML_PAGE_GUEST_STACK]) +
 		    PAGE_SIZE;
-	w[n++] = (struct vml_write){ VMCS_GUEST_CR0, h->cr0 };
-	w[n++] = (struct vml_write){ VMCS_GUEST_CR3, h->cr3 };
-	w[n++] = (struct vml_write){ VMCS_GUEST_CR4, h->cr4 };
-	w[n++] = (struct vml_write){ VMCS_GUEST_GDTR_BASE, t->gdt.base };
-	w[n++] = (struct vml_write){ VMCS_GUEST_GDTR_LIMIT, t->gdt.limit };
-	w[n++] = (struct vml_write){ VMCS_GUEST_IDTR_BASE, t->idt.base };
-	w[n++] = (struct vml_write){ VMCS_GUEST_IDTR_LIMIT, t->idt.limit };
-	w[n++] = (struct vml_write){ VMCS_GUEST_DR7, h->dr7 };
-	w[n++] = (struct vml_write){ VMCS_GUEST_IA32_DEBUGCTL, h->debugctl };
-	w[n++] = (struct vml_write){ VMCS_GUEST_RSP, guest_rsp };
-	w[n++] = (struct vml_write){ VMCS_GUEST_RIP, (unsigned long)vml_guest_entry };
-	w[n++] = (struct vml_write){ VMCS_GUEST_RFLAGS,
-		brk == VML_BREAK_GUEST_RFLAGS_BIT1 ? 0 : VML_RFLAGS_FIXED };
-	w[n++] = (struct vml_write){ VMCS_GUEST_IA32_SYSENTER_CS, h->sysenter_cs };
-	w[n++] = (struct vml_write){ VMCS_GUEST_IA32_SYSENTER_ESP, h->sysenter_esp };
-	w[n++] = (struct vml_write){ VMCS_GUEST_IA32_SYSENTER_EIP, h->sysenter_eip };
+	w[n++] = WNAT(VMCS_GUEST_CR0, h->cr0);
+	w[n++] = WNAT(VMCS_GUEST_CR3, h->cr3);
+	w[n++] = WNAT(VMCS_GUEST_CR4, h->cr4);
+	w[n++] = WNAT(VMCS_GUEST_GDTR_BASE, t->gdt.base);
+	w[n++] = W32(VMCS_GUEST_GDTR_LIMIT, t->gdt.limit);
+	w[n++] = WNAT(VMCS_GUEST_IDTR_BASE, t->idt.base);
+	w[n++] = W32(VMCS_GUEST_IDTR_LIMIT, t->idt.limit);
+	w[n++] = WNAT(VMCS_GUEST_DR7, h->dr7);
+	w[n++] = W64(VMCS_GUEST_IA32_DEBUGCTL, h->debugctl);
+	w[n++] = WNAT(VMCS_GUEST_RSP, guest_rsp);
+	w[n++] = WNAT(VMCS_GUEST_RIP, (unsigned long)vml_guest_entry);
+	w[n++] = WNAT(VMCS_GUEST_RFLAGS,
+		      brk == VML_BREAK_GUEST_RFLAGS_BIT1 ? 0 : VML_RFLAGS_FIXED);
+	w[n++] = W32(VMCS_GUEST_IA32_SYSENTER_CS, (u32)h->sysenter_cs);
+	w[n++] = WNAT(VMCS_GUEST_IA32_SYSENTER_ESP, h->sysenter_esp);
+	w[n++] = WNAT(VMCS_GUEST_IA32_SYSENTER_EIP, h->sysenter_eip);
 	if (ctl->efer)
-		w[n++] = (struct vml_write){ VMCS_GUEST_IA32_EFER, h->efer };
-	w[n++] = (struct vml_write){ VMCS_LINK_POINTER, ~0ull };
-	w[n++] = (struct vml_write){ VMCS_GUEST_ACTIVITY_STATE, 0 };	/* active */
-	w[n++] = (struct vml_write){ VMCS_GUEST_INTERRUPTIBILITY_STATE, 0 };
-	w[n++] = (struct vml_write){ VMCS_GUEST_PENDING_DBG_EXCEPTIONS, 0 };
+		w[n++] = W64(VMCS_GUEST_IA32_EFER, h->efer);
+	w[n++] = W64(VMCS_VMCS_LINK_POINTER, ~0ull);
+	w[n++] = W32(VMCS_GUEST_ACTIVITY_STATE, 0);	/* active */
+	w[n++] = W32(VMCS_GUEST_INTERRUPTIBILITY_STATE, 0);
+	w[n++] = WNAT(VMCS_GUEST_PENDING_DBG_EXCEPTIONS, 0);
 
 	return vml_write_list(c, w, n);
 }

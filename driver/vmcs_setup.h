@@ -2,7 +2,9 @@
 #ifndef VMLAUNCH_VMCS_SETUP_H
 #define VMLAUNCH_VMCS_SETUP_H
 
-#include "vmlaunch.h"
+#include "vml_cpu.h"
+
+/* Middle layer: VMCS host/guest state (vmcs_setup.c). */
 
 /* All of these run with IRQs off, on the CPU being launched. */
 void vml_host_capture(struct vml_cpu *c);

@@ -3,9 +3,11 @@
  * vmlaunch.ko: launch a guest that mirrors the host on every online CPU,
  * take its VMCALL exit, report each step on the kernel log.
  *
- * Module init/exit, parameters, CPU hotplug (online: launch; offline: VMX
- * teardown), reboot notifier and syscore suspend.
- * See README.md for the design and the exact dmesg format.
+ * Top layer (Linux glue): module init/exit, parameters, CPU hotplug
+ * (online: launch; offline: VMX teardown), reboot notifier, syscore
+ * suspend.  Owns the module state (struct vml_module) and hands it to the
+ * files it calls; the per-CPU state machine below gets its config and
+ * record as arguments.  See README.md for the design and the dmesg format.
  */
 #define pr_fmt(fmt) "vmlaunch: " fmt
 
@@ -22,7 +24,10 @@
 #include <linux/smp.h>
 #include <linux/syscore_ops.h>
 
-#include "vmlaunch.h"
+#include "vml_cpu.h"
+#include "vmlaunch_module.h"
+#include "vmlaunch_report.h"
+#include "vmlaunch_sysfs.h"
 #include "compat.h"
 
 static char break_field[32] = "none";
@@ -30,43 +35,37 @@ module_param_string(break_field, break_field, sizeof(break_field), 0444);
 MODULE_PARM_DESC(break_field,
 		 "Deliberately break one VMCS field: none (default), host_addr_space_size (VMfailValid, error 8), guest_rflags_bit1 (VM-entry failure, exit reason 0x80000021)");
 
-unsigned int vml_roundtrips;
-module_param_named(roundtrips, vml_roundtrips, uint, 0444);
+static unsigned int roundtrips;
+module_param(roundtrips, uint, 0444);
 MODULE_PARM_DESC(roundtrips,
 		 "After the first VMCALL exit, VMRESUME the guest N more times (0..10000) and report min/median cycles per round trip");
 
 static char hold_vmx[8] = "auto";
 module_param_string(hold_vmx, hold_vmx, sizeof(hold_vmx), 0444);
 MODULE_PARM_DESC(hold_vmx,
-		 "Keep VMX on between load and rmmod: auto (default: yes where cr4_mode=helpers), 0 (leave VMX inside the launch window everywhere), 1 (needs cr4_mode=helpers)");
-
-enum vml_break vml_break_field = VML_BREAK_NONE;
-bool vml_hold;
-
-DEFINE_MUTEX(vml_lock);		/* per-CPU records, launches, shutdown flag */
-bool vml_shutting_down;
+		 "Keep VMX on between load and rmmod: auto (default: yes where cr4_mode=helpers and the kernel's emergency paths execute VMXOFF: 5.10), 0 (leave VMX inside the launch window), 1 (opt-in, needs cr4_mode=helpers; on 6.1.0-56/6.12 a crash kernel then finds our CPUs in VMX operation)");
 
 static DEFINE_PER_CPU(struct vml_cpu, vml_cpus);
-static bool vml_in_init;	/* cpuhp_setup_state() running */
-static bool vml_unloading;	/* cpuhp_remove_state() running */
+
+static struct vml_module vml_mod = {
+	.lock = __MUTEX_INITIALIZER(vml_mod.lock),
+	.cpus = &vml_cpus,
+};
+
+/*
+ * Glue-only state, read and written under cpus_read_lock() or vml_mod.lock:
+ * in_init and unloading are set and cleared with the CPU hotplug lock held,
+ * so no hotplug callback outside init/unload ever sees them set.
+ */
+static bool vml_in_init;	/* cpuhp_setup_state_cpuslocked() running */
+static bool vml_unloading;	/* __cpuhp_remove_state_cpuslocked() running */
 static unsigned int vml_pages_freed;
 static int vml_hp_state = -1;
 static bool vml_syscore_registered;
 
-static const char *const break_names[] = {
-	[VML_BREAK_NONE] = "none",
-	[VML_BREAK_HOST_ADDR_SPACE_SIZE] = "host_addr_space_size",
-	[VML_BREAK_GUEST_RFLAGS_BIT1] = "guest_rflags_bit1",
-};
-
-const char *vml_break_name(enum vml_break b)
+static struct vml_cpu *vml_cpu_state(unsigned int cpu)
 {
-	return b < ARRAY_SIZE(break_names) ? break_names[b] : "none";
-}
-
-struct vml_cpu *vml_cpu_state(unsigned int cpu)
-{
-	return per_cpu_ptr(&vml_cpus, cpu);
+	return vml_mod_cpu(&vml_mod, cpu);
 }
 
 /* cpuhp "online" callback: runs on @cpu, in its hotplug thread. */
@@ -76,11 +75,22 @@ static int vml_cpu_online(unsigned int cpu)
 	unsigned int n;
 	int err;
 
-	mutex_lock(&vml_lock);
+	mutex_lock(&vml_mod.lock);
+	if (c->vmx_on) {
+		/*
+		 * The offline callback refused to let this CPU go (its VMXOFF
+		 * failed: it is still in VMX operation) and cpuhp rolls back:
+		 * it stays as it is.
+		 */
+		pr_info("cpu=%u status info held=1 cr4.vmxe=1 -- CPU %u stays online in VMX operation (its teardown failed)\n",
+			cpu, cpu);
+		mutex_unlock(&vml_mod.lock);
+		return 0;
+	}
 	vml_cpu_free(c);		/* nothing left normally; be sure */
 	memset(c, 0, sizeof(*c));
 
-	if (vml_shutting_down) {
+	if (vml_mod.shutting_down) {
 		c->attempted = true;
 		c->stage = VML_ST_CHECK;
 		c->result = VML_RES_DECLINED;
@@ -88,9 +98,9 @@ static int vml_cpu_online(unsigned int cpu)
 		c->why = "shutting_down";
 		err = c->err;
 	} else {
-		err = vml_cpu_run(cpu, c);
+		err = vml_cpu_run(cpu, c, &vml_mod.cfg);
 	}
-	vml_cpu_report(cpu, c);
+	vml_report_cpu(&vml_mod, cpu, c);
 
 	if (err) {
 		/* A failed or declined CPU keeps nothing. */
@@ -103,7 +113,7 @@ static int vml_cpu_online(unsigned int cpu)
 			err = 0;
 		}
 	}
-	mutex_unlock(&vml_lock);
+	mutex_unlock(&vml_mod.lock);
 	return err;
 }
 
@@ -130,6 +140,10 @@ static void vml_release_this_cpu_if_held(void *at)
  * window mode VMX was already left at load and only CR4 is checked.  The
  * work runs on @cpu with IRQs off (smp_call_function_single() runs it
  * locally: the callback is invoked in @cpu's own hotplug thread).
+ * A CPU whose VMXOFF failed is still in VMX operation, where INIT is
+ * blocked: at hot-unplug the callback returns -EBUSY and the CPU stays
+ * online (cpuhp rolls back); at rmmod and rollback the return value is
+ * ignored by cpuhp, the line says so.
  */
 static int vml_cpu_offline(unsigned int cpu)
 {
@@ -139,11 +153,8 @@ static int vml_cpu_offline(unsigned int cpu)
 	unsigned int n;
 	int ret;
 
-	mutex_lock(&vml_lock);
-	if (c->attempted)
-		pr_info("cpu=%u status info stage=%s result=%s errno=%d reason=0x%x roundtrips=%u held=%d\n",
-			cpu, vml_stage_name(c->stage), vml_result_name(c->result),
-			c->err, c->exit_reason, c->roundtrips, c->vmx_on);
+	mutex_lock(&vml_mod.lock);
+	vml_report_cpu_status(cpu, c);
 
 	ret = smp_call_function_single(cpu, vml_release_this_cpu,
 				       (void *)(unsigned long)at, 1);
@@ -154,19 +165,23 @@ static int vml_cpu_offline(unsigned int cpu)
 		c->rel.ipi_err = ret;
 		c->rel.unreported = true;
 	}
-	vml_report_release(cpu, c);
+	vml_report_release(&vml_mod, cpu, c);
 
+	if (c->vmx_on && at == VML_AT_HOTPLUG) {
+		mutex_unlock(&vml_mod.lock);
+		return -EBUSY;	/* never offline a CPU in VMX operation */
+	}
 	n = vml_cpu_free(c);	/* keeps VMXON region + VMCS if still in VMX */
 	vml_pages_freed += n;
 	if (!vml_unloading && !vml_in_init)
 		pr_info("cpu=%u freed ok pages=%u -- CPU %u going offline\n", cpu, n, cpu);
-	mutex_unlock(&vml_lock);
+	mutex_unlock(&vml_mod.lock);
 	return 0;
 }
 
 /*
  * Reboot, halt, power-off and kexec (kernel_restart_prepare() and friends
- * call the reboot notifiers).  Taking vml_lock waits for a launch or a
+ * call the reboot notifiers).  Taking vml_mod.lock waits for a launch or a
  * teardown in progress in some CPU's hotplug thread; the flag stops new
  * launches.  In hold mode every CPU still in VMX operation leaves it now:
  * on_each_cpu() runs the release on each online CPU with IRQs off.  A CPU
@@ -177,9 +192,9 @@ static int vml_reboot(struct notifier_block *nb, unsigned long code, void *unuse
 {
 	unsigned int cpu, held = 0;
 
-	mutex_lock(&vml_lock);
-	vml_shutting_down = true;
-	if (vml_hold) {
+	mutex_lock(&vml_mod.lock);
+	vml_mod.shutting_down = true;
+	if (vml_mod.cfg.hold) {
 		on_each_cpu(vml_release_this_cpu_if_held,
 			    (void *)(unsigned long)VML_AT_REBOOT, 1);
 		for_each_possible_cpu(cpu) {
@@ -187,13 +202,13 @@ static int vml_reboot(struct notifier_block *nb, unsigned long code, void *unuse
 
 			if (c->rel.unreported && c->rel.at == VML_AT_REBOOT) {
 				held++;
-				vml_report_release(cpu, c);
+				vml_report_release(&vml_mod, cpu, c);
 			}
 		}
 	}
-	mutex_unlock(&vml_lock);
+	mutex_unlock(&vml_mod.lock);
 	pr_info("cpu=- status info event=reboot hold=%d released=%u -- launches blocked; VMX turned off on %u CPU(s) that held it\n",
-		vml_hold, held, held);
+		vml_mod.cfg.hold, held, held);
 	return NOTIFY_DONE;
 }
 
@@ -216,7 +231,7 @@ static int vml_suspend(void)
 
 	if (c->vmx_on) {
 		vml_cpu_release(c, VML_AT_SUSPEND);
-		vml_report_release(cpu, c);
+		vml_report_release(&vml_mod, cpu, c);
 	}
 	return 0;
 }
@@ -260,40 +275,59 @@ static void vml_syscore_unregister(void)
 }
 #endif
 
+static const char *const break_values[] = {
+	[VML_BREAK_NONE] = "none",
+	[VML_BREAK_HOST_ADDR_SPACE_SIZE] = "host_addr_space_size",
+	[VML_BREAK_GUEST_RFLAGS_BIT1] = "guest_rflags_bit1",
+};
+
 /*
- * Returns the errno; *param names the first offending parameter.  Every
- * parameter is parsed, so the load line can show each one's value.
+ * Fill vml_mod.cfg.  Returns the errno; *param names the first offending
+ * parameter.  Every parameter is parsed, so the load line can show each
+ * one's value.
  */
 static int vml_parse_params(const char **param, bool *hold_ok)
 {
+	struct vml_config *cfg = &vml_mod.cfg;
 	size_t i;
 
 	*param = NULL;
-	for (i = 0; i < ARRAY_SIZE(break_names); i++) {
-		if (sysfs_streq(break_field, break_names[i])) {
-			vml_break_field = i;
+	for (i = 0; i < ARRAY_SIZE(break_values); i++) {
+		if (sysfs_streq(break_field, break_values[i])) {
+			cfg->brk = i;
 			break;
 		}
 	}
-	if (i == ARRAY_SIZE(break_names))
+	if (i == ARRAY_SIZE(break_values))
 		*param = "break_field";
-	if (vml_roundtrips > VML_MAX_ROUNDTRIPS && !*param)
+	cfg->roundtrips = roundtrips;
+	if (roundtrips > VML_MAX_ROUNDTRIPS && !*param)
 		*param = "roundtrips";
 
 	*hold_ok = true;
 	if (sysfs_streq(hold_vmx, "auto"))
-		vml_hold = vml_can_hold();
+		cfg->hold = vml_hold_default();
 	else if (sysfs_streq(hold_vmx, "0"))
-		vml_hold = false;
-	else if (sysfs_streq(hold_vmx, "1") && vml_can_hold())
-		vml_hold = true;
+		cfg->hold = false;
+	else if (sysfs_streq(hold_vmx, "1") && vml_cr4_helpers())
+		cfg->hold = true;
 	else
 		*hold_ok = false;
 	if (!*hold_ok) {
-		vml_hold = false;
+		cfg->hold = false;
 		if (!*param)
 			*param = "hold_vmx";
 	}
+
+	/* Free text of the rmmod "vmxoff info ... held=0" line. */
+	if (cfg->hold)
+		vml_mod.window_why = NULL;
+	else if (!vml_cr4_helpers())
+		vml_mod.window_why = "irqsoff_raw mode";
+	else if (sysfs_streq(hold_vmx, "0"))
+		vml_mod.window_why = "hold_vmx=0";
+	else
+		vml_mod.window_why = "window mode: the kernel's emergency VMXOFF is KVM's callback only";
 	return *param ? VML_E_PARAM : 0;
 }
 
@@ -303,7 +337,7 @@ static const char *vml_param_hint(const char *param)
 		return "none|host_addr_space_size|guest_rflags_bit1";
 	if (!strcmp(param, "roundtrips"))
 		return "0..10000";
-	return vml_can_hold() ? "auto|0|1" : "auto|0; 1 needs cr4_mode=helpers";
+	return vml_cr4_helpers() ? "auto|0|1" : "auto|0; 1 needs cr4_mode=helpers";
 }
 
 static int __init vml_init(void)
@@ -326,32 +360,40 @@ static int __init vml_init(void)
 	BUILD_BUG_ON(sizeof(struct vml_host_tables) != VML_HT_SIZE);
 
 	ret = vml_parse_params(&param, &hold_ok);
-	pr_info("cpu=- load info version=%d break=%s roundtrips=%u cr4_mode=%s hold=%s cpus=%u -- vmlaunch loading\n",
+	pr_info("cpu=- load info version=%d break=%s roundtrips=%u cr4_mode=%s hold=%s cpus=%u emergency=%s mce=%s -- vmlaunch loading\n",
 		VML_FORMAT_VERSION,
-		param && !strcmp(param, "break_field") ? "invalid" : vml_break_name(vml_break_field),
-		vml_roundtrips, vml_cr4_mode(),
-		!hold_ok ? "invalid" : vml_hold ? "1" : "0", num_online_cpus());
+		param && !strcmp(param, "break_field") ? "invalid" : vml_break_name(vml_mod.cfg.brk),
+		roundtrips, vml_cr4_mode_name(),
+		!hold_ok ? "invalid" : vml_mod.cfg.hold ? "1" : "0", num_online_cpus(),
+		vml_emergency_name(), vml_mce_path_name());
 	if (ret) {
 		pr_err("cpu=- load FAIL errno=%d param=%s -- FAIL: invalid value for %s (%s)\n",
 		       ret, param, param, vml_param_hint(param));
 		goto out_freed;
 	}
 
-	ret = vml_sysfs_init();
+	ret = vml_sysfs_init(&vml_mod);
 	if (ret) {
 		pr_err("cpu=- load FAIL errno=%d -- FAIL: cannot create /sys/kernel/vmlaunch\n", ret);
 		goto out_freed;
 	}
 	register_reboot_notifier(&vml_reboot_nb);
-	if (vml_hold) {
+	if (vml_mod.cfg.hold) {
 		vml_syscore_register();
 		vml_syscore_registered = true;
 	}
 
+	/*
+	 * With the hotplug lock held across the whole setup, a CPU coming
+	 * online right after it sees vml_in_init already clear (and is never
+	 * refused), and one cannot come online in the middle.
+	 */
+	cpus_read_lock();
 	vml_in_init = true;
-	ret = cpuhp_setup_state(CPUHP_AP_ONLINE_DYN, "vmlaunch:online",
-				vml_cpu_online, vml_cpu_offline);
+	ret = cpuhp_setup_state_cpuslocked(CPUHP_AP_ONLINE_DYN, "vmlaunch:online",
+					   vml_cpu_online, vml_cpu_offline);
 	vml_in_init = false;
+	cpus_read_unlock();
 	if (ret < 0) {
 		if (vml_syscore_registered)
 			vml_syscore_unregister();
@@ -371,11 +413,14 @@ out_freed:
 
 static void __exit vml_exit(void)
 {
-	mutex_lock(&vml_lock);
+	cpus_read_lock();
+	mutex_lock(&vml_mod.lock);
 	vml_unloading = true;
 	vml_pages_freed = 0;	/* count what the unload itself frees */
-	mutex_unlock(&vml_lock);
-	cpuhp_remove_state(vml_hp_state);	/* VMXOFF on each CPU (hold mode) */
+	mutex_unlock(&vml_mod.lock);
+	/* VMXOFF on each CPU (hold mode); at=unload, never a hotplug. */
+	__cpuhp_remove_state_cpuslocked(vml_hp_state, true);
+	cpus_read_unlock();
 	if (vml_syscore_registered)
 		vml_syscore_unregister();
 	unregister_reboot_notifier(&vml_reboot_nb);

@@ -4,6 +4,8 @@
  * /sys/kernel/vmlaunch/cpuN/status  the line of CPU N alone
  *
  * Lines use the key=value style of the dmesg lines (README "sysfs").
+ * Top layer: reads the module state it is handed at init (struct
+ * vml_module), formats lines with vmlaunch_report.c; calls nothing above.
  */
 #define pr_fmt(fmt) "vmlaunch: " fmt
 
@@ -14,26 +16,13 @@
 #include <linux/cpumask.h>
 #include <linux/mutex.h>
 
-#include "vmlaunch.h"
+#include "vmlaunch_sysfs.h"
+#include "vmlaunch_report.h"
+#include "compat.h"
 
+static struct vml_module *vml_m;	/* handed over by vml_sysfs_init() */
 static struct kobject *vml_kobj;
 static struct kobject **vml_cpu_kobjs;	/* indexed by CPU, possible CPUs only */
-
-/* Format CPU @cpu's record into @buf (at most @size bytes incl. NUL). */
-static int vml_format_cpu(char *buf, size_t size, unsigned int cpu)
-{
-	const struct vml_cpu *c = vml_cpu_state(cpu);
-
-	return scnprintf(buf, size,
-			 "cpu=%u online=%d stage=%s result=%s errno=%d why=%s kind=%s error=%u reason=0x%x basic=%u qual=0x%llx roundtrips=%u cycles_min=%llu cycles_median=%llu held=%d\n",
-			 cpu, cpu_online(cpu), vml_stage_name(c->stage),
-			 vml_result_name(c->result), c->err,
-			 c->why ? c->why : "none",
-			 c->result == VML_RES_FAIL ? vml_rc_kind(c->rc) : "none",
-			 c->insn_error, c->exit_reason,
-			 c->exit_reason & 0xffff, c->qual, c->roundtrips,
-			 c->cycles_min, c->cycles_median, c->vmx_on);
-}
 
 static ssize_t status_show(struct kobject *kobj, struct kobj_attribute *attr,
 			   char *buf)
@@ -41,17 +30,22 @@ static ssize_t status_show(struct kobject *kobj, struct kobj_attribute *attr,
 	unsigned int cpu;
 	size_t len;
 
-	mutex_lock(&vml_lock);
+	mutex_lock(&vml_m->lock);
 	len = scnprintf(buf, PAGE_SIZE,
-			"version=%d break=%s roundtrips=%u cr4_mode=%s hold=%d shutting_down=%d\n",
-			VML_FORMAT_VERSION, vml_break_name(vml_break_field),
-			vml_roundtrips, vml_cr4_mode(), vml_hold, vml_shutting_down);
+			"version=%d break=%s roundtrips=%u cr4_mode=%s hold=%d shutting_down=%d emergency=%s\n",
+			VML_FORMAT_VERSION, vml_break_name(vml_m->cfg.brk),
+			vml_m->cfg.roundtrips, vml_cr4_mode_name(),
+			vml_m->cfg.hold, vml_m->shutting_down,
+			vml_emergency_name());
 	for_each_possible_cpu(cpu) {
-		if (!vml_cpu_state(cpu)->attempted)
+		const struct vml_cpu *c = vml_mod_cpu(vml_m, cpu);
+
+		if (!c->attempted)
 			continue;
-		len += vml_format_cpu(buf + len, PAGE_SIZE - len, cpu);
+		len += vml_format_cpu(buf + len, PAGE_SIZE - len, cpu, c,
+				      cpu_online(cpu));
 	}
-	mutex_unlock(&vml_lock);
+	mutex_unlock(&vml_m->lock);
 	return len;
 }
 
@@ -63,14 +57,16 @@ static ssize_t cpu_status_show(struct kobject *kobj, struct kobj_attribute *attr
 	unsigned int cpu;
 	ssize_t len = -ENODEV;
 
-	mutex_lock(&vml_lock);
+	mutex_lock(&vml_m->lock);
 	for_each_possible_cpu(cpu) {
 		if (vml_cpu_kobjs[cpu] == kobj) {
-			len = vml_format_cpu(buf, PAGE_SIZE, cpu);
+			len = vml_format_cpu(buf, PAGE_SIZE, cpu,
+					     vml_mod_cpu(vml_m, cpu),
+					     cpu_online(cpu));
 			break;
 		}
 	}
-	mutex_unlock(&vml_lock);
+	mutex_unlock(&vml_m->lock);
 	return len;
 }
 
@@ -89,14 +85,16 @@ void vml_sysfs_exit(void)
 	}
 	kobject_put(vml_kobj);
 	vml_kobj = NULL;
+	vml_m = NULL;
 }
 
-int vml_sysfs_init(void)
+int vml_sysfs_init(struct vml_module *m)
 {
 	char name[16];
 	unsigned int cpu;
 	int err;
 
+	vml_m = m;
 	vml_kobj = kobject_create_and_add("vmlaunch", kernel_kobj);
 	if (!vml_kobj)
 		return -ENOMEM;

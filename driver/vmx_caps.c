@@ -1,13 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * VMX capability checks: CPUID, IA32_FEATURE_CONTROL, IA32_VMX_BASIC,
+ * Middle layer.  VMX capability checks: CPUID, IA32_FEATURE_CONTROL, IA32_VMX_BASIC,
  * CR0/CR4 fixed bits, and the adjustment of the VM-execution, VM-exit and
  * VM-entry controls against the (TRUE_)capability MSRs.
  *
  * Runs on the CPU being checked (cpuhp callback, bound to it).
  */
-#define pr_fmt(fmt) "vmlaunch: " fmt
-
 #include <linux/kernel.h>
 #include <linux/stddef.h>
 #include <asm/cpufeature.h>
@@ -15,10 +13,10 @@
 #include <asm/processor-flags.h>
 
 #include "vmx_caps.h"
-#include "vmcs_fields.h"
+#include "vmx_sdm.h"
 #include "compat.h"
 
-bool vml_cr_fixed_ok(u64 val, u64 fixed0, u64 fixed1)
+static bool vml_cr_fixed_ok(u64 val, u64 fixed0, u64 fixed1)
 {
 	/* Bits set in FIXED0 must be 1, bits clear in FIXED1 must be 0. */
 	return (val & fixed0) == fixed0 && (val & ~fixed1) == 0;
@@ -90,7 +88,9 @@ static int vml_read_caps_msrs(struct vml_cpu *c, const struct vml_msr_slot *s,
 int vml_caps_check(struct vml_cpu *c)
 {
 	struct vml_caps *k = &c->caps;
+	struct vml_host_tables t;
 	unsigned long cr0, cr4;
+	u64 need;
 	int err;
 
 	c->stage = VML_ST_CHECK;
@@ -106,16 +106,47 @@ int vml_caps_check(struct vml_cpu *c)
 	err = vml_read_caps_msr(c, VML_MSR_IA32_FEATURE_CONTROL, &k->feature_control);
 	if (err)
 		return err;
+	/*
+	 * VMXON checks the enable bit for where it executes (SDM 24.7): "VMX
+	 * inside SMX" in SMX operation (a TXT measured launch, GETSEC[SENTER]),
+	 * "outside SMX" otherwise.  SMX operation needs CR4.SMXE, so CR4.SMXE
+	 * clear means outside SMX; with CR4.SMXE set we require the inside-SMX
+	 * bit (the one VMXON will test if the launch was measured).
+	 */
+	k->smx = !!(vml_read_cr4() & X86_CR4_SMXE);
+	need = k->smx ? VML_FEATURE_CONTROL_VMX_INSIDE_SMX :
+			VML_FEATURE_CONTROL_VMX_OUTSIDE_SMX;
 	if (!(k->feature_control & VML_FEATURE_CONTROL_LOCKED))
 		return vml_decline(c, VML_E_FC_UNLOCKED, "feature_control_unlocked");
-	if (!(k->feature_control & VML_FEATURE_CONTROL_VMX_OUTSIDE_SMX))
-		return vml_decline(c, VML_E_FC_VMX_OFF, "vmx_disabled_by_bios");
+	if (!(k->feature_control & need))
+		return k->smx ?
+			vml_decline(c, VML_E_FC_SMX_OFF, "vmx_disabled_in_smx") :
+			vml_decline(c, VML_E_FC_VMX_OFF, "vmx_disabled_by_bios");
 	if (!this_cpu_has(X86_FEATURE_VMX))
 		return vml_decline(c, VML_E_VMX_FLAG_OFF, "vmx_disabled_by_kernel");
 
 	/* Somebody else (kvm_intel, another hypervisor) is in VMX operation. */
 	if (vml_read_cr4() & X86_CR4_VMXE)
 		return vml_decline(c, VML_E_VMX_BUSY, "vmx_busy");
+
+	/*
+	 * With FRED, NMIs and #MC are not delivered through the IDT: the
+	 * "int $2"/"int $18" re-delivery after an NMI or #MC exit would be
+	 * wrong, so we do not run at all (Bochs and our CPUs have no FRED).
+	 */
+	if (vml_read_cr4() & X86_CR4_FRED)
+		return vml_decline(c, VML_E_FRED, "fred_enabled");
+
+	/*
+	 * A VM exit loads FS/GS from HOST_FS/GS_SELECTOR, which must have
+	 * RPL = TI = 0 (SDM 26.2.3), and the bases from HOST_FS/GS_BASE.  A
+	 * selector with RPL or TI bits could not come back as it was (and
+	 * reloading GS by hand would clobber the kernel's GS base): decline.
+	 * Our runs happen in cpuhp kernel threads, whose FS/GS are 0.
+	 */
+	vml_store_host_tables(&t);
+	if ((t.fs | t.gs) & 7)
+		return vml_decline(c, VML_E_HOST_SEL, "host_fs_gs_selector");
 
 	err = vml_read_caps_msr(c, VML_MSR_IA32_VMX_BASIC, &k->basic);
 	if (err)
@@ -187,8 +218,14 @@ int vml_controls_compute(struct vml_cpu *c, enum vml_break brk)
 		entry_want |= VMX_ENTRY_LOAD_IA32_EFER;
 	}
 
-	/* IRQs are off for the whole run: no external-interrupt exiting. */
-	t->pin = vml_adjust(0, k->pin);
+	/*
+	 * IRQs are off for the whole run: no external-interrupt exiting.  NMI
+	 * exiting: an NMI during VM entry or in the guest exits (reason 0,
+	 * type NMI) instead of running the host's NMI handler in VMX non-root
+	 * operation; vml_cpu.c re-delivers it to the host at once.
+	 */
+	t->pin = vml_adjust(VMX_PIN_NMI_EXITING, k->pin);
+	t->nmi_exiting = !!(t->pin & VMX_PIN_NMI_EXITING);
 	t->proc = vml_adjust(VMX_PROC_USE_MSR_BITMAPS | VMX_PROC_HLT_EXITING, k->proc);
 	t->exit = vml_adjust(exit_want, k->exit);
 	t->entry = vml_adjust(entry_want, k->entry);

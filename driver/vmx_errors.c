@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Decode tables: VM-instruction error numbers (SDM Vol. 3C, "VM-Instruction
+ * Bottom layer: SDM decode tables: VM-instruction error numbers (SDM Vol. 3C, "VM-Instruction
  * Error Numbers"), basic exit reasons (SDM Vol. 3D, appendix C) and the
  * names of the VMCS fields this module writes.
  */
 #include <linux/kernel.h>
 
 #include "vmx_errors.h"
-#include "vmcs_fields.h"
+#include "vmx_sdm.h"
 
 static const char *const insn_errors[] = {
 	[1]  = "VMCALL executed in VMX root operation",
@@ -48,7 +48,7 @@ const char *vml_insn_error_name(u32 error)
 }
 
 static const char *const exit_reasons[] = {
-	[0]  = "exception or NMI",
+	[0]  = "exception or non-maskable interrupt (NMI)",
 	[1]  = "external interrupt",
 	[2]  = "triple fault",
 	[3]  = "INIT signal",
@@ -87,7 +87,7 @@ static const char *const exit_reasons[] = {
 	[37] = "monitor trap flag",
 	[39] = "MONITOR",
 	[40] = "PAUSE",
-	[41] = "machine-check event",
+	[41] = "VM-entry failure due to machine-check event",
 	[43] = "TPR below threshold",
 	[44] = "APIC access",
 	[45] = "virtualized EOI",
@@ -146,7 +146,7 @@ static const struct vml_field_name fields[] = {
 	F(VMCS_HOST_SS_SELECTOR), F(VMCS_HOST_DS_SELECTOR),
 	F(VMCS_HOST_FS_SELECTOR), F(VMCS_HOST_GS_SELECTOR),
 	F(VMCS_HOST_TR_SELECTOR),
-	F(VMCS_MSR_BITMAP), F(VMCS_LINK_POINTER),
+	F(VMCS_MSR_BITMAP), F(VMCS_VMCS_LINK_POINTER),
 	F(VMCS_GUEST_IA32_DEBUGCTL), F(VMCS_GUEST_IA32_EFER),
 	F(VMCS_HOST_IA32_EFER),
 	F(VMCS_PIN_BASED_VM_EXEC_CONTROL),

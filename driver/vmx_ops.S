@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * All assembly of vmlaunch.ko.
+ * Bottom layer: all assembly of vmlaunch.ko (VMX instruction wrappers, the
+ * launch routine, guest code, CR/DR and descriptor-table access).
  *
  * Every VMX instruction reports its outcome in RFLAGS (SDM 31.2):
  * VMsucceed clears CF and ZF, VMfailInvalid sets CF, VMfailValid sets ZF.
@@ -17,7 +18,7 @@
 #endif
 #endif
 #include "vmx_ops.h"
-#include "vmcs_fields.h"
+#include "vmx_sdm.h"
 
 /* Kernels before 5.17 have no RET macro, before 5.18 no ENDBR. */
 #ifndef RET
@@ -137,7 +138,8 @@ SYM_FUNC_START(vml_enter_guest)
 
 	movl	$VMCS_HOST_RSP, %eax
 1:	vmwrite	%rsp, %rax
-	jna	.Lhost_rsp_failed
+	jc	.Lhost_rsp_invalid
+	jz	.Lhost_rsp_valid
 
 	testq	%rdi, %rdi
 	jnz	.Ldo_resume
@@ -158,8 +160,14 @@ SYM_INNER_LABEL(vml_host_rip, SYM_L_GLOBAL)
 .Lfail_valid:
 	movl	$VML_RC_FAIL_VALID, %eax
 	jmp	.Lout
-.Lhost_rsp_failed:
-	movl	$VML_RC_HOST_RSP, %eax
+.Lhost_rsp_invalid:
+	movl	$(VML_RC_HOST_RSP | VML_RC_FAIL_INVALID), %eax
+	jmp	.Lout
+.Lhost_rsp_valid:
+	movl	$(VML_RC_HOST_RSP | VML_RC_FAIL_VALID), %eax
+	jmp	.Lout
+.Lhost_rsp_fault:
+	movl	$(VML_RC_HOST_RSP | VML_RC_FAULT), %eax
 	jmp	.Lout
 .Lfault:
 	movl	$VML_RC_FAULT, %eax
@@ -172,7 +180,7 @@ SYM_INNER_LABEL(vml_host_rip, SYM_L_GLOBAL)
 	popq	%rbp
 	RET
 
-	_ASM_EXTABLE(1b, .Lfault)
+	_ASM_EXTABLE(1b, .Lhost_rsp_fault)
 	_ASM_EXTABLE(2b, .Lfault)
 	_ASM_EXTABLE(3b, .Lfault)
 SYM_FUNC_END(vml_enter_guest)
@@ -187,6 +195,21 @@ VML_INDIRECT_FUNC_START(vml_guest_entry)
 1:	vmcall
 	jmp	1b
 SYM_FUNC_END(vml_guest_entry)
+
+/*
+ * Software "int n" to the host's IDT.  The NMI entry runs on its IST stack
+ * like a hardware NMI; the NMI blocking that an NMI-induced VM exit leaves
+ * in effect is lifted by that handler's IRET, as after a hardware NMI.
+ */
+SYM_FUNC_START(vml_raise_nmi)
+	int	$VMX_VECTOR_NMI
+	RET
+SYM_FUNC_END(vml_raise_nmi)
+
+SYM_FUNC_START(vml_raise_mc)
+	int	$VMX_VECTOR_MC
+	RET
+SYM_FUNC_END(vml_raise_mc)
 
 SYM_FUNC_START(vml_read_cr0)
 	movq	%cr0, %rax

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Interface of vmx_ops.S: every instruction this module issues by itself
- * lives in that file.  Shared by C and assembly.
+ * Bottom layer: interface of vmx_ops.S, the VMX instruction wrappers.  Every
+ * instruction this module issues by itself lives in that file.  Shared by C
+ * and assembly; includes nothing of the layers above.
  */
 #ifndef VMLAUNCH_VMX_OPS_H
 #define VMLAUNCH_VMX_OPS_H
@@ -11,7 +12,12 @@
 #define VML_RC_FAIL_INVALID	1	/* CF=1: VMfailInvalid */
 #define VML_RC_FAIL_VALID	2	/* ZF=1: VMfailValid, see VM_INSTRUCTION_ERROR */
 #define VML_RC_FAULT		3	/* the instruction raised #UD/#GP (extable) */
-#define VML_RC_HOST_RSP		4	/* vml_enter_guest: VMWRITE of HOST_RSP failed */
+/*
+ * vml_enter_guest() only: VML_RC_HOST_RSP | VML_RC_FAIL_INVALID / _VALID /
+ * _FAULT when its own VMWRITE of HOST_RSP failed (before any VMLAUNCH).
+ */
+#define VML_RC_HOST_RSP		0x10
+#define VML_RC_MASK		0x0f
 
 /*
  * struct vml_host_tables layout, fixed so that vmx_ops.S can address it.
@@ -68,6 +74,14 @@ void vml_host_rip(void);
 
 /* Guest RIP: "1: vmcall; jmp 1b".  Never called from C. */
 void vml_guest_entry(void);
+
+/*
+ * Re-deliver an event to the host through its own IDT, from VMX root
+ * operation, right after the VM exit that intercepted it: "int $2" (NMI)
+ * and "int $18" (#MC).  Only valid while CR4.FRED is clear (IDT delivery).
+ */
+void vml_raise_nmi(void);
+void vml_raise_mc(void);
 
 /* Control and debug registers. */
 unsigned long vml_read_cr0(void);

@@ -1,15 +1,34 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * VMCS field encodings, VM-execution/exit/entry control bits and VMX
- * capability MSR numbers, named after the Intel SDM (Vol. 3D, appendix B
- * "Field Encoding in VMCS" and appendix A "VMX Capability Reporting").
+ * Bottom layer: SDM definitions.  VMCS field encodings, VM-execution/exit/
+ * entry control bits, exit reasons, interruption-information bits and the
+ * MSRs we read, named after the Intel SDM (Vol. 3D, appendix B "Field
+ * Encoding in VMCS", appendix A "VMX Capability Reporting", appendix C).
  *
- * Everything here carries a VMCS_ / VMX_ / VML_MSR_ prefix so that it can
- * never clash with the kernel's own asm/vmx.h, and is plain #defines so that
- * vmx_ops.S can include it too.
+ * Why not the kernel's <asm/vmx.h>: its encodings are C enums, which
+ * vmx_ops.S cannot use, and it is KVM's header (its names changed between
+ * 5.10 and 7.3).  So the encodings live here once, as plain #defines with a
+ * VMCS_ / VMX_ / VML_ prefix that never clashes with the kernel's names, and
+ *   - vmx_sdm_check.c proves at compile time that every value used here is
+ *     the kernel's own value (static_assert against <asm/vmx.h> and
+ *     <asm/msr-index.h>), and
+ *   - vmcs_access.h refuses at compile time an access whose width does not
+ *     match the width encoded in the field (bits 14:13, bit 0).
+ * Nothing here includes anything else.
  */
-#ifndef VMLAUNCH_VMCS_FIELDS_H
-#define VMLAUNCH_VMCS_FIELDS_H
+#ifndef VMLAUNCH_VMX_SDM_H
+#define VMLAUNCH_VMX_SDM_H
+
+/*
+ * Field encoding (SDM B.1): bit 0 access type (1 = high half of a 64-bit
+ * field), bits 9:1 index, bits 11:10 type, bits 14:13 width.
+ */
+#define VMCS_FIELD_WIDTH(f)			(((f) >> 13) & 3)
+#define VMCS_FIELD_ACCESS_HIGH(f)		((f) & 1)
+#define VMCS_WIDTH_16				0
+#define VMCS_WIDTH_64				1
+#define VMCS_WIDTH_32				2
+#define VMCS_WIDTH_NATURAL			3
 
 /* ---- 16-bit guest-state fields ---- */
 #define VMCS_GUEST_ES_SELECTOR			0x00000800
@@ -40,7 +59,7 @@
 #define VMCS_TSC_OFFSET				0x00002010
 
 /* ---- 64-bit guest-state fields ---- */
-#define VMCS_LINK_POINTER			0x00002800
+#define VMCS_VMCS_LINK_POINTER			0x00002800
 #define VMCS_GUEST_IA32_DEBUGCTL		0x00002802
 #define VMCS_GUEST_IA32_PAT			0x00002804
 #define VMCS_GUEST_IA32_EFER			0x00002806
@@ -178,7 +197,16 @@
 #define VMX_EXIT_BASIC_VMCALL			18
 #define VMX_EXIT_BASIC_INVALID_GUEST_STATE	33
 #define VMX_EXIT_BASIC_MSR_LOADING		34
-#define VMX_EXIT_BASIC_MACHINE_CHECK		41
+#define VMX_EXIT_BASIC_MACHINE_CHECK		41	/* VM-entry failure due to #MC */
+
+/* ---- VM-exit interruption information (SDM 25.9.2) ---- */
+#define VMX_INTR_INFO_VECTOR_MASK		0xffu
+#define VMX_INTR_INFO_TYPE_MASK			(7u << 8)
+#define VMX_INTR_INFO_TYPE_NMI			(2u << 8)
+#define VMX_INTR_INFO_TYPE_HW_EXCEPTION		(3u << 8)
+#define VMX_INTR_INFO_VALID			(1u << 31)
+#define VMX_VECTOR_NMI				2
+#define VMX_VECTOR_MC				18
 
 /* ---- MSRs (SDM Vol. 4) ---- */
 #define VML_MSR_IA32_FEATURE_CONTROL		0x0000003a
@@ -219,4 +247,4 @@
 #define VML_VMX_BASIC_MEMTYPE_WB		6
 #define VML_VMX_BASIC_TRUE_CTLS			(1ull << 55)
 
-#endif /* VMLAUNCH_VMCS_FIELDS_H */
+#endif /* VMLAUNCH_VMX_SDM_H */

@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Shared declarations of vmlaunch.ko: per-CPU record, stages, errnos.
+ * Middle layer: the per-CPU state machine (vml_cpu.c, with vmx_caps.c and
+ * vmcs_setup.c).  Its types, stages and errnos; everything it needs comes
+ * in as arguments (struct vml_config, struct vml_cpu): no globals.
+ * Includes only the bottom layer.
  */
-#ifndef VMLAUNCH_H
-#define VMLAUNCH_H
+#ifndef VMLAUNCH_VML_CPU_H
+#define VMLAUNCH_VML_CPU_H
 
 #include <linux/types.h>
 #include <linux/errno.h>
-#include <linux/mutex.h>
 
 #include "vmx_ops.h"
 
@@ -16,6 +18,12 @@
 
 /* Upper bound for roundtrips=N: bounds the IRQs-off time of one CPU. */
 #define VML_MAX_ROUNDTRIPS	10000
+
+/*
+ * NMI and #MC exits handled (re-delivered to the host, guest resumed) per
+ * VMLAUNCH/VMRESUME before the run gives up with an unexpected exit.
+ */
+#define VML_MAX_EVENT_EXITS	64
 
 /* Pages per CPU: VMXON region, VMCS, MSR bitmap, guest stack, GDT copy. */
 enum vml_page {
@@ -56,6 +64,7 @@ enum vml_result {
 #define VML_E_NO_VMX		(-ENODEV)	/* CPUID.1:ECX.VMX = 0 */
 #define VML_E_VMX_FLAG_OFF	(-EOPNOTSUPP)	/* kernel cleared X86_FEATURE_VMX */
 #define VML_E_FC_VMX_OFF	(-EACCES)	/* FEATURE_CONTROL locked, VMX off */
+#define VML_E_FC_SMX_OFF	(-EPERM)	/* CR4.SMXE, VMX inside SMX off */
 #define VML_E_FC_UNLOCKED	(-ENOLCK)	/* FEATURE_CONTROL not locked */
 #define VML_E_VMX_BUSY		(-EBUSY)	/* CR4.VMXE already set */
 #define VML_E_SHUTDOWN		(-ESHUTDOWN)	/* reboot in progress */
@@ -63,6 +72,9 @@ enum vml_result {
 #define VML_E_VMCS_MEMTYPE	(-EMEDIUMTYPE)	/* VMX_BASIC memory type != WB */
 #define VML_E_CR0_FIXED		(-ERANGE)	/* CR0 violates VMX_CR0_FIXED0/1 */
 #define VML_E_CR4_FIXED		(-EDOM)		/* CR4 violates VMX_CR4_FIXED0/1 */
+#define VML_E_CTLS		(-ENOPROTOOPT)	/* IA-32e controls not allowed */
+#define VML_E_FRED		(-EPROTONOSUPPORT) /* CR4.FRED: no IDT re-delivery */
+#define VML_E_HOST_SEL		(-EXDEV)	/* FS/GS selector with RPL/TI bits */
 #define VML_E_MSR		(-ENOMSG)	/* a capability MSR read faulted */
 #define VML_E_NOMEM		(-ENOMEM)	/* page allocation */
 #define VML_E_VMXON		(-ENXIO)	/* VMXON failed */
@@ -84,8 +96,16 @@ enum vml_break {
 	VML_BREAK_GUEST_RFLAGS_BIT1,
 };
 
+/* What a run is asked to do; fixed at load, passed to every call. */
+struct vml_config {
+	enum vml_break brk;
+	u32 roundtrips;
+	bool hold;		/* keep VMX on after the launch (hold mode) */
+};
+
 struct vml_caps {
 	u64 feature_control;
+	bool smx;			/* CR4.SMXE: VMXON needs VMX inside SMX */
 	u64 basic;
 	u32 revision;
 	u32 region_size;
@@ -100,6 +120,7 @@ struct vml_controls {
 	u32 pin, proc, exit, entry;
 	bool efer;			/* load/save EFER controls in use */
 	bool msr_bitmap;
+	bool nmi_exiting;
 };
 
 /* State of the host, captured in the IRQs-off window. */
@@ -115,8 +136,8 @@ struct vml_host_state {
 
 /*
  * Where VMX operation of a CPU was left, or is being left (README "Design").
- * VML_AT_LAUNCH: at the end of the IRQs-off launch window (irqsoff_raw mode,
- * hold_vmx=0, or a failed launch); the others: by vml_cpu_release().
+ * VML_AT_LAUNCH: at the end of the IRQs-off launch window (window mode or a
+ * failed launch); the others: by vml_cpu_release().
  */
 enum vml_at {
 	VML_AT_NONE,		/* never entered VMX operation */
@@ -128,13 +149,14 @@ enum vml_at {
 	VML_AT_SUSPEND,		/* syscore suspend (system sleep, hibernation) */
 };
 
-/* Outcome of vml_cpu_release() on one CPU (reported by vml_report_release()). */
+/* Outcome of vml_cpu_release() on one CPU (printed by the top layer). */
 struct vml_release {
 	enum vml_at at;
 	bool held;		/* the CPU was in VMX operation (ours) */
 	bool lost;		/* held, but CR4.VMXE was found clear */
 	bool vmxe;		/* CR4.VMXE afterwards, read from the register */
 	int rc;			/* VML_RC_* of the first failing instruction */
+	u32 insn_error;		/* VM-instruction error of a VMfailValid */
 	const char *insn;	/* "vmclear" / "vmxoff", NULL if none failed */
 	int ipi_err;		/* smp_call_function_single() failed */
 	bool unreported;	/* set by the release, cleared by the report */
@@ -150,15 +172,19 @@ struct vml_cpu {
 	const char *insn;		/* "vmlaunch" / "vmresume" on a launch failure */
 	int rc;				/* VML_RC_* of the failing instruction */
 	u32 insn_error;			/* VM_INSTRUCTION_ERROR when rc == FAIL_VALID */
-	u32 field;			/* VMCS field of a failed VMWRITE */
+	u32 field;			/* VMCS field of a failed VMWRITE, MSR of a check */
+	bool entered;			/* a VM entry completed (guest ran) */
 	u32 exit_reason;
 	u64 qual;
 	u32 insn_len;
 	u32 intr_info;
 	unsigned long rip_off;		/* guest RIP - vml_guest_entry */
 	u32 roundtrips;			/* VMRESUME round trips done */
+	u32 nmis;			/* NMI exits, NMI re-delivered to the host */
+	u32 mces;			/* #MC exits / exit 41, handed to the MCE handler */
 	u64 cycles_min, cycles_median;
 	int teardown_rc;		/* VML_RC_* of the final VMCLEAR/VMXOFF */
+	u32 teardown_error;		/* its VM-instruction error (VMfailValid) */
 	const char *teardown_insn;
 	bool vmxe_after;		/* CR4.VMXE after the window */
 	/*
@@ -177,30 +203,14 @@ struct vml_cpu {
 	u64 *cycles;			/* roundtrips buffer, only during the run */
 };
 
-/* vmlaunch_main.c */
-extern enum vml_break vml_break_field;
-extern unsigned int vml_roundtrips;
-extern struct mutex vml_lock;
-extern bool vml_shutting_down;
-extern bool vml_hold;		/* keep VMX on after the launch (hold_vmx=) */
-struct vml_cpu *vml_cpu_state(unsigned int cpu);
-const char *vml_break_name(enum vml_break b);
-
-/* vmlaunch_run.c */
-int vml_cpu_run(unsigned int cpu, struct vml_cpu *c);
-unsigned int vml_cpu_free(struct vml_cpu *c);
+/*
+ * vml_cpu.c.  vml_cpu_run() runs on @cpu (its cpuhp thread) and fills @c;
+ * vml_cpu_release() runs on the CPU of @c with IRQs off; vml_cpu_free()
+ * returns the number of pages freed (never the VMX pages of a CPU still in
+ * VMX operation).
+ */
+int vml_cpu_run(unsigned int cpu, struct vml_cpu *c, const struct vml_config *cfg);
 void vml_cpu_release(struct vml_cpu *c, enum vml_at at);
-void vml_report_release(unsigned int cpu, struct vml_cpu *c);
-const char *vml_at_name(enum vml_at at);
-bool vml_can_hold(void);
-void vml_cpu_report(unsigned int cpu, const struct vml_cpu *c);
-const char *vml_stage_name(enum vml_stage s);
-const char *vml_result_name(enum vml_result r);
-const char *vml_rc_kind(int rc);
-const char *vml_cr4_mode(void);
+unsigned int vml_cpu_free(struct vml_cpu *c);
 
-/* vmlaunch_sysfs.c */
-int vml_sysfs_init(void);
-void vml_sysfs_exit(void);
-
-#endif /* VMLAUNCH_H */
+#endif /* VMLAUNCH_VML_CPU_H */
