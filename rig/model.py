@@ -91,15 +91,11 @@ class ModuleBuild:
 
 @dataclass(frozen=True)
 class GuestImage:
-    """Everything a lane needs to boot one cell's guest."""
+    """What a guest boots: a kernel, an initrd and the kernel's command line."""
 
     kernel: Path
     initrd: Path
     cmdline: str
-    iso: Path | None = None  # El Torito image for lanes without direct kernel boot (Bochs)
-    # IA32_FEATURE_CONTROL as the firmware leaves it: GRUB writes it before the kernel runs
-    # (ISO boots only). None: as the lane's own firmware leaves it (Bochs' BIOS locks it at 0x5).
-    feature_control: int | None = None
 
 
 # --------------------------------------------------------------------------- provision
@@ -118,6 +114,9 @@ class BootSpec:
     vcpus: int
     timeout_s: int
     workdir: Path  # per-cell scratch + logs directory, owned by the run
+    # IA32_FEATURE_CONTROL as the firmware leaves it (lanes with a firmware step: bochs);
+    # None: as the lane's own firmware leaves it
+    feature_control: int | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,11 @@ class BootResult:
     end: BootEnd
     duration_s: float
     emulator_log: str = ""  # tail of bochs.log / libvirt / qemu log
-    detail: str = ""  # human explanation of `end` when it is not POWEROFF
+    detail: str = ""  # for people: how `end` came about (never parsed)
+    # facts the lane saw, for the judge
+    panic_line: str = ""  # the console's panic line, when end is PANIC
+    panic_to_stop_s: float | None = None  # from the panic reaching the console to the stop
+    triple_fault: bool = False  # the emulator stopped on a triple fault (shutdown)
     # the guest agent's protocol channel (second serial port, or SSH): "" = the protocol is
     # on the console itself (one channel, as older guests and hand-made consoles have it)
     agent: str = ""

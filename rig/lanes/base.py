@@ -37,8 +37,8 @@ class Backend(Protocol):
     def name(self) -> str: ...
 
     @property
-    def needs_iso(self) -> bool:
-        """True when the lane boots an ISO (no direct kernel boot)."""
+    def firmware_step(self) -> bool:
+        """True when the lane can set MSRs as a firmware would (BootSpec.feature_control)."""
         ...
 
     def unavailable(self) -> str | None:
@@ -50,6 +50,11 @@ class Backend(Protocol):
         ...
 
 
+TRIPLE_FAULT_RE = re.compile(r"triple fault|3rd \(\d+\) exception|shutdown status", re.IGNORECASE)
+"""How an emulator says the guest triple-faulted (Bochs: `3rd (13) exception with no
+resolution`; QEMU: a shutdown on triple fault)."""
+
+
 @dataclass
 class ConsoleWatch:
     """Outcome of watching a console file until the guest ends."""
@@ -57,6 +62,8 @@ class ConsoleWatch:
     end: BootEnd
     detail: str
     duration_s: float
+    panic_line: str = ""
+    panic_to_stop_s: float | None = None
 
 
 def watch_console(
@@ -87,7 +94,11 @@ def watch_console(
         if panic_at is not None and (now - panic_at >= PANIC_GRACE_S or not alive()):
             waited = f"stopped {now - panic_at:.1f} s after the panic reached the console"
             return ConsoleWatch(
-                BootEnd.PANIC, f"guest panicked: {panic_line} ({waited})", now - start
+                BootEnd.PANIC,
+                f"guest panicked: {panic_line} ({waited})",
+                now - start,
+                panic_line=panic_line,
+                panic_to_stop_s=now - panic_at,
             )
         if POWEROFF_RE.search(text):
             # Let the emulator finish writing, then report the normal end.
@@ -168,7 +179,12 @@ def read_text(path: Path) -> str:
 
 
 def make_result(
-    workdir: Path, watch: ConsoleWatch, emulator_log: str = "", detail: str = ""
+    workdir: Path,
+    watch: ConsoleWatch,
+    emulator_log: str = "",
+    detail: str = "",
+    *,
+    triple_fault: bool = False,
 ) -> BootResult:
     return BootResult(
         console=read_text(workdir / CONSOLE_FILE),
@@ -177,4 +193,7 @@ def make_result(
         duration_s=watch.duration_s,
         emulator_log=emulator_log,
         detail=detail or watch.detail,
+        panic_line=watch.panic_line,
+        panic_to_stop_s=watch.panic_to_stop_s,
+        triple_fault=triple_fault,
     )

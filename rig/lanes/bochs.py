@@ -6,7 +6,7 @@ display server listens on nobody's network, and with one CPU (Bochs' BIOS progra
 IA32_FEATURE_CONTROL on CPU 0 only).
 
 Bochs' own BIOS locks IA32_FEATURE_CONTROL at 0x5 (VMX on) before any boot loader runs. A boot
-that asks for another value (GuestImage.feature_control: GRUB writes it, as a firmware would)
+that asks for another value (BootSpec.feature_control: GRUB writes it, as a firmware would)
 runs on SeaBIOS instead, which leaves the MSR at its reset value 0, unlocked.
 """
 
@@ -20,12 +20,14 @@ from pathlib import Path
 from rig.errors import InfraError, ToolMissing
 from rig.lanes.base import (
     AGENT_FILE,
+    TRIPLE_FAULT_RE,
     CONSOLE_FILE,
     make_result,
     owned_process,
     tail,
     watch_console,
 )
+from rig.lanes.bochs_media import boot_iso
 from rig.model import BootEnd, BootResult, BootSpec
 
 BOCHS_BIN = "bochs-bin"
@@ -36,12 +38,11 @@ _MODEL_RE = re.compile(r"^[a-z0-9_]{1,40}$")
 _LOG_KEEP = re.compile(r"VMFAIL|VMENTER|VMEXIT FAIL|PANIC|triple fault|>>PANIC<<|\[CPU0  \] e")
 
 
-def bochsrc(spec: BootSpec, console: Path, agent: Path, log: Path) -> str:
+def bochsrc(spec: BootSpec, iso: Path, console: Path, agent: Path, log: Path) -> str:
     """The Bochs configuration for one boot. Every value is checked, nothing user-typed leaks."""
     if not _MODEL_RE.match(spec.cpu_model):
         raise InfraError(f"not a Bochs CPU model name: {spec.cpu_model!r}")
-    assert spec.image.iso is not None
-    for p in (spec.image.iso, console, agent, log):
+    for p in (iso, console, agent, log):
         if '"' in str(p) or "\n" in str(p):
             raise InfraError(f"path not usable in a bochsrc: {p!r}")
     return "\n".join(
@@ -49,10 +50,10 @@ def bochsrc(spec: BootSpec, console: Path, agent: Path, log: Path) -> str:
             f"megs: {int(spec.memory_mib)}",
             f"cpu: model={spec.cpu_model}, count=1, ips=200000000, reset_on_triple_fault=0",
             "clock: sync=none, time0=local",
-            f"romimage: file={BIOS if spec.image.feature_control is None else SEABIOS}",
+            f"romimage: file={BIOS if spec.feature_control is None else SEABIOS}",
             f"vgaromimage: file={VGABIOS}",
             'display_library: rfb, options="timeout=0"',
-            f'ata0-master: type=cdrom, path="{spec.image.iso}", status=inserted',
+            f'ata0-master: type=cdrom, path="{iso}", status=inserted',
             "boot: cdrom",
             f'com1: enabled=1, mode=file, dev="{console}"',
             f'com2: enabled=1, mode=file, dev="{agent}"',
@@ -71,7 +72,7 @@ def bochsrc(spec: BootSpec, console: Path, agent: Path, log: Path) -> str:
 @dataclass(frozen=True)
 class BochsBackend:
     name: str = "bochs"
-    needs_iso: bool = True
+    firmware_step: bool = True  # GRUB on the boot ISO writes MSRs before the kernel
 
     def unavailable(self) -> str | None:
         if shutil.which(BOCHS_BIN) is None:
@@ -87,7 +88,7 @@ class BochsBackend:
         why = self.unavailable()
         if why is not None:
             raise ToolMissing(BOCHS_BIN, "bochs bochsbios vgabios", why)
-        if spec.image.feature_control is not None and not SEABIOS.exists():
+        if spec.feature_control is not None and not SEABIOS.exists():
             raise ToolMissing(
                 str(SEABIOS), "seabios", "a firmware that leaves FEATURE_CONTROL open"
             )
@@ -96,7 +97,8 @@ class BochsBackend:
         rc, cmds = wd / "bochsrc", wd / "bochs.rc"
         for stale in (console, agent):
             stale.unlink(missing_ok=True)
-        rc.write_text(bochsrc(spec, console, agent, log))
+        iso = boot_iso(spec.image, wd, spec.feature_control)
+        rc.write_text(bochsrc(spec, iso, console, agent, log))
         cmds.write_text("c\n")  # bochs-bin has the debugger built in: continue at once
         argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", "-f", str(rc), "-rc", str(cmds)]
         with owned_process(argv, cwd=wd, stdout=wd / "bochs.out", pidfile=wd / "emulator.pid") as p:
@@ -113,4 +115,5 @@ class BochsBackend:
                 detail = "Bochs stopped before the guest powered off: " + (
                     tail(kept, 5) or tail(out, 5) or "no reason logged"
                 )
-        return make_result(wd, watch, emulator_log=kept, detail=detail)
+        triple = bool(TRIPLE_FAULT_RE.search(kept))
+        return make_result(wd, watch, emulator_log=kept, detail=detail, triple_fault=triple)

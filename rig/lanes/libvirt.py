@@ -20,7 +20,14 @@ from pathlib import Path
 
 from rig.errors import InfraError
 from rig.hostcheck import kvm_usable
-from rig.lanes.base import AGENT_FILE, CONSOLE_FILE, owned_process, read_text, tail
+from rig.lanes.base import (
+    AGENT_FILE,
+    CONSOLE_FILE,
+    TRIPLE_FAULT_RE,
+    owned_process,
+    read_text,
+    tail,
+)
 from rig.model import BootEnd, BootResult, BootSpec
 
 EMBED = "embed"  # our name for the default: qemu:///embed?root=<a locked slot of the pool>
@@ -163,6 +170,7 @@ class LiveDomain:
                 + tail(child_log, 20)
             )
         res = json.loads(self.result_file.read_text())
+        emulator = res.get("emulator_log", "")
         return BootResult(
             console=read_text(self.console),
             agent=read_text(self.console.with_name(AGENT_FILE)),
@@ -170,6 +178,9 @@ class LiveDomain:
             duration_s=float(res["duration_s"]),
             emulator_log=tail(res.get("emulator_log", "") + "\n" + child_log, 60),
             detail=res["detail"],
+            panic_line=res.get("panic_line", ""),
+            panic_to_stop_s=res.get("panic_to_stop_s"),
+            triple_fault=bool(TRIPLE_FAULT_RE.search(emulator + "\n" + res["detail"])),
         )
 
 
@@ -179,7 +190,7 @@ class LibvirtBackend:
     domain_type: str = "qemu"  # "qemu" = TCG, "kvm" = hardware
     uri: str = EMBED
     require_vmx: bool = False
-    needs_iso: bool = False
+    firmware_step: bool = False  # direct kernel boot: no firmware step of ours
     embed_pool: Path = Path("/var/tmp/vmlaunch-rig-embed")
 
     def unavailable(self) -> str | None:

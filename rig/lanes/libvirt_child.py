@@ -165,7 +165,13 @@ def main(plan_path: str, out_path: str) -> int:
                 watch = watch_console(
                     Path(plan["console"]), alive=alive, timeout_s=float(plan["timeout_s"])
                 )
-        result = {"end": watch.end.value, "detail": watch.detail, "duration_s": watch.duration_s}
+        result = {
+            "end": watch.end.value,
+            "detail": watch.detail,
+            "duration_s": watch.duration_s,
+            "panic_line": watch.panic_line,
+            "panic_to_stop_s": watch.panic_to_stop_s,
+        }
     except Terminated:
         result = {
             "end": BootEnd.EMULATOR.value,

@@ -49,7 +49,6 @@ from rig.model import (
     Outcome,
     StageVerdict,
 )
-from rig.verdict.oops import TRIPLE_FAULT_RE
 from rig.verdict.reading import TAIL_LINES, GuestReport, Run, parse_guest
 from rig.verdict.stages import (
     GUEST_STAGES,
@@ -61,7 +60,6 @@ from rig.verdict.stages import (
     sv,
 )
 
-STOPPED_RE = re.compile(r"stopped [\d.]+ s after the panic reached the console")
 
 
 @dataclass(frozen=True)
@@ -99,8 +97,9 @@ def find_trouble(ctx: RunContext, boot: BootResult, judged: dict[str, Judged]) -
         stream = run.dump if run.dump is not None and oops in run.dump.oopses else run.console
         before = [r for r in stream.records if r.index < oops.index]
         at = stage_index(judge_records(replace(ctx, complete=False), before))
-        waited = STOPPED_RE.search(boot.detail) if boot.end is BootEnd.PANIC else None
-        stopped = f" ({waited[0]})" if waited else ""
+        stopped = ""
+        if boot.end is BootEnd.PANIC and boot.panic_to_stop_s is not None:
+            stopped = f" (stopped {boot.panic_to_stop_s:.1f} s after the panic reached the console)"
         return Trouble(
             last if at is None else at,
             Outcome.FAILED,
@@ -125,7 +124,7 @@ def find_trouble(ctx: RunContext, boot: BootResult, judged: dict[str, Judged]) -
     if boot.end is BootEnd.PANIC:
         return Trouble(at, Outcome.FAILED, f"guest kernel panicked{detail}", tail, "crashed")
     if boot.end is BootEnd.EMULATOR:
-        if TRIPLE_FAULT_RE.search(boot.detail) or TRIPLE_FAULT_RE.search(boot.emulator_log):
+        if boot.triple_fault:
             return Trouble(at, Outcome.FAILED, f"guest triple-faulted{detail}", tail, "died")
         reason = f"the emulator stopped during the test{detail}"
         return Trouble(at, Outcome.ERROR, reason, tail, "died")
@@ -140,7 +139,7 @@ def after_teardown(boot: BootResult, detail: str, tail: str, at: int) -> Trouble
     if boot.end is BootEnd.PANIC:
         return Trouble(at, Outcome.FAILED, f"guest panicked after rmmod{detail}", tail, "crashed")
     if boot.end is BootEnd.EMULATOR:
-        if TRIPLE_FAULT_RE.search(boot.detail) or TRIPLE_FAULT_RE.search(boot.emulator_log):
+        if boot.triple_fault:
             return Trouble(at, Outcome.FAILED, f"guest triple-faulted after rmmod{detail}",
                             tail, "died")  # fmt: skip
         reason = f"the emulator stopped after rmmod, before RIG-END{detail}"

@@ -28,7 +28,6 @@ OOPS_TRIGGERS: tuple[tuple[str, re.Pattern[str]], ...] = (
 OOPS_END_RE = re.compile(r"---\[ end (?:trace|Kernel panic)")
 
 
-TRIPLE_FAULT_RE = re.compile(r"triple fault|3rd \(\d+\) exception|shutdown status", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
