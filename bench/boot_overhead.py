@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 from rig.artifacts import Artifacts, Cache, default_cache_root
+from rig.guest.initramfs import initramfs_image
 from rig.lanes.bochs import BochsBackend, bochsrc
+from rig.lanes.bochs_media import boot_iso
 from rig.lanes.libvirt import LibvirtBackend
 from rig.matrix import load_matrix
 from rig.model import BootSpec
@@ -61,14 +63,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
             wd = Path(tmp) / "runs" / "bench" / "cells" / "c"
             wd.mkdir(parents=True)
-            image = arts.initramfs_image(
-                kernel,
-                [(build.ko, 1, ())],
-                run_id="bench",
-                cell_id="bench",
-                workdir=wd,
-                want_iso=True,
+            image = initramfs_image(
+                kernel, [(build.ko, 1, ())], run_id="bench", cell_id="bench", workdir=wd
             )
+            iso = boot_iso(image, wd)
             qemu = [
                 "qemu-system-x86_64",
                 "-machine",
@@ -106,7 +104,7 @@ def main() -> int:
                 workdir=wd,
             )
             (wd / "bare.rc").write_text(
-                bochsrc(bspec, wd / "bare-console.txt", wd / "bare-agent.txt", wd / "bare.log")
+                bochsrc(bspec, iso, wd / "bare-console.txt", wd / "bare-agent.txt", wd / "bare.log")
             )
             (wd / "cont").write_text("c\n")
             results.setdefault("bare Bochs", []).append(

@@ -191,7 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Every process of the run has exited (workers, the in-process runner): what a worker
         # killed mid-cell left (scratch files, pid files) goes now, not at the next run. A
         # failure here must not replace the run's own outcome: the next run sweeps again.
-        from rig.sweep import sweep
+        from rig.runs import sweep
 
         try:
             sweep(settings.runs_dir)
@@ -289,7 +289,7 @@ def _version_key(name: str) -> tuple[int, ...]:
 def cmd_bisect(args: argparse.Namespace) -> int:
     from rig.bisect import Mark, bisect, mark_of
     from rig.runner import CellRunner, RunConfig
-    from rig.sweep import new_run_id, run_lock, sweep
+    from rig.runs import new_run_id, run_lock, sweep
 
     matrix = load_matrix((args.matrix or _default_matrix()).resolve())
     names = sorted(matrix.kernels, key=_version_key)
@@ -373,7 +373,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from rig.sweep import sweep, sweep_embed_pool
+    from rig.runs import sweep, sweep_embed_pool
 
     result = sweep(args.runs_dir.resolve())
     qemus = sweep_embed_pool((args.cache or default_cache_root()) / "libvirt-embed")

@@ -25,8 +25,7 @@ from rig.model import STAGES, Cell, CellVerdict, Outcome, StageVerdict, worst
 from rig.options import RUN_OPTIONS, add_to_pytest, settings_from, values_of
 from rig.paths import PROJECT_ROOT
 from rig.runner import CellRunner, RunConfig, check_required
-from rig.runs import verdict_for
-from rig.sweep import new_run_id, run_lock, sweep, sweep_embed_pool
+from rig.runs import new_run_id, run_lock, sweep, sweep_embed_pool, verdict_for
 
 VERDICTS = pytest.StashKey[dict[str, CellVerdict]]()
 RUNNER = pytest.StashKey[CellRunner]()

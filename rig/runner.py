@@ -9,34 +9,28 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rig.artifacts import Artifacts
-from rig.errors import InfraError, RigError, UsageError
-from rig.lanes import Backend, LibvirtBackend, backend_for
-from rig.lanes.base import tail
+from rig.errors import RigError, UsageError
+from rig.guest import GuestJob, flavour_for
+from rig.lanes import backend_for
 from rig.matrix import Matrix
 from rig.model import (
     DECLINE_REASONS,
     STAGES,
     Arranged,
     BootResult,
-    BootSpec,
     Cell,
     CellVerdict,
-    KernelArtifacts,
-    ModuleBuild,
     Outcome,
     StageVerdict,
 )
 from rig.options import RunSettings
 from rig.verdict import judge
-from rig.vmguest import VmCellPlan, run_vm_cell
-from rig.vmimage import VmImages
 
 
 @dataclass(frozen=True)
@@ -187,109 +181,35 @@ class CellRunner:
             return uniform(
                 cell, Outcome.SKIPPED, f"lane {cell.lane.name} cannot run on this host: {why}"
             )
-        if self.config.feature_control is not None and not backend.needs_iso:
-            why = (f"lane {cell.lane.name} boots the kernel directly, with no firmware step: "
-                   "--feature-control needs a lane that boots through GRUB (bochs)")  # fmt: skip
-            return uniform(cell, Outcome.SKIPPED, why)
         workdir = self.config.run_dir / "cells" / cell.id
         workdir.mkdir(parents=True, exist_ok=True)
-        if (self.config.guest or cell.lane.guest) == "vm":
-            return self._run_vm(cell, model, backend, workdir)
-        timings: dict[str, float] = {}
-        build: ModuleBuild | None = None
-        try:
-            t0 = time.monotonic()
-            kernel = self.artifacts.kernel(cell.kernel)
-            timings["kernel"] = time.monotonic() - t0
-            t0 = time.monotonic()
-            build = self.artifacts.module(kernel, self.config.driver)
-            timings["build"] = time.monotonic() - t0
-            (workdir / "build.log").write_text(build.log)
-            if not build.ok or build.ko is None:
-                return judge(cell, build, None, arrangements(self.config))
-            preload = [self._fixture(kernel, src) for src in self.config.preload]
-            t0 = time.monotonic()
-            image = self.artifacts.initramfs_image(
-                kernel,
-                [(build.ko, self.config.repeat, self.config.module_params)],
-                run_id=self.config.run_id,
-                cell_id=cell.id,
-                workdir=workdir,
-                want_iso=backend.needs_iso,
-                preload=preload,
-                kernel_args=self.config.kernel_args,
-                feature_control=self.config.feature_control,
-            )
-            timings["image"] = time.monotonic() - t0
-            spec = BootSpec(
-                image=image,
-                cpu_model=model,
-                memory_mib=cell.memory_mib,
-                vcpus=cell.vcpus,
-                timeout_s=self.config.timeout_s or cell.timeout_s,
-                workdir=workdir,
-            )
-            t0 = time.monotonic()
-            log_boot(workdir)
-            boot = backend.boot(spec)
-            timings["boot"] = time.monotonic() - t0
-            record_boot(workdir, boot)
-        except (RigError, OSError) as exc:
-            return uniform(cell, Outcome.ERROR, infra_reason(exc),
-                           build_log=build.log if build else "")  # fmt: skip
-        finally:
-            if not self.config.keep_images:
-                for scratch in ("boot.iso", "initrd.gz"):
-                    (workdir / scratch).unlink(missing_ok=True)
-                shutil.rmtree(workdir / "initramfs", ignore_errors=True)
-        verdict = judge(cell, build, boot, arrangements(self.config))
-        return CellVerdict(
-            cell_id=verdict.cell_id,
-            stages=verdict.stages,
-            console=verdict.console or boot.console,
-            build_log=verdict.build_log or build.log,
-            emulator_log=verdict.emulator_log or boot.emulator_log,
-            timings=timings,
-        )
-
-    def _fixture(self, kernel: KernelArtifacts, src: Path) -> Path:
-        """A preloaded module: it must build cleanly, or the run cannot prove anything."""
-        build = self.artifacts.module(kernel, src)
-        if not build.ok or build.ko is None:
-            raise InfraError(
-                f"the preloaded module {src} did not build against {kernel.spec.abi}; "
-                f"last lines:\n{tail(build.log, 10)}",
-                fix="fix the fixture module, or run without --preload",
-            )
-        return build.ko
-
-    def _run_vm(self, cell: Cell, model: str, backend: Backend, workdir: Path) -> CellVerdict:
-        """--guest vm: a full Debian VM over SSH; `build` is the compile inside the guest."""
-        if not isinstance(backend, LibvirtBackend):
-            reason = f"lane {cell.lane.name} cannot run full-VM guests (libvirt lanes only)"
-            return uniform(cell, Outcome.SKIPPED, reason)
-        if self.config.preload or self.config.kernel_args:
-            why = "--preload and --kernel-arg apply to initramfs guests only (not --guest vm)"
-            return uniform(cell, Outcome.SKIPPED, why)
-        plan = VmCellPlan(
-            run_id=self.config.run_id,
-            cell_id=cell.id,
-            driver=self.config.driver,
+        flavour = flavour_for(self.config.guest or cell.lane.guest)
+        job = GuestJob(
+            cell=cell,
             cpu_model=model,
             workdir=workdir,
+            run_id=self.config.run_id,
+            driver=self.config.driver,
+            artifacts=self.artifacts,
             timeout_s=self.config.timeout_s or cell.timeout_s,
-            memory_mib=cell.memory_mib,
-            vcpus=cell.vcpus,
             module_params=self.config.module_params,
             repeat=self.config.repeat,
+            preload=self.config.preload,
+            kernel_args=self.config.kernel_args,
+            feature_control=self.config.feature_control,
+            mark_boot=lambda: log_boot(workdir),
         )
+        why = flavour.unsupported(job, backend)
+        if why is not None:
+            return uniform(cell, Outcome.SKIPPED, why)
         try:
-            t0 = time.monotonic()
-            image = VmImages(self.artifacts.cache, self.artifacts.progress).image(cell.kernel)
-            image_s = time.monotonic() - t0
-            log_boot(workdir)
-            vm = run_vm_cell(plan, image, backend, progress=self.artifacts.progress)
+            ran = flavour.run(job, backend)
         except (RigError, OSError) as exc:
             return uniform(cell, Outcome.ERROR, infra_reason(exc))
-        verdict = judge(cell, vm.build, vm.boot, arrangements(self.config))
-        return replace(verdict, timings={"image": image_s, **vm.timings, **verdict.timings})
+        if ran.error is not None:
+            build_log = ran.build.log if ran.build else ""
+            return uniform(cell, Outcome.ERROR, infra_reason(ran.error), build_log=build_log)
+        if ran.boot is not None:
+            record_boot(workdir, ran.boot)
+        verdict = judge(cell, ran.build, ran.boot, arrangements(self.config))
+        return replace(verdict, timings={**ran.timings, **verdict.timings})

@@ -1,7 +1,7 @@
 """Artifact stage: kernels (toolchain chroot, headers, vmlinuz) and module builds, cached.
 
-    Artifacts(cache).kernel(spec) -> KernelArtifacts
-    Artifacts(cache).module(kernel, src) -> ModuleBuild
+Artifacts(cache).kernel(spec) -> KernelArtifacts
+Artifacts(cache).module(kernel, src) -> ModuleBuild
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from rig.artifacts.cache import (
     stderr_progress,
 )
 from rig.artifacts.kernel import kernel_artifacts
-from rig.artifacts.module import build_module, module_name, module_sources, tree_digest
+from rig.artifacts.module import (
+    build_module,
+    module_name,
+    module_sources,
+    source_tarball,
+    tree_digest,
+)
 from rig.artifacts.steps import HOST_TOOLS, in_root, require_tool, run_step
 from rig.model import KernelArtifacts, KernelSpec, ModuleBuild
 
@@ -52,6 +58,7 @@ __all__ = [
     "require_tool",
     "run_step",
     "slot_in_use",
+    "source_tarball",
     "stderr_progress",
     "tree_digest",
 ]

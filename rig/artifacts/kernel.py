@@ -83,6 +83,7 @@ def _build_kernel(spec: KernelSpec, out: Path, progress: Progress) -> None:
     run_step(in_root(root, ["apt-get", "clean"]), log=log, what="apt-get clean")
     progress(f"kernel {spec.name}: ready in {time.monotonic() - t0:.0f} s")
 
+
 def _extract_vmlinuz(deb: Path, abi: str, dest: Path) -> bool:
     """Copy the kernel image out of a package: False when the package holds none."""
     names = {f"boot/vmlinuz-{abi}", f"usr/lib/modules/{abi}/vmlinuz"}

@@ -18,6 +18,8 @@ HOST_TOOLS: dict[str, tuple[str, str]] = {
     "grub-mkrescue": ("grub-common grub-pc-bin xorriso mtools", "making the Bochs boot ISO"),
     "xorriso": ("xorriso", "making the Bochs boot ISO"),
 }
+
+
 def require_tool(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:

@@ -12,12 +12,16 @@ from __future__ import annotations
 import gzip
 import shutil
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rig.artifacts import require_tool
-from rig.errors import ToolMissing
-from rig.model import GuestImage, KernelArtifacts
+from rig.artifacts import Artifacts, require_tool
+from rig.errors import InfraError, RigError, ToolMissing
+from rig.guest.base import GuestJob, GuestRun
+from rig.lanes import Backend
+from rig.lanes.base import tail
+from rig.model import BootSpec, GuestImage, KernelArtifacts
 from rig.options import check_kernel_arg, check_param
 from rig.paths import GUESTS_DIR
 
@@ -95,3 +99,74 @@ def initramfs_image(
     shutil.rmtree(root)
     cmdline = " ".join([BASE_CMDLINE, *kernel_args])
     return GuestImage(kernel=kernel.vmlinuz, initrd=initrd, cmdline=cmdline)
+
+
+class InitramfsFlavour:
+    """The module built on the host against the cell's kernel, booted in the appliance."""
+
+    name = "initramfs"
+
+    def unsupported(self, job: GuestJob, lane: Backend) -> str | None:
+        if job.feature_control is not None and not lane.firmware_step:
+            return (
+                f"lane {lane.name} boots the kernel directly, with no firmware step: "
+                "--feature-control needs a lane that boots through a boot loader (bochs)"
+            )
+        return None
+
+    def run(self, job: GuestJob, lane: Backend) -> GuestRun:
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
+        kernel = job.artifacts.kernel(job.cell.kernel)
+        timings["kernel"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        build = job.artifacts.module(kernel, job.driver)
+        timings["build"] = time.monotonic() - t0
+        (job.workdir / "build.log").write_text(build.log)
+        if not build.ok or build.ko is None:
+            return GuestRun(build, None, timings)
+        try:
+            preload = [_fixture(job.artifacts, kernel, src) for src in job.preload]
+            t0 = time.monotonic()
+            image = initramfs_image(
+                kernel,
+                [(build.ko, job.repeat, job.module_params)],
+                run_id=job.run_id,
+                cell_id=job.cell.id,
+                workdir=job.workdir,
+                preload=preload,
+                kernel_args=job.kernel_args,
+            )
+            timings["image"] = time.monotonic() - t0
+            spec = BootSpec(
+                image=image,
+                cpu_model=job.cpu_model,
+                memory_mib=job.cell.memory_mib,
+                vcpus=job.cell.vcpus,
+                timeout_s=job.timeout_s,
+                workdir=job.workdir,
+                feature_control=job.feature_control,
+            )
+            t0 = time.monotonic()
+            job.mark_boot()
+            boot = lane.boot(spec)
+            timings["boot"] = time.monotonic() - t0
+        except (RigError, OSError) as exc:
+            return GuestRun(build, None, timings, error=exc)
+        finally:
+            for scratch in ("boot.iso", "initrd.gz"):
+                (job.workdir / scratch).unlink(missing_ok=True)
+            shutil.rmtree(job.workdir / "initramfs", ignore_errors=True)
+        return GuestRun(build, boot, timings)
+
+
+def _fixture(artifacts: Artifacts, kernel: KernelArtifacts, src: Path) -> Path:
+    """A preloaded module: it must build cleanly, or the run cannot prove anything."""
+    build = artifacts.module(kernel, src)
+    if not build.ok or build.ko is None:
+        raise InfraError(
+            f"the preloaded module {src} did not build against {kernel.spec.abi}; "
+            f"last lines:\n{tail(build.log, 10)}",
+            fix="fix the fixture module, or run without --preload",
+        )
+    return build.ko

@@ -20,8 +20,8 @@ from pathlib import Path
 from rig.errors import InfraError, ToolMissing
 from rig.lanes.base import (
     AGENT_FILE,
-    TRIPLE_FAULT_RE,
     CONSOLE_FILE,
+    TRIPLE_FAULT_RE,
     make_result,
     owned_process,
     tail,

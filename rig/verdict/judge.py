@@ -32,7 +32,6 @@ Rules that are not obvious:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 from rig.guest.protocol import CONSOLE_MARK_RE, transcript_text
@@ -59,7 +58,6 @@ from rig.verdict.stages import (
     judge_records,
     sv,
 )
-
 
 
 @dataclass(frozen=True)

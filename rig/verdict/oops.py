@@ -28,8 +28,6 @@ OOPS_TRIGGERS: tuple[tuple[str, re.Pattern[str]], ...] = (
 OOPS_END_RE = re.compile(r"---\[ end (?:trace|Kernel panic)")
 
 
-
-
 @dataclass(frozen=True)
 class Oops:
     kind: str  # panic | bug | oops | gpf | warning | ...

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from rig.model import Outcome
-from rig.sweep import processes_mentioning
+from rig.runs import processes_mentioning
 
 BOCHS = ("--lane", "bochs", "--kernel", "6.12")
 DRIVERS = Path(__file__).resolve().parents[2] / "tests" / "drivers"

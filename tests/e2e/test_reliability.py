@@ -22,7 +22,7 @@ import pytest
 
 from rig.model import Outcome
 from rig.report import by_cell, read_junit
-from rig.sweep import processes_mentioning
+from rig.runs import processes_mentioning
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVERS = REPO / "tests" / "drivers"

@@ -1,7 +1,7 @@
 """The full-VM lane (`--guest vm`) on QEMU/TCG: a real Debian guest, the driver compiled inside
 it against the guest's own headers, loaded over SSH; the driver declines (no VMX under TCG).
 
-The guest image is built once per kernel and cached (rig.vmimage: about 2 minutes the first
+The guest image is built once per kernel and cached (rig.guest.vm.image: about 2 minutes the first
 time); one VM cell then takes 1.5-5 minutes under TCG on a 2-core machine.
 """
 
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from rig import vmguest
 from rig.artifacts import Cache, default_cache_root
 from rig.errors import InfraError
+from rig.guest.vm import cell as vmguest
+from rig.guest.vm.image import VmImages
 from rig.lanes import LibvirtBackend
 from rig.matrix import load_matrix
 from rig.model import Outcome
-from rig.sweep import processes_mentioning
-from rig.vmimage import VmImages
+from rig.runs import processes_mentioning
 
 REPO = Path(__file__).resolve().parents[2]
 

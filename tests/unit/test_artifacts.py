@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from rig.artifacts import Artifacts, Cache, _module_name, digest, tree_digest
+from rig.artifacts import Cache, digest, module_name, tree_digest
 from rig.errors import UsageError
+from rig.guest.initramfs import initramfs_image
+from rig.lanes.bochs_media import grub_config
 from rig.model import GuestImage, KernelArtifacts, KernelSpec
 
 
@@ -65,10 +67,10 @@ def test_a_failed_build_leaves_nothing_half_made(tmp_path: Path) -> None:
 
 def test_module_name_from_kbuild(tmp_path: Path) -> None:
     (tmp_path / "Kbuild").write_text("obj-m := vmlaunch.o\nvmlaunch-y := a.o b.o\n")
-    assert _module_name(tmp_path) == "vmlaunch"
+    assert module_name(tmp_path) == "vmlaunch"
     (tmp_path / "Kbuild").write_text("obj-m := $(shell rm -rf /).o\n")
     with pytest.raises(UsageError):
-        _module_name(tmp_path)
+        module_name(tmp_path)
 
 
 def _initramfs(
@@ -80,9 +82,8 @@ def _initramfs(
                              chroot=tmp_path)  # fmt: skip
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
-    return Artifacts(Cache(tmp_path / "c")).initramfs_image(
-        kernel, modules, run_id="r1", cell_id="bochs-6.12-haswell", workdir=work,
-        want_iso=False, **options,
+    return initramfs_image(
+        kernel, modules, run_id="r1", cell_id="bochs-6.12-haswell", workdir=work, **options,
     )  # fmt: skip
 
 
@@ -97,7 +98,7 @@ def test_initramfs_holds_init_plan_and_module(tmp_path: Path) -> None:
         ["cpio", "-it", "--quiet"], input=archive, capture_output=True, check=True
     ).stdout.decode()
     names = set(listing.split())
-    assert {"init", "bin/busybox", "rig/plan", "rig/modules/vmlaunch.ko"} <= names
+    assert {"init", "bin/busybox", "rig/plan", "rig/rig-agent", "rig/modules/vmlaunch.ko"} <= names
     assert "modprobe.blacklist=kvm_intel" in image.cmdline
 
 
@@ -134,15 +135,12 @@ def test_kernel_args_are_plain_words(tmp_path: Path, arg: str) -> None:
 
 
 def test_grub_writes_feature_control_before_linux_only_when_asked(tmp_path: Path) -> None:
-    from rig.artifacts import grub_config
-
     plain = GuestImage(kernel=tmp_path, initrd=tmp_path, cmdline="console=ttyS0")
     assert "wrmsr" not in grub_config(plain)
-    locked_off = replace(plain, feature_control=0x1)
-    cfg = grub_config(locked_off).splitlines()
+    cfg = grub_config(plain, 0x1).splitlines()
     assert cfg.index("  wrmsr 0x3a 0x1") < cfg.index("  linux /boot/vmlinuz console=ttyS0")
     with pytest.raises(UsageError):
-        grub_config(replace(plain, feature_control=1 << 40))
+        grub_config(plain, 1 << 40)
     with pytest.raises(UsageError):
         grub_config(replace(plain, cmdline="console=ttyS0; reboot"))
 

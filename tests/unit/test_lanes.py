@@ -24,7 +24,6 @@ def _spec(tmp_path: Path, model: str = "Penryn") -> BootSpec:
         kernel=tmp_path / "vmlinuz",
         initrd=tmp_path / "initrd.gz",
         cmdline='console=ttyS0 evil="</cmdline><devices>"',
-        iso=tmp_path / "boot.iso",
     )
     return BootSpec(image=image, cpu_model=model, memory_mib=512, vcpus=1, timeout_s=5,
                     workdir=tmp_path)  # fmt: skip
@@ -33,8 +32,13 @@ def _spec(tmp_path: Path, model: str = "Penryn") -> BootSpec:
 def test_domain_xml_escapes_hostile_values_and_libvirt_accepts_it(tmp_path: Path) -> None:
     libvirt = pytest.importorskip("libvirt")
     xml = domain_xml(_spec(tmp_path), name="rig-<x>&'", domain_type="qemu",
-                     console=tmp_path / "console.txt", require_vmx=False)  # fmt: skip
+                     console=tmp_path / "console.txt", require_vmx=False,
+                     agent=tmp_path / "agent.txt")  # fmt: skip
     root = ET.fromstring(xml)
+    # ttyS0 is the kernel's console, ttyS1 the guest agent's protocol channel
+    serials = [(s.find("target").get("port"), s.find("source").get("path"))  # type: ignore[union-attr]
+               for s in root.findall("devices/serial")]  # fmt: skip
+    assert serials == [("0", str(tmp_path / "console.txt")), ("1", str(tmp_path / "agent.txt"))]
     assert root.findtext("name") == "rig-<x>&'"
     assert root.findtext("os/cmdline") == 'console=ttyS0 evil="</cmdline><devices>"'
     assert len(root.findall("devices")) == 1
@@ -59,7 +63,8 @@ def test_domain_xml_requires_vmx_with_full_check_on_kvm(tmp_path: Path) -> None:
 
 def test_bochsrc_refuses_names_that_could_inject_options(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "corei7_haswell_4770")
-    rc = bochsrc(spec, tmp_path / "console.txt", tmp_path / "agent.txt", tmp_path / "bochs.log")
+    rc = bochsrc(spec, tmp_path / "boot.iso", tmp_path / "console.txt", tmp_path / "agent.txt",
+                 tmp_path / "bochs.log")  # fmt: skip
     assert "cpu: model=corei7_haswell_4770, count=1" in rc
     assert 'display_library: rfb, options="timeout=0"' in rc
     # the guest agent's protocol has its own port, where the kernel never writes
@@ -67,7 +72,8 @@ def test_bochsrc_refuses_names_that_could_inject_options(tmp_path: Path) -> None
     assert f'com2: enabled=1, mode=file, dev="{tmp_path / "agent.txt"}"' in rc
     for bad in ("haswell, count=4", "x\nmegs: 1", "a b"):
         with pytest.raises(InfraError):
-            bochsrc(_spec(tmp_path, bad), tmp_path / "c", tmp_path / "a", tmp_path / "l")
+            files = (tmp_path / "i", tmp_path / "c", tmp_path / "a", tmp_path / "l")
+            bochsrc(_spec(tmp_path, bad), *files)
 
 
 def _writer(path: Path, lines: list[str], delay: float) -> threading.Thread:
@@ -139,11 +145,10 @@ def test_bochs_firmware_is_seabios_only_when_the_boot_sets_feature_control(
     from rig.lanes.bochs import BIOS, SEABIOS
 
     spec = _spec(tmp_path, "corei7_haswell_4770")
-    assert f"romimage: file={BIOS}" in bochsrc(spec, tmp_path / "c", tmp_path / "a", tmp_path / "l")
-    locked_off = replace(spec, image=replace(spec.image, feature_control=0x1))
-    assert f"romimage: file={SEABIOS}" in bochsrc(
-        locked_off, tmp_path / "c", tmp_path / "a", tmp_path / "l"
-    )
+    files = (tmp_path / "i", tmp_path / "c", tmp_path / "a", tmp_path / "l")
+    assert f"romimage: file={BIOS}" in bochsrc(spec, *files)
+    locked_off = replace(spec, feature_control=0x1)
+    assert f"romimage: file={SEABIOS}" in bochsrc(locked_off, *files)
 
 
 def test_watch_console_gives_up_on_a_kernel_that_oopsed_while_booting(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from rig.hostcheck import kvm_usable
-from rig.sweep import run_lock, sweep
+from rig.runs import run_lock, sweep
 
 
 def test_sweeper_kills_leftovers_of_dead_runs_only(tmp_path: Path) -> None:

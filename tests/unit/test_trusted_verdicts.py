@@ -322,7 +322,8 @@ def test_matrix_items_are_collected_only_when_asked_for(tmp_path: Path) -> None:
 def test_a_driver_line_with_something_spliced_in_front_is_not_evidence() -> None:
     from rig.verdict import parse_driver_line
 
-    assert parse_driver_line("[   12.3] rigflood: noise vmlaunch: cpu=0 exit ok reason=0x12") is None
+    spliced = "[   12.3] rigflood: noise vmlaunch: cpu=0 exit ok reason=0x12"
+    assert parse_driver_line(spliced) is None
     assert parse_driver_line("RIG-STEP insmod rc=0vmlaunch: cpu=- unload ok") is None
     rec = parse_driver_line("[   10.465625] vmlaunch: cpu=0 exit ok reason=0x12 basic=18")
     assert rec is not None and rec.number("reason") == 0x12

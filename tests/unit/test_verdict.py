@@ -151,8 +151,23 @@ def console(
     return "\r\n".join(out) + "\r\n"
 
 
-def boot(text: str, end: BootEnd = BootEnd.POWEROFF, detail: str = "") -> BootResult:
-    return BootResult(console=text, end=end, duration_s=52.0, detail=detail)
+def boot(
+    text: str,
+    end: BootEnd = BootEnd.POWEROFF,
+    detail: str = "",
+    *,
+    panic_to_stop_s: float | None = None,
+    triple_fault: bool = False,
+) -> BootResult:
+    """What a lane reports: the console, how the boot ended, and the facts it saw."""
+    return BootResult(
+        console=text,
+        end=end,
+        duration_s=52.0,
+        detail=detail,
+        panic_to_stop_s=panic_to_stop_s,
+        triple_fault=triple_fault,
+    )
 
 
 def outcomes(verdict: CellVerdict) -> dict[str, Outcome]:
@@ -320,7 +335,7 @@ def test_oops_during_insmod_fails_stage_in_progress_and_later() -> None:
         "guest panicked: Kernel panic - not syncing: Fatal exception "
         "(stopped 2.1 s after the panic reached the console)"
     )
-    v = judge(BOCHS_CELL, BUILD_OK, boot(text, BootEnd.PANIC, detail))
+    v = judge(BOCHS_CELL, BUILD_OK, boot(text, BootEnd.PANIC, detail, panic_to_stop_s=2.1))
     assert outcomes(v) == {"build": P, "vmxon": P, "vmlaunch": F, "vmcall_exit": F, "teardown": F}
     assert "BUG: unable to handle page fault" in v.stages["vmlaunch"].reason
     assert v.stages["vmlaunch"].reason.endswith(
@@ -367,7 +382,7 @@ def test_emulator_death_before_begin_is_error_and_triple_fault_after_is_failure(
     v = judge(BOCHS_CELL, BUILD_OK, boot("", BootEnd.EMULATOR, "bochs exited with 1"))
     assert outcomes(v)["vmxon"] is E
     text = console(insmod=[LOAD, CHECK, ALLOC, VMXON, VMCLEAR, VMPTRLD, VMCS], insmod_rc=None)
-    died = boot(text, BootEnd.EMULATOR, "triple fault: CPU reset")
+    died = boot(text, BootEnd.EMULATOR, "triple fault: CPU reset", triple_fault=True)
     assert outcomes(judge(BOCHS_CELL, BUILD_OK, died))["vmlaunch"] is F
     gone = boot(text, BootEnd.EMULATOR, "libvirt connection lost")
     assert outcomes(judge(BOCHS_CELL, BUILD_OK, gone))["vmlaunch"] is E

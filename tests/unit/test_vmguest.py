@@ -1,4 +1,4 @@
-"""Unit tests of the full-VM lane (rig.vmguest, rig.vmimage, the libvirt VM domain): no VM."""
+"""Unit tests of the full-VM guest flavour (rig.guest.vm, the libvirt VM domain): no VM."""
 
 from __future__ import annotations
 
@@ -12,10 +12,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from rig.artifacts import Cache
+from rig.artifacts import Cache, source_tarball
+from rig.guest.vm.cell import VmCellPlan, finish_vm, run_agent, started_domain
+from rig.guest.vm.image import image_key, recipe_digest, vm_cmdline, vm_packages
+from rig.guest.vm.resources import (
+    cell_key,
+    free_port,
+    overlay_disk,
+    port_collision,
+    seed_disk,
+    ssh_banner,
+    vm_devices,
+)
+from rig.guest.vm.ssh import GuestLost, Reply
 from rig.lanes.libvirt import QEMU_NS, Disk, VmDevices, domain_xml
 from rig.model import (
     BootEnd,
@@ -30,26 +43,7 @@ from rig.model import (
     Outcome,
 )
 from rig.runner import CellRunner, RunConfig
-from rig.verdict import judge, parse_console
-from rig.vmguest import (
-    GuestLost,
-    Reply,
-    SerialFollower,
-    Transcript,
-    VmCellPlan,
-    _finish,
-    _port_collision,
-    _started_domain,
-    cell_key,
-    driver_tarball,
-    exercise_in_guest,
-    free_port,
-    overlay_disk,
-    seed_disk,
-    ssh_banner,
-    vm_devices,
-)
-from rig.vmimage import image_key, recipe_digest, vm_cmdline, vm_packages
+from rig.verdict import judge
 
 K612 = KernelSpec(name="6.12", suite="trixie", abi="6.12.117+deb13-amd64", version="6.12.117-1")
 TCG = LaneSpec(name="tcg", backend="libvirt", vmx=False, domain_type="qemu", guest="vm")
@@ -242,7 +236,7 @@ def test_driver_tarball_leaves_out_build_products(tmp_path: Path) -> None:
         (tmp_path / name).write_text("x")
     import io
 
-    with tarfile.open(fileobj=io.BytesIO(driver_tarball(tmp_path))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(source_tarball(tmp_path))) as tar:
         names = sorted(tar.getnames())
         assert all(m.uid == 0 for m in tar.getmembers())
     assert names == ["Kbuild", "a.c", "sub/b.S"]
@@ -292,80 +286,89 @@ def test_port_collision_is_recognised() -> None:
         duration_s=0.1,
         detail="libvirt: internal error: Could not set up host forwarding rule 'tcp:...'",
     )
-    assert _port_collision(res)
-    assert not _port_collision(replace(res, detail="libvirt: missing features: vmx"))
+    assert port_collision(res)
+    assert not port_collision(replace(res, detail="libvirt: missing features: vmx"))
 
 
 # --------------------------------------------------------------------------- serial console
-def test_serial_follower_takes_whole_lines_once(tmp_path: Path) -> None:
-    f = tmp_path / "console.txt"
-    f.write_bytes(b"[ 1.0] one\r\n[ 2.0] tw")
-    s = SerialFollower(f)
-    assert s.take(max_wait_s=0.3) == ["[ 1.0] one"]
-    with f.open("ab") as fh:
-        fh.write(b"o\r\n")
-    assert s.take(max_wait_s=0.3) == ["[ 2.0] two"]
-    assert s.take(max_wait_s=0.3) == []
-    with f.open("ab") as fh:
-        fh.write(b"partial")
-    assert s.take(final=True, max_wait_s=0.3) == ["partial"]
-    assert SerialFollower(tmp_path / "missing").take(max_wait_s=0.3) == []
-
-
-# --------------------------------------------------------------------------- the guest sequence
-TAINT = "vmlaunch: loading out-of-tree module taints kernel."
+# --------------------------------------------------------------------------- the guest agent
 LOAD = "vmlaunch: cpu=- load info version=1 break=none"
 NO_VMX = "vmlaunch: cpu=0 check declined errno=-19 why=no_vmx -- CPU has no VMX"
 FREED0 = "vmlaunch: cpu=- freed ok pages=0"
 
 
+def _stand_in_kernel(tmp_path: Path, insmod_rc: int) -> dict[str, str]:
+    """A stand-in for the guest's kernel tools and /proc, so the REAL agent script runs here.
+
+    insmod/rmmod/dmesg/uname are small scripts; `dmesg -c` prints what insmod and rmmod "logged"
+    (the lines of a driver that declines); /dev/kmsg is a file.
+    """
+    bin_dir, proc = tmp_path / "bin", tmp_path / "proc"
+    for d in (bin_dir, proc, tmp_path / "sys/kernel"):
+        d.mkdir(parents=True, exist_ok=True)
+    klog = tmp_path / "klog"
+    klog.write_text("")
+    (proc / "cpuinfo").write_text(
+        f"processor\t: 0\nmodel name\t: {PENRYN_MODEL}\nflags\t\t: fpu sse2\n"
+    )
+    (proc / "meminfo").write_text("MemFree:          305692 kB\n")
+    (proc / "modules").write_text("")
+    scripts = {
+        "insmod": f"cat >> {klog} <<'X'\n[   3.1] {LOAD}\n[   3.2] {NO_VMX}\n[   3.3] {FREED0}\nX\n"
+        f"echo \"insmod: can't insert '$1': No such device\" >&2\nexit {insmod_rc}\n",
+        "rmmod": f"echo '[   4.0] vmlaunch: cpu=- unload ok' >> {klog}\n",
+        "dmesg": f'case "$1" in -c) cat {klog}; : > {klog};; esac\n',
+        "uname": "echo 6.12.117+deb13-amd64\n",
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "RIG_KMSG": str(tmp_path / "kmsg"),
+        "RIG_PROC": str(proc),
+        "RIG_SYS": str(tmp_path / "sys"),
+    }
+
+
 @dataclass
-class FakeGuest:
-    """Answers the guest commands like a Debian guest with a driver that declines."""
+class AgentGuest:
+    """A guest whose SSH session runs the real agent script here, against a stand-in kernel."""
 
-    serial: Path
-    insmod_rc: int = 1
-    lost_at: str | None = None  # step at which the guest stops answering
+    tmp_path: Path
+    env: dict[str, str]
+    lost: bool = False
     commands: list[tuple[str, str]] = field(default_factory=list)
-    kmsg: list[str] = field(default_factory=list)
-    clock: float = 100.0
-
-    def _log(self, *lines: str) -> None:
-        out = []
-        for line in lines:
-            self.clock += 0.01
-            out.append(f"[{self.clock:12.6f}] {line}")
-        self.kmsg += out
-        with self.serial.open("a") as fh:
-            fh.write("".join(o + "\r\n" for o in out))
+    files: dict[str, bytes] = field(default_factory=dict)
 
     def run(self, command: str, step: str, cap_s: float = 30.0) -> Reply:
         self.commands.append((step, command))
-        if step == self.lost_at:
-            if step == "insmod":
-                self._log("rig: run=0 step=insmod", LOAD, "BUG: unable to handle page fault")
-            raise GuestLost(step, "no answer within 120 s", timed_out=True)
-        if step == "prepare":
-            model = f"model= {PENRYN_MODEL}"
-            return Reply(0, f"kernel=6.12.117+deb13-amd64\nvmx=0\ncpus=1\n{model}\n", "")
-        if step == "insmod":
-            run = command.split("run=")[1].split()[0]
-            self._log(f"rig: run={run} step=insmod", TAINT, LOAD, NO_VMX, FREED0)
-            err = "insmod: ERROR: could not insert module vmlaunch.ko: No such device\n"
-            return Reply(self.insmod_rc, "", err if self.insmod_rc else "")
-        if step == "sysfs":
-            return Reply(0, "RIG-SYSFS state: declined\nnoise\n", "")
-        if step == "lsmod":
-            return Reply(1 if self.insmod_rc else 0, "", "")
-        if step == "rmmod":
-            self._log("vmlaunch: cpu=- unload ok")
-            return Reply(0, "", "")
-        if step == "meminfo":
-            return Reply(0, "MemFree:          305692 kB\n", "")
-        if step == "dmesg":
-            dump, self.kmsg = self.kmsg, []
-            return Reply(0, "".join(d + "\n" for d in dump), "")
-        raise AssertionError(f"unexpected step {step}")
+        if " -xf " in command:  # unpack what was put
+            dest = Path(command.split("-C ")[1].split()[0])
+            tar = self.files[command.split("-xf ")[1].strip()]
+            local = self.tmp_path / "guest" / dest.relative_to("/")
+            local.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(fileobj=__import__("io").BytesIO(tar)) as t:
+                t.extractall(local, filter="data")
+        return Reply(0, "", "")
+
+    def put(self, data: bytes, remote: str, step: str) -> None:
+        self.files[remote] = data
+
+    def stream(self, command: str, step: str, cap_s: float, out: Any) -> int:
+        self.commands.append((step, command))
+        agent_dir = self.tmp_path / "guest/root/rig/agent"
+        proc = subprocess.run(
+            ["sh", str(agent_dir / "rig-agent"), str(agent_dir)],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            timeout=30, check=False,
+        )  # fmt: skip
+        text = proc.stdout
+        if self.lost:  # the guest stops answering right after insmod
+            out.write(text[: text.index("RIG-STEP insmod")])
+            raise GuestLost(step, f"no answer within {cap_s:.0f} s", timed_out=True)
+        out.write(text)
+        return proc.returncode
 
 
 def _plan(tmp_path: Path, repeat: int = 1) -> VmCellPlan:
@@ -380,38 +383,41 @@ def _plan(tmp_path: Path, repeat: int = 1) -> VmCellPlan:
     )
 
 
-def _exercise(tmp_path: Path, guest: FakeGuest, repeat: int = 1) -> Transcript:
-    serial = tmp_path / "console.txt"
-    serial.write_text("[    1.000000] Linux version 6.12\r\n[   50.000000] rig-seed: key\r\n")
-    t = Transcript(SerialFollower(serial))
-    exercise_in_guest(guest, t, _plan(tmp_path, repeat), "vmlaunch", "/root/rig/driver/x.ko")
-    return t
+def _agent(tmp_path: Path, guest: AgentGuest, plan: VmCellPlan) -> str:
+    ko = tmp_path / "vmlaunch.ko"
+    ko.write_bytes(b"\x7fELF fake")
+    out = tmp_path / "agent.txt"
+    with out.open("w") as fh:
+        try:
+            run_agent(guest, plan, ko, fh)  # type: ignore[arg-type]
+        finally:
+            fh.flush()
+    return out.read_text()
 
 
-def test_transcript_speaks_the_console_protocol_and_tcg_decline_passes(tmp_path: Path) -> None:
-    guest = FakeGuest(tmp_path / "console.txt")
-    text = _exercise(tmp_path, guest).text()
-    lines = text.splitlines()
-    assert lines[0].endswith("Linux version 6.12")  # boot log first: before RIG-BEGIN
-    begin = lines.index("RIG-BEGIN run=r1 cell=tcg-6.12-penryn kernel=6.12.117+deb13-amd64")
-    assert (
-        lines[begin + 1]
-        == "RIG-CPU vmx=0 cpus=1 model=Intel_Core_2_Duo_P9xxx_(Penryn_Class_Core_2)"
+def test_the_vm_runs_the_same_agent_and_a_tcg_decline_passes(tmp_path: Path) -> None:
+    guest = AgentGuest(tmp_path, _stand_in_kernel(tmp_path, insmod_rc=19))
+    plan = replace(_plan(tmp_path, repeat=2), module_params=("break_field=none",))
+    agent = _agent(tmp_path, guest, plan)
+    lines = agent.splitlines()
+    assert lines[0] == "RIG-BEGIN run=r1 cell=tcg-6.12-penryn kernel=6.12.117+deb13-amd64"
+    assert lines[1] == "RIG-CPU vmx=0 cpus=1 model=_Intel_Core_2_Duo_P9xxx_(Penryn_Class_Core_2)"
+    assert [ln for ln in lines if ln.startswith("RIG-RUN")] == [
+        "RIG-RUN 0 module=vmlaunch iter=0", "RIG-RUN 1 module=vmlaunch iter=1"
+    ]  # fmt: skip
+    assert lines.count("RIG-STEP insmod rc=19") == 2 and lines[-1] == "RIG-END"
+    plan_text = (tmp_path / "guest/root/rig/agent/plan").read_text()
+    assert plan_text == "vmlaunch.ko 2 break_field=none\n"
+    _step, command = next(c for c in guest.commands if c[0] == "test")
+    assert command.endswith("exec sh /root/rig/agent/rig-agent /root/rig/agent")
+    assert (tmp_path / "kmsg").read_text().splitlines()[:2] == [
+        "rig: run=0 step=insmod", "rig: run=0 step=dump"
+    ]  # fmt: skip
+    # the serial console shows the kernel's side: boot log, the markers, the driver's lines
+    console = "[    1.0] Linux version 6.12\n[    3.0] rig: run=0 step=insmod\n" + "".join(
+        f"[   3.{i}] {ln}\n" for i, ln in enumerate((LOAD, NO_VMX, FREED0), 1)
     )
-    assert lines[begin + 2] == "RIG-RUN 0 module=vmlaunch iter=0"
-    assert "RIG-STEP insmod rc=1" in lines
-    assert "RIG-SYSFS state: declined" in lines and "noise" not in lines
-    assert "RIG-STEP rmmod rc=none" in lines
-    assert "RIG-MEM free_kb=305692" in lines
-    assert lines[-1] == "RIG-END"
-    # the live kernel lines of the step come before its RIG-STEP line, as on a real console
-    assert lines.index("RIG-STEP insmod rc=1") > next(
-        i for i, ln in enumerate(lines) if NO_VMX in ln
-    )
-    report = parse_console(text)
-    assert report.begin and report.end and report.vmx is False and report.cpus == 1
-    assert len(report.runs) == 1 and report.runs[0].dump_complete
-    boot = BootResult(console=text, end=BootEnd.POWEROFF, duration_s=60.0)
+    boot = BootResult(console=console, agent=agent, end=BootEnd.POWEROFF, duration_s=60.0)
     v = judge(TCG_CELL, BUILD_OK, boot)
     got = {s: sv.outcome for s, sv in v.stages.items()}
     S, P = Outcome.SKIPPED, Outcome.PASSED
@@ -419,49 +425,18 @@ def test_transcript_speaks_the_console_protocol_and_tcg_decline_passes(tmp_path:
     assert "no VMX" in v.stages["vmxon"].reason
 
 
-def test_commands_mark_kmsg_quote_params_and_repeat(tmp_path: Path) -> None:
-    guest = FakeGuest(tmp_path / "console.txt")
-    serial = tmp_path / "console.txt"
-    serial.write_text("")
-    t = Transcript(SerialFollower(serial))
-    plan = replace(_plan(tmp_path, repeat=3), module_params=("brk=vmxon", "n=1"))
-    exercise_in_guest(guest, t, plan, "vmlaunch", "/root/rig/driver/vmlaunch.ko")
-    insmods = [c for s, c in guest.commands if s == "insmod"]
-    assert len(insmods) == 3
-    assert "echo 'rig: run=2 step=insmod' > /dev/kmsg" in insmods[2]
-    assert insmods[0].endswith("insmod /root/rig/driver/vmlaunch.ko brk=vmxon n=1")
-    assert "dmesg -n 8" in insmods[0]
-    report = parse_console(t.text())
-    assert [r.number for r in report.runs] == [0, 1, 2]
-    assert [r.iteration for r in report.runs] == [0, 1, 2]
-    assert (
-        judge(TCG_CELL, BUILD_OK, BootResult(t.text(), BootEnd.POWEROFF, 1.0))
-        .stages["teardown"]
-        .outcome
-        is Outcome.PASSED
-    )
-
-
-def test_loaded_module_is_unloaded_with_a_kmsg_marker(tmp_path: Path) -> None:
-    guest = FakeGuest(tmp_path / "console.txt", insmod_rc=0)
-    text = _exercise(tmp_path, guest).text()
-    rmmods = [c for s, c in guest.commands if s == "rmmod"]
-    assert rmmods == ["echo 'rig: run=0 step=rmmod' > /dev/kmsg; exec rmmod vmlaunch"]
-    assert "RIG-STEP rmmod rc=0" in text
-
-
-def test_guest_lost_mid_step_leaves_a_transcript_without_end(tmp_path: Path) -> None:
-    guest = FakeGuest(tmp_path / "console.txt", lost_at="insmod")
-    serial = tmp_path / "console.txt"
-    serial.write_text("")
-    t = Transcript(SerialFollower(serial))
+def test_a_guest_lost_mid_test_leaves_the_channel_without_rig_end(tmp_path: Path) -> None:
+    guest = AgentGuest(tmp_path, _stand_in_kernel(tmp_path, insmod_rc=19), lost=True)
     with pytest.raises(GuestLost) as exc:
-        exercise_in_guest(guest, t, _plan(tmp_path), "vmlaunch", "/x.ko")
-    assert exc.value.step == "insmod" and exc.value.timed_out
-    t.take_serial(final=True)  # what run_vm_cell does: the serial console since, appended
-    text = t.text()
-    assert "RIG-END" not in text and "RIG-STEP insmod" not in text
-    v = judge(TCG_CELL, BUILD_OK, BootResult(text, BootEnd.PANIC, 9.0, detail="guest panicked"))
+        _agent(tmp_path, guest, _plan(tmp_path))
+    assert exc.value.step == "test" and exc.value.timed_out
+    agent = (tmp_path / "agent.txt").read_text()
+    assert "RIG-RUN 0" in agent and "RIG-END" not in agent
+    console = (
+        f"[    3.0] rig: run=0 step=insmod\n[    3.1] {LOAD}\n[    3.2] BUG: unable to handle\n"
+    )
+    v = judge(TCG_CELL, BUILD_OK, BootResult(console=console, agent=agent, end=BootEnd.PANIC,
+                                             duration_s=9.0, detail="guest panicked"))  # fmt: skip
     assert v.stages["vmxon"].outcome is Outcome.FAILED
     assert "BUG" in v.stages["vmxon"].reason
 
@@ -509,14 +484,14 @@ class PoweroffGuest:
 def test_finish_powers_off_over_ssh(tmp_path: Path) -> None:
     dom = FakeDom(tmp_path / "c", BootEnd.POWEROFF, "guest powered off")
     guest = PoweroffGuest()
-    assert _finish(dom, guest, None) == (BootEnd.POWEROFF, "guest powered off")
+    assert finish_vm(dom, guest, None) == (BootEnd.POWEROFF, "guest powered off")
     assert guest.commands == ["systemctl --no-block poweroff"]
     assert not dom.stopped
 
 
 def test_finish_destroys_a_guest_that_does_not_power_off(tmp_path: Path) -> None:
     dom = FakeDom(tmp_path / "c")
-    end, detail = _finish(dom, PoweroffGuest(), None)
+    end, detail = finish_vm(dom, PoweroffGuest(), None)
     assert dom.stopped and end is BootEnd.TIMEOUT and "did not power off" in detail
 
 
@@ -524,7 +499,8 @@ def test_finish_reports_the_panic_that_ended_the_domain(tmp_path: Path) -> None:
     dom = FakeDom(
         tmp_path / "c", BootEnd.PANIC, "guest panicked: Kernel panic - not syncing: Fatal"
     )
-    end, detail = _finish(dom, PoweroffGuest(), GuestLost("insmod", "SSH failed", timed_out=False))
+    lost = GuestLost("insmod", "SSH failed", timed_out=False)
+    end, detail = finish_vm(dom, PoweroffGuest(), lost)
     assert end is BootEnd.PANIC and "during insmod" in detail and "Fatal" in detail
 
 
@@ -532,13 +508,13 @@ def test_finish_sees_a_panic_on_the_console_of_a_stuck_guest(tmp_path: Path) -> 
     console = tmp_path / "c"
     console.write_text("[ 9.0] Kernel panic - not syncing: Fatal exception\r\n")
     dom = FakeDom(console)
-    end, detail = _finish(dom, PoweroffGuest(), GuestLost("rmmod", "x", timed_out=True))
+    end, detail = finish_vm(dom, PoweroffGuest(), GuestLost("rmmod", "x", timed_out=True))
     assert dom.stopped and end is BootEnd.PANIC and "Fatal exception" in detail
 
 
 def test_finish_calls_a_silent_stuck_guest_a_timeout(tmp_path: Path) -> None:
     dom = FakeDom(tmp_path / "c")
-    end, detail = _finish(dom, PoweroffGuest(), GuestLost("insmod", "no answer", timed_out=True))
+    end, detail = finish_vm(dom, PoweroffGuest(), GuestLost("insmod", "no answer", timed_out=True))
     assert dom.stopped and end is BootEnd.TIMEOUT and "during insmod" in detail
 
 
@@ -576,7 +552,7 @@ def test_a_port_lost_to_another_worker_is_retried(tmp_path: Path) -> None:
     import time
 
     be = FakeBackend(collisions=2)
-    with _started_domain(
+    with started_domain(
         be, _spec(tmp_path), tmp_path / "o", tmp_path / "s", time.monotonic() + 5
     ) as (
         dom,
@@ -595,7 +571,7 @@ def test_too_many_port_collisions_is_an_infrastructure_error(tmp_path: Path) -> 
     be = FakeBackend(collisions=99)
     with (
         pytest.raises(InfraError, match="no free loopback port"),
-        _started_domain(be, _spec(tmp_path), tmp_path / "o", tmp_path / "s", time.monotonic() + 5),
+        started_domain(be, _spec(tmp_path), tmp_path / "o", tmp_path / "s", time.monotonic() + 5),
     ):
         pass
 
@@ -623,7 +599,7 @@ def test_runner_vm_flavour_on_a_lane_without_libvirt_is_a_stated_skip(
 
 # --------------------------------------------------------------------------- image tree helpers
 def test_in_tree_follows_links_inside_the_tree_only(tmp_path: Path) -> None:
-    from rig.vmimage import in_tree
+    from rig.guest.vm.image import in_tree
 
     tree = tmp_path / "tree"
     (tree / "boot").mkdir(parents=True)
@@ -643,7 +619,7 @@ def test_in_tree_follows_links_inside_the_tree_only(tmp_path: Path) -> None:
 
 
 def test_scratch_dir_is_removed_whatever_happens(tmp_path: Path) -> None:
-    from rig.vmguest import scratch_dir
+    from rig.guest.vm.resources import scratch_dir
 
     with pytest.raises(RuntimeError), scratch_dir(tmp_path / "vm") as d:
         (d / "overlay.qcow2").write_text("x")
@@ -686,7 +662,7 @@ def _driver(tmp_path: Path) -> Path:
 
 
 def test_build_in_guest_uses_the_guests_own_headers(tmp_path: Path) -> None:
-    from rig.vmguest import build_in_guest
+    from rig.guest.vm.cell import build_in_guest
 
     guest = BuildGuest()
     build = build_in_guest(guest, _driver(tmp_path), "vmlaunch", tmp_path)
@@ -698,7 +674,7 @@ def test_build_in_guest_uses_the_guests_own_headers(tmp_path: Path) -> None:
 
 
 def test_build_in_guest_reports_a_compile_error_as_a_result(tmp_path: Path) -> None:
-    from rig.vmguest import build_in_guest
+    from rig.guest.vm.cell import build_in_guest
 
     build = build_in_guest(
         BuildGuest(make_rc=2, ko_exists=False), _driver(tmp_path), "vmlaunch", tmp_path

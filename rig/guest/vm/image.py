@@ -27,18 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rig.artifacts import (
-    GUESTS_DIR,
     Cache,
     Progress,
-    _in_root,
-    _run,
     digest,
+    in_root,
+    run_step,
     stderr_progress,
     tree_digest,
 )
 from rig.debian import apt_sources
 from rig.errors import InfraError, ToolMissing
 from rig.model import KernelSpec
+from rig.paths import GUESTS_DIR
 
 VM_RECIPE_VERSION = "2"
 """Bump when the recipe below changes in a way that must invalidate cached images."""
@@ -227,21 +227,21 @@ class VmImages:
         if not spec.check_valid_until:
             argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
         argv += [spec.suite, str(tree), *apt_sources(spec).splitlines()]
-        _run(argv, log=log, what=f"mmdebstrap {spec.suite}", timeout=1800)
+        run_step(argv, log=log, what=f"mmdebstrap {spec.suite}", timeout=1800)
         t1 = time.monotonic()
         self._customize(tree, log)
         self._copy_boot(spec, tree, out, log)
         self._manifest(spec, tree, out, t1 - t0)
         self.progress(f"vm image {spec.name}: mke2fs -d + qcow2 ...")
         raw = out / "disk.raw"
-        _run(
+        run_step(
             ["mke2fs", "-q", "-F", "-t", "ext4", "-L", "rigroot",
              "-d", str(tree), str(raw), DISK_SIZE],
             log=log, what="mke2fs -d",
         )  # fmt: skip
         shutil.rmtree(tree)
         qcow2 = out / "disk.qcow2"
-        _run(
+        run_step(
             ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
             log=log, what="qemu-img convert",
         )  # fmt: skip
@@ -260,8 +260,10 @@ class VmImages:
             target.chmod(mode)
         (tree / "etc/hostname").write_text("rig-guest\n")
         (tree / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 rig-guest\n")
-        _run(_in_root(tree, ["systemctl", "enable", *ENABLE_UNITS]), log=log, what="enable units")
-        _run(_in_root(tree, ["systemctl", "mask", *MASK_UNITS]), log=log, what="mask units")
+        run_step(
+            in_root(tree, ["systemctl", "enable", *ENABLE_UNITS]), log=log, what="enable units"
+        )
+        run_step(in_root(tree, ["systemctl", "mask", *MASK_UNITS]), log=log, what="mask units")
         generators = tree / "etc/systemd/system-generators"
         generators.mkdir(parents=True, exist_ok=True)
         for name in MASK_GENERATORS:
