@@ -49,10 +49,10 @@ install() {
     python3 -m venv .venv
   fi
   if ! .venv/bin/python -c "import rig.cli, libvirt, xdist, hypothesis, fabric" 2>/dev/null \
-     || [ pyproject.toml -nt .venv/.installed ]; then
+     || [ pyproject.toml -nt .venv/.installed ] || [ constraints.txt -nt .venv/.installed ]; then
     echo "dev.sh: installing Python packages into .venv" >&2
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,libvirt]'
     touch .venv/.installed
   fi
 }

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from rig.errors import InfraError
 from rig.hostcheck import kvm_usable
@@ -128,6 +129,30 @@ def domain_xml(
         for arg in vm.qemu_args:
             ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
     return ET.tostring(dom, encoding="unicode")
+
+
+class Domain(Protocol):
+    """A running domain as a guest flavour drives it (LiveDomain is one)."""
+
+    console: Path
+
+    def ended(self) -> bool: ...
+
+    def started(self) -> bool: ...
+
+    def wait(self, timeout_s: float) -> bool: ...
+
+    def stop(self) -> None: ...
+
+    def result(self) -> BootResult: ...
+
+
+class DomainLane(Protocol):
+    """A lane that boots domains with extra devices (LibvirtBackend is one)."""
+
+    def running(
+        self, spec: BootSpec, *, vm: VmDevices | None = None, extra_s: float = 0.0
+    ) -> contextlib.AbstractContextManager[Domain]: ...
 
 
 @dataclass

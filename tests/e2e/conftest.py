@@ -7,6 +7,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -31,8 +32,14 @@ class RigRun:
     duration_s: float
 
 
+class RigRunner(Protocol):
+    """The `rig` fixture: runs `python -m rig run ARGS...` and reads its JUnit."""
+
+    def __call__(self, *args: str, timeout: float = ...) -> RigRun: ...
+
+
 @pytest.fixture
-def rig(tmp_path: Path):
+def rig(tmp_path: Path) -> RigRunner:
     """Run `python -m rig run ...` as a user would; parse its JUnit."""
     import time
 

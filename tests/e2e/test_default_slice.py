@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from rig.model import Outcome
+from tests.e2e.conftest import RigRunner
 
 STAGES = ("build", "vmxon", "vmlaunch", "vmcall_exit", "teardown")
 
 
-def test_default_slice_bochs_launches_and_tcg_declines(rig) -> None:
+def test_default_slice_bochs_launches_and_tcg_declines(rig: RigRunner) -> None:
     run = rig("-n", "2")
     assert run.rc == 0, run.output[-3000:]
     # bochs: the whole VMX path on two CPU generations

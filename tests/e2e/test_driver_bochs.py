@@ -9,12 +9,13 @@ from pathlib import Path
 
 from rig.model import Outcome
 from rig.runs import processes_mentioning
+from tests.e2e.conftest import RigRunner
 
 BOCHS = ("--lane", "bochs", "--kernel", "6.12")
 DRIVERS = Path(__file__).resolve().parents[2] / "tests" / "drivers"
 
 
-def test_broken_host_state_is_vm_instruction_error_8(rig) -> None:
+def test_broken_host_state_is_vm_instruction_error_8(rig: RigRunner) -> None:
     run = rig(*BOCHS, "--cpu", "haswell", "--param", "break_field=host_addr_space_size")
     assert run.rc == 1, run.output[-3000:]
     cell = run.cells["bochs-6.12-haswell"]
@@ -25,7 +26,7 @@ def test_broken_host_state_is_vm_instruction_error_8(rig) -> None:
     assert cell["teardown"].outcome is Outcome.PASSED, cell["teardown"].message
 
 
-def test_broken_guest_state_is_entry_failure_33(rig) -> None:
+def test_broken_guest_state_is_entry_failure_33(rig: RigRunner) -> None:
     run = rig(*BOCHS, "--cpu", "penryn", "--param", "break_field=guest_rflags_bit1")
     assert run.rc == 1, run.output[-3000:]
     cell = run.cells["bochs-6.12-penryn"]
@@ -37,7 +38,7 @@ def test_broken_guest_state_is_entry_failure_33(rig) -> None:
     assert cell["teardown"].outcome is Outcome.PASSED, cell["teardown"].message
 
 
-def test_fifty_load_unload_cycles_leak_nothing(rig) -> None:
+def test_fifty_load_unload_cycles_leak_nothing(rig: RigRunner) -> None:
     run = rig(*BOCHS, "--cpu", "haswell", "--repeat", "50")
     assert run.rc == 0, run.output[-3000:]
     cell = run.cells["bochs-6.12-haswell"]
@@ -56,7 +57,7 @@ def test_fifty_load_unload_cycles_leak_nothing(rig) -> None:
     assert mem[4] - mem[-1] < 450, mem
 
 
-def test_vmx_owned_by_another_hypervisor_is_refused_untouched(rig) -> None:
+def test_vmx_owned_by_another_hypervisor_is_refused_untouched(rig: RigRunner) -> None:
     """tests/drivers/vmxhog sets CR4.VMXE first (as kvm_intel would): vmlaunch must decline
     with vmx_busy (-EBUSY), execute no VMX instruction, and unload cleanly."""
     run = rig(*BOCHS, "--cpu", "haswell", "--preload", str(DRIVERS / "vmxhog"))
@@ -73,7 +74,7 @@ def test_vmx_owned_by_another_hypervisor_is_refused_untouched(rig) -> None:
     assert cell["teardown"].outcome is Outcome.PASSED, cell["teardown"].message
 
 
-def test_vmx_locked_off_in_feature_control_is_refused(rig) -> None:
+def test_vmx_locked_off_in_feature_control_is_refused(rig: RigRunner) -> None:
     """The "firmware" (GRUB, before the kernel) locks IA32_FEATURE_CONTROL with VMX off. Linux
     then clears its VMX flag; the driver must name the cause (-EACCES) and touch nothing.
     (`clearcpuid=vmx` would not do: Linux locks the MSR with VMX on before it applies that.)"""
@@ -95,7 +96,7 @@ def test_vmx_locked_off_in_feature_control_is_refused(rig) -> None:
     assert cell["teardown"].outcome is Outcome.PASSED, cell["teardown"].message
 
 
-def test_triple_fault_while_the_driver_runs_fails_the_cell(rig) -> None:
+def test_triple_fault_while_the_driver_runs_fails_the_cell(rig: RigRunner) -> None:
     """tests/drivers/triplefault: Bochs stops on the triple fault; the driver was running, so
     the cell FAILS with the emulator's reason (an infrastructure ERROR would hide the bug)."""
     run = rig(*BOCHS, "--cpu", "haswell", "--driver", str(DRIVERS / "triplefault"))

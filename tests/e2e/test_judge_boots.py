@@ -21,6 +21,7 @@ import pytest
 from rig.hostcheck import kvm_usable
 from rig.model import STAGES, Outcome
 from rig.runner import BOOTS_LOG
+from tests.e2e.conftest import RigRunner
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVERS = REPO / "tests" / "drivers"
@@ -28,7 +29,7 @@ BOCHS = ("--lane", "bochs", "--kernel", "6.12", "--cpu", "haswell")
 BUSY_DECLINE = re.compile(r"if \((?P<cond>[^\n]*)\)\n(?P<ret>\s*return [^\n]*\"vmx_busy\"[^\n]*;)")
 
 
-def test_a_driver_that_declines_without_cause_fails(rig, tmp_path: Path) -> None:
+def test_a_driver_that_declines_without_cause_fails(rig: RigRunner, tmp_path: Path) -> None:
     """The driver's own vmx_busy refusal, forced: nothing in the run holds VMX."""
     copy = tmp_path / "driver"
     shutil.copytree(REPO / "driver", copy)
@@ -48,7 +49,7 @@ def test_a_driver_that_declines_without_cause_fails(rig, tmp_path: Path) -> None
     assert "arranged no such condition" in cell["vmxon"].message
 
 
-def test_a_guest_that_hangs_after_rmmod_fails_teardown(rig) -> None:
+def test_a_guest_that_hangs_after_rmmod_fails_teardown(rig: RigRunner) -> None:
     run = rig(*BOCHS, "--preload", str(DRIVERS / "hangafter"), "--timeout", "150")
     assert run.rc == 1, run.output[-3000:]
     cell = run.cells["bochs-6.12-haswell"]
@@ -59,7 +60,7 @@ def test_a_guest_that_hangs_after_rmmod_fails_teardown(rig) -> None:
     assert "righangafter: vmlaunch is gone" in cell["teardown"].system_out
 
 
-def test_five_cycles_pass_while_a_module_floods_the_console(rig) -> None:
+def test_five_cycles_pass_while_a_module_floods_the_console(rig: RigRunner) -> None:
     run = rig(*BOCHS, "--preload", str(DRIVERS / "flood"), "--repeat", "5")
     assert run.rc == 0, run.output[-3000:]
     cell = run.cells["bochs-6.12-haswell"]
@@ -77,7 +78,7 @@ def test_five_cycles_pass_while_a_module_floods_the_console(rig) -> None:
 
 
 @pytest.mark.skipif(kvm_usable() is None, reason="this host has usable nested KVM")
-def test_a_required_kvm_lane_that_cannot_run_here_is_exit_3(rig, tmp_path: Path) -> None:
+def test_a_required_kvm_lane_that_cannot_run_here_is_exit_3(rig: RigRunner, tmp_path: Path) -> None:
     why = kvm_usable()
     run = rig("--lane", "kvm", "--kernel", "6.12", "--cpu", "haswell", "--require-lane", "kvm")
     assert run.rc == 3, run.output[-3000:]

@@ -8,9 +8,10 @@ import tempfile
 from pathlib import Path
 
 from rig.model import Outcome
+from tests.e2e.conftest import RigRunner
 
 
-def test_cells_are_spread_over_two_connections(rig) -> None:
+def test_cells_are_spread_over_two_connections(rig: RigRunner) -> None:
     # a short root: libvirt's monitor socket path must fit in sun_path (108 bytes)
     root = Path(tempfile.mkdtemp(prefix="rig2-", dir="/tmp"))
     try:
@@ -19,7 +20,7 @@ def test_cells_are_spread_over_two_connections(rig) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _spread(rig, root: Path) -> None:
+def _spread(rig: RigRunner, root: Path) -> None:
     second = f"qemu:///embed?root={root}"
     run = rig("--lane", "tcg", "--kernel", "6.12", "--cpu", "penryn", "--cpu", "nehalem",
               "--uri", "embed", "--uri", second, "-n", "2")  # fmt: skip

@@ -23,6 +23,7 @@ import pytest
 from rig.model import Outcome
 from rig.report import by_cell, read_junit
 from rig.runs import processes_mentioning
+from tests.e2e.conftest import RigRunner
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVERS = REPO / "tests" / "drivers"
@@ -48,7 +49,7 @@ def _wait_for_guest(runs: Path, timeout_s: float = 300) -> None:
     assert list(runs.glob("*/cells/*/console.txt")), "guest never started"
 
 
-def test_panicking_driver_fails_fast_with_the_panic_text(rig) -> None:
+def test_panicking_driver_fails_fast_with_the_panic_text(rig: RigRunner) -> None:
     run = rig(*TCG, "--driver", str(DRIVERS / "panic"))
     assert run.rc == 1, run.output[-3000:]
     cell = run.cells["tcg-6.12-penryn"]
@@ -62,7 +63,7 @@ def test_panicking_driver_fails_fast_with_the_panic_text(rig) -> None:
     assert not _qemu_guests(run.runs_dir)
 
 
-def test_oopsing_driver_fails_with_the_oops(rig) -> None:
+def test_oopsing_driver_fails_with_the_oops(rig: RigRunner) -> None:
     run = rig(*TCG, "--driver", str(DRIVERS / "oops"))
     assert run.rc == 1, run.output[-3000:]
     cell = run.cells["tcg-6.12-penryn"]
@@ -70,7 +71,7 @@ def test_oopsing_driver_fails_with_the_oops(rig) -> None:
     assert "NULL pointer" in msgs or "Oops" in msgs or "BUG:" in msgs, msgs
 
 
-def test_hanging_driver_fails_at_the_timeout_with_console_tail(rig) -> None:
+def test_hanging_driver_fails_at_the_timeout_with_console_tail(rig: RigRunner) -> None:
     run = rig(*TCG, "--driver", str(DRIVERS / "hang"), "--timeout", "60")
     assert run.rc == 1, run.output[-3000:]
     cell = run.cells["tcg-6.12-penryn"]
@@ -79,7 +80,7 @@ def test_hanging_driver_fails_at_the_timeout_with_console_tail(rig) -> None:
     assert not _qemu_guests(run.runs_dir)
 
 
-def test_unbootable_guest_is_an_infrastructure_error(rig, tmp_path: Path) -> None:
+def test_unbootable_guest_is_an_infrastructure_error(rig: RigRunner, tmp_path: Path) -> None:
     """A Bochs CPU model that does not exist: the emulator refuses, the driver is not blamed."""
     matrix = tmp_path / "matrix.yaml"
     text = (REPO / "matrix.yaml").read_text()
@@ -116,7 +117,7 @@ def test_kill_9_of_the_rig_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not leftovers, leftovers
 
 
-def test_full_disk_is_an_infrastructure_error(rig, tmp_path: Path) -> None:
+def test_full_disk_is_an_infrastructure_error(rig: RigRunner, tmp_path: Path) -> None:
     """The run directory on a 512 KiB tmpfs: the guest image cannot be written (ENOSPC)."""
     small = tmp_path / "small"
     small.mkdir()
@@ -249,9 +250,9 @@ def test_kill_9_of_one_worker_is_an_error_of_its_cell_only(tmp_path: Path) -> No
     assert [r.cell for r in errors] == [victim_cell], ([(r.cell, r.stage) for r in errors], out)
     assert "worker" in errors[0].message and "infrastructure" in errors[0].message
     # xdist gives the dead worker's cell to a fresh worker: its stages still get real verdicts
-    for cell in {r.cell for r in results}:
-        last = {r.stage: r for r in results if r.cell == cell}
-        assert last["teardown"].outcome is Outcome.PASSED, (cell, last["teardown"].message)
+    for cell_id in {r.cell for r in results}:
+        last = {r.stage: r for r in results if r.cell == cell_id}
+        assert last["teardown"].outcome is Outcome.PASSED, (cell_id, last["teardown"].message)
     # and the report keeps the crash visible
     assert by_cell(results)[victim_cell][errors[0].stage].outcome is Outcome.ERROR
     # once the run has ended: no QEMU, no libvirt child, no scratch file of the killed worker

@@ -23,6 +23,7 @@ from rig.lanes import LibvirtBackend
 from rig.matrix import load_matrix
 from rig.model import Outcome
 from rig.runs import processes_mentioning
+from tests.e2e.conftest import RigRunner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ def _processes_of(run_dir: Path) -> list[str]:
     return [cmd for _pid, cmd in processes_mentioning(*marks)]
 
 
-def test_vm_guest_compiles_in_the_guest_and_the_driver_declines_under_tcg(rig) -> None:
+def test_vm_guest_compiles_in_the_guest_and_the_driver_declines_under_tcg(rig: RigRunner) -> None:
     run = rig("--lane", "tcg", "--guest", "vm", "--kernel", "6.12", "--cpu", "penryn")
     assert run.rc == 0, run.output[-3000:]
     cell = run.cells[CELL]

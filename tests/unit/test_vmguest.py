@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 import pytest
 
@@ -56,6 +56,13 @@ PENRYN_MODEL = "Intel Core 2 Duo P9xxx (Penryn Class Core 2)"
 needs = pytest.mark.skipif
 
 
+def at(el: ET.Element, path: str) -> ET.Element:
+    """The element at `path`, which must exist."""
+    found = el.find(path)
+    assert found is not None, path
+    return found
+
+
 def _spec(tmp_path: Path) -> BootSpec:
     image = GuestImage(
         kernel=Path("/c/vmlinuz"), initrd=Path("/c/initrd.img"), cmdline=vm_cmdline()
@@ -76,21 +83,22 @@ def test_vm_domain_has_disks_user_net_and_no_libvirt_network(tmp_path: Path) -> 
     )
     dom = ET.fromstring(xml)
     disks = dom.findall("./devices/disk")
-    assert [(d.find("target").get("dev"), d.find("driver").get("type")) for d in disks] == [
+    assert [(at(d, "target").get("dev"), at(d, "driver").get("type")) for d in disks] == [
         ("vda", "qcow2"),
         ("vdb", "raw"),
     ]
-    assert disks[0].find("source").get("file") == str(tmp_path / "overlay.qcow2")
+    assert at(disks[0], "source").get("file") == str(tmp_path / "overlay.qcow2")
     assert disks[1].find("readonly") is not None
     assert dom.find("./devices/interface") is None  # no libvirt network at all
-    assert dom.find("./devices/controller[@type='usb']").get("model") == "none"
-    args = [a.get("value") for a in dom.findall(f"./{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")]
+    assert at(dom, "./devices/controller[@type='usb']").get("model") == "none"
+    path = f"./{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg"
+    args = [str(a.get("value")) for a in dom.findall(path)]
     assert args[0] == "-netdev"
     assert args[1] == "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"
     assert args[2] == "-device" and args[3].startswith("virtio-net-pci,netdev=n0")
     assert f'xmlns:ns0="{QEMU_NS}"' in xml or f'xmlns:qemu="{QEMU_NS}"' in xml
-    assert dom.find("./devices/serial/source").get("path") == str(tmp_path / "console.txt")
-    cmdline = dom.find("./os/cmdline").text
+    assert at(dom, "./devices/serial/source").get("path") == str(tmp_path / "console.txt")
+    cmdline = str(at(dom, "./os/cmdline").text)
     assert "root=/dev/vda" in cmdline
     assert "modprobe.blacklist=kvm_intel,kvm kvm.enable_virt_at_load=0" in cmdline
 
@@ -106,9 +114,9 @@ def test_kvm_vm_domain_requires_vmx_with_full_check(tmp_path: Path) -> None:
     )
     dom = ET.fromstring(xml)
     assert dom.get("type") == "kvm"
-    cpu = dom.find("./cpu")
+    cpu = at(dom, "./cpu")
     assert cpu.get("check") == "full"
-    assert cpu.find("./feature[@name='vmx']").get("policy") == "require"
+    assert at(cpu, "./feature[@name='vmx']").get("policy") == "require"
 
 
 def test_initramfs_domain_is_unchanged_without_vm(tmp_path: Path) -> None:
@@ -133,8 +141,8 @@ def test_names_and_paths_are_escaped(tmp_path: Path) -> None:
         vm=devices,
     )
     dom = ET.fromstring(xml)  # well-formed
-    assert dom.find("./name").text == "rig-<x>"
-    assert dom.find("./devices/disk/source").get("file") == str(odd / "overlay.qcow2")
+    assert at(dom, "./name").text == "rig-<x>"
+    assert at(dom, "./devices/disk/source").get("file") == str(odd / "overlay.qcow2")
 
 
 # --------------------------------------------------------------------------- image recipe
@@ -355,7 +363,13 @@ class AgentGuest:
     def put(self, data: bytes, remote: str, step: str) -> None:
         self.files[remote] = data
 
-    def stream(self, command: str, step: str, cap_s: float, out: Any) -> int:
+    def get(self, remote: str, local: Path, step: str) -> None:
+        raise AssertionError("the agent's run fetches nothing")
+
+    def close(self) -> None:
+        pass
+
+    def stream(self, command: str, step: str, cap_s: float, out: IO[str]) -> int:
         self.commands.append((step, command))
         agent_dir = self.tmp_path / "guest/root/rig/agent"
         proc = subprocess.run(
@@ -389,7 +403,7 @@ def _agent(tmp_path: Path, guest: AgentGuest, plan: VmCellPlan) -> str:
     out = tmp_path / "agent.txt"
     with out.open("w") as fh:
         try:
-            run_agent(guest, plan, ko, fh)  # type: ignore[arg-type]
+            run_agent(guest, plan, ko, fh)
         finally:
             fh.flush()
     return out.read_text()
@@ -453,6 +467,9 @@ class FakeDom:
     def ended(self) -> bool:
         return self.done
 
+    def started(self) -> bool:
+        return True
+
     def wait(self, timeout_s: float) -> bool:
         if self.ends_by_itself is not None or self.stopped:
             self.done = True
@@ -466,19 +483,17 @@ class FakeDom:
         return BootResult("", end, 1.0, detail=self.detail)
 
 
-class NoConn:
-    def close(self) -> None:
-        pass
-
-
 @dataclass
 class PoweroffGuest:
-    conn: NoConn = field(default_factory=NoConn)
     commands: list[str] = field(default_factory=list)
+    closed: bool = False
 
     def run(self, command: str, step: str, cap_s: float = 30.0) -> Reply:
         self.commands.append(command)
         return Reply(0, "", "")
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def test_finish_powers_off_over_ssh(tmp_path: Path) -> None:
@@ -525,7 +540,10 @@ class FakeBackend:
     ports: list[str] = field(default_factory=list)
 
     @contextmanager
-    def running(self, spec: BootSpec, *, vm: VmDevices, extra_s: float) -> Iterator[object]:
+    def running(
+        self, spec: BootSpec, *, vm: VmDevices | None = None, extra_s: float = 0.0
+    ) -> Iterator[StartDom]:
+        assert vm is not None
         self.ports.append(vm.qemu_args[1])
         collide = len(self.ports) <= self.collisions
         detail = "libvirt: Could not set up host forwarding rule" if collide else ""
@@ -537,6 +555,13 @@ class FakeBackend:
 class StartDom:
     started_now: bool
     detail: str
+    console: Path = Path("/nonexistent/console.txt")
+
+    def wait(self, timeout_s: float) -> bool:
+        return self.ended()
+
+    def stop(self) -> None:
+        pass
 
     def started(self) -> bool:
         return self.started_now
@@ -651,6 +676,12 @@ class BuildGuest:
     def get(self, remote: str, local: Path, step: str) -> None:
         self.gets.append(remote)
         local.write_text("ko")
+
+    def stream(self, command: str, step: str, cap_s: float, out: IO[str]) -> int:
+        raise AssertionError("the build never runs the agent")
+
+    def close(self) -> None:
+        pass
 
 
 def _driver(tmp_path: Path) -> Path:

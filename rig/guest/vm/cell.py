@@ -45,9 +45,9 @@ from rig.guest.vm.resources import (
     vm_devices,
     wait_for_banner,
 )
-from rig.guest.vm.ssh import QUICK_CAP_S, Guest, GuestLost, ssh_session
+from rig.guest.vm.ssh import QUICK_CAP_S, Commands, GuestLost, Session, ssh_session
 from rig.lanes.base import AGENT_FILE, CONSOLE_FILE, PANIC_GRACE_S, PANIC_RE, read_text, tail
-from rig.lanes.libvirt import LibvirtBackend, LiveDomain
+from rig.lanes.libvirt import Domain, DomainLane, LibvirtBackend
 from rig.model import BootEnd, BootResult, BootSpec, GuestImage, ModuleBuild
 from rig.options import check_param
 
@@ -94,7 +94,7 @@ class VmCellResult:
 
 
 # --------------------------------------------------------------------------- guest steps
-def build_in_guest(guest: Guest, driver: Path, name: str, workdir: Path) -> ModuleBuild:
+def build_in_guest(guest: Session, driver: Path, name: str, workdir: Path) -> ModuleBuild:
     """Copy the driver in and compile it against the guest's own kernel headers."""
     dest = f"{GUEST_DIR}/driver"
     q_dest = shlex.quote(dest)
@@ -135,7 +135,7 @@ def agent_tarball(plan: VmCellPlan, ko: Path) -> bytes:
         return buf.getvalue()
 
 
-def run_agent(guest: Guest, plan: VmCellPlan, ko: Path, out: IO[str]) -> None:
+def run_agent(guest: Session, plan: VmCellPlan, ko: Path, out: IO[str]) -> None:
     """The guest agent over SSH, its protocol streamed into `out` as it comes.
 
     The same script as the initramfs guest's (guests/agent/rig-agent): the kernel's lines go
@@ -155,15 +155,15 @@ def run_agent(guest: Guest, plan: VmCellPlan, ko: Path, out: IO[str]) -> None:
 
 
 # --------------------------------------------------------------------------- the cell
-def _tail_of(dom: LiveDomain) -> str:
+def _tail_of(dom: Domain) -> str:
     text = dom.console.read_text(errors="replace") if dom.console.exists() else ""
     return tail(text.replace("\r", ""), 30)
 
 
 @contextlib.contextmanager
 def started_domain(
-    backend: LibvirtBackend, spec: BootSpec, overlay: Path, seed: Path, deadline: float
-) -> Iterator[tuple[LiveDomain, int]]:
+    backend: DomainLane, spec: BootSpec, overlay: Path, seed: Path, deadline: float
+) -> Iterator[tuple[Domain, int]]:
     """The running domain and its forwarded SSH port (another port if QEMU lost the race)."""
     why = ""
     for _ in range(PORT_ATTEMPTS):
@@ -279,13 +279,12 @@ def run_vm_cell(
     return VmCellResult(build, boot, timings)
 
 
-def finish_vm(dom: LiveDomain, guest: Guest, lost: GuestLost | None) -> tuple[BootEnd, str]:
+def finish_vm(dom: Domain, guest: Commands, lost: GuestLost | None) -> tuple[BootEnd, str]:
     """End the VM and say how: power it off (tests done), or judge why the guest went away."""
     if lost is None:
         with contextlib.suppress(GuestLost):
             guest.run("systemctl --no-block poweroff", "poweroff", 15)
-        with contextlib.suppress(Exception):
-            guest.conn.close()
+        guest.close()
         if dom.wait(POWEROFF_WAIT_S):
             res = dom.result()
             return res.end, res.detail

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rig.errors import InfraError, ToolMissing
-from rig.lanes.libvirt import Disk, LiveDomain, VmDevices
+from rig.lanes.libvirt import Disk, Domain, VmDevices
 from rig.model import BootResult
 
 # --------------------------------------------------------------------------- owned resources
@@ -150,7 +150,7 @@ def ssh_banner(port: int, timeout_s: float = 3.0) -> str | None:
     return line if line.startswith("SSH-") else None
 
 
-def wait_for_banner(port: int, dom: LiveDomain, deadline: float) -> str | None:
+def wait_for_banner(port: int, dom: Domain, deadline: float) -> str | None:
     while time.monotonic() < deadline and not dom.ended():
         banner = ssh_banner(port)
         if banner is not None:

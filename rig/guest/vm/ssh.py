@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from rig.errors import InfraError
 
@@ -31,6 +31,24 @@ class Reply:
     rc: int
     stdout: str
     stderr: str
+
+
+class Commands(Protocol):
+    """Commands in a guest, and hanging up (what ending a VM needs)."""
+
+    def run(self, command: str, step: str, cap_s: float = QUICK_CAP_S) -> Reply: ...
+
+    def close(self) -> None: ...
+
+
+class Session(Commands, Protocol):
+    """What the VM flavour needs of an SSH session: Guest is one (tests have fakes)."""
+
+    def put(self, data: bytes, remote: str, step: str) -> None: ...
+
+    def get(self, remote: str, local: Path, step: str) -> None: ...
+
+    def stream(self, command: str, step: str, cap_s: float, out: IO[str]) -> int: ...
 
 
 @dataclass
@@ -81,6 +99,10 @@ class Guest:
         if r.return_code == -1:
             raise GuestLost(step, "SSH channel closed without an exit status", timed_out=False)
         return int(r.return_code)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
 
     def put(self, data: bytes, remote: str, step: str) -> None:
         self._budget(step, QUICK_CAP_S)

@@ -1,0 +1,64 @@
+"""Artifact stage: kernels (toolchain chroot, headers, vmlinuz) and module builds, cached.
+
+Artifacts(cache).kernel(spec) -> KernelArtifacts
+Artifacts(cache).module(kernel, src) -> ModuleBuild
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rig.artifacts.cache import (
+    EMBED_KIND,
+    Cache,
+    Progress,
+    Prune,
+    default_cache_root,
+    digest,
+    slot_in_use,
+    stderr_progress,
+)
+from rig.artifacts.kernel import kernel_artifacts
+from rig.artifacts.module import (
+    build_module,
+    module_name,
+    module_sources,
+    source_tarball,
+    tree_digest,
+)
+from rig.artifacts.steps import HOST_TOOLS, in_root, require_tool, run_step
+from rig.model import KernelArtifacts, KernelSpec, ModuleBuild
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    cache: Cache
+    progress: Progress = stderr_progress
+
+    def kernel(self, spec: KernelSpec) -> KernelArtifacts:
+        return kernel_artifacts(self.cache, spec, self.progress)
+
+    def module(self, kernel: KernelArtifacts, src: Path) -> ModuleBuild:
+        return build_module(self.cache, kernel, src, self.progress)
+
+
+__all__ = [
+    "EMBED_KIND",
+    "HOST_TOOLS",
+    "Artifacts",
+    "Cache",
+    "Progress",
+    "Prune",
+    "default_cache_root",
+    "digest",
+    "in_root",
+    "module_name",
+    "module_sources",
+    "require_tool",
+    "run_step",
+    "slot_in_use",
+    "source_tarball",
+    "stderr_progress",
+    "tree_digest",
+]

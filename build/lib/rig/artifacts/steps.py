@@ -1,0 +1,61 @@
+"""Build steps on the host: the tools they need, a logged step, a command in a chroot."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from rig.errors import InfraError, ToolMissing
+
+HOST_TOOLS: dict[str, tuple[str, str]] = {
+    # tool: (Debian package, what for)
+    "debootstrap": ("debootstrap", "building a suite's toolchain chroot"),
+    "dpkg-deb": ("dpkg", "unpacking kernel packages"),
+    "cpio": ("cpio", "packing the initramfs"),
+    "unshare": ("util-linux", "isolating builds and emulators"),
+    "grub-mkrescue": ("grub-common grub-pc-bin xorriso mtools", "making the Bochs boot ISO"),
+    "xorriso": ("xorriso", "making the Bochs boot ISO"),
+}
+
+
+def require_tool(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        package, purpose = HOST_TOOLS.get(tool, (tool, "the rig"))
+        raise ToolMissing(tool, package, purpose)
+    return path
+
+
+def run_step(argv: Sequence[str], *, log: Path, what: str, timeout: float = 1800) -> None:
+    """Run a build step, appending its output to `log`; raise InfraError with the tail."""
+    with log.open("ab") as fh:
+        fh.write(f"$ {' '.join(argv)}\n".encode())
+        fh.flush()
+        try:
+            proc = subprocess.run(
+                list(argv), stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise InfraError(f"{what}: timed out after {timeout:.0f} s", where=str(log)) from exc
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise InfraError(
+            f"{what} failed (exit {proc.returncode}); last lines:\n{tail}",
+            where=str(log),
+            fix="check network access to the Debian mirror and the package names in matrix.yaml",
+        )
+
+
+def in_root(
+    root: Path, argv: Sequence[str], env: dict[str, str] | None = None, cwd: str = "/"
+) -> list[str]:
+    """argv run chrooted in `root` with its own /proc (objtool of 7.x reads /proc)."""
+    envv = [f"{k}={v}" for k, v in (env or {}).items()]
+    return [
+        "unshare", "--fork", "--pid", "--kill-child", "--mount-proc", f"--root={root}",
+        f"--wd={cwd}", "--",
+        "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8",
+        *envv, *argv,
+    ]  # fmt: skip

@@ -1,0 +1,172 @@
+"""The initramfs guest flavour: a busybox appliance whose /init runs the guest agent.
+
+    initramfs_image(kernel, modules, ...) -> GuestImage
+
+The module is built on the host (rig.artifacts); the image carries it, the agent
+(guests/agent/rig-agent) and the plan the agent reads. Every lane boots it: Bochs from a GRUB
+ISO of its own making, libvirt lanes directly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rig.artifacts import Artifacts, require_tool
+from rig.errors import InfraError, RigError, ToolMissing
+from rig.guest.base import GuestJob, GuestRun
+from rig.lanes import Backend
+from rig.lanes.base import tail
+from rig.model import BootSpec, GuestImage, KernelArtifacts
+from rig.options import check_kernel_arg, check_param
+from rig.paths import GUESTS_DIR
+
+BUSYBOX = Path("/bin/busybox")
+BASE_CMDLINE = (
+    "console=ttyS0,115200 quiet loglevel=4 panic=-1 oops=panic "
+    "modprobe.blacklist=kvm_intel,kvm kvm.enable_virt_at_load=0"
+)
+
+
+def write_plan(
+    rig_dir: Path,
+    modules: Sequence[tuple[Path, int, Sequence[str]]],
+    *,
+    run_id: str,
+    cell_id: str,
+    preload: Sequence[Path] = (),
+) -> None:
+    """What the agent reads (guests/agent/rig-agent): ids, modules/, and the plan."""
+    (rig_dir / "modules").mkdir(parents=True, exist_ok=True)
+    (rig_dir / "run-id").write_text(run_id + "\n")
+    (rig_dir / "cell-id").write_text(cell_id + "\n")
+    plan = []
+    for ko in preload:
+        shutil.copy2(ko, rig_dir / "modules" / ko.name)
+        plan.append(f"{ko.name} keep")
+    for ko, repeat, params in modules:
+        for p in params:
+            check_param(p)
+        shutil.copy2(ko, rig_dir / "modules" / ko.name)
+        plan.append(" ".join([ko.name, str(int(repeat)), *params]))
+    (rig_dir / "plan").write_text("\n".join(plan) + "\n")
+    shutil.copy2(GUESTS_DIR / "agent/rig-agent", rig_dir / "rig-agent")
+
+
+def initramfs_image(
+    kernel: KernelArtifacts,
+    modules: Sequence[tuple[Path, int, Sequence[str]]],
+    *,
+    run_id: str,
+    cell_id: str,
+    workdir: Path,
+    preload: Sequence[Path] = (),
+    kernel_args: Sequence[str] = (),
+) -> GuestImage:
+    """The appliance: loads each (ko, repeat, params) in turn, dumps dmesg after each run.
+
+    `preload` modules are loaded first and stay loaded (a fixture of the test, e.g. one that
+    holds VMX); `kernel_args` are appended to the guest's command line.
+    """
+    require_tool("cpio")
+    if not BUSYBOX.exists():
+        raise ToolMissing("busybox", "busybox-static", "the initramfs guest")
+    for arg in kernel_args:
+        check_kernel_arg(arg)
+    root = workdir / "initramfs"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "bin").mkdir(parents=True)
+    for d in ("proc", "sys", "dev"):
+        (root / d).mkdir()
+    shutil.copy2(BUSYBOX, root / "bin/busybox")
+    shutil.copy2(GUESTS_DIR / "initramfs/init", root / "init")
+    (root / "init").chmod(0o755)
+    write_plan(root / "rig", modules, run_id=run_id, cell_id=cell_id, preload=preload)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    cpio = subprocess.run(
+        ["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
+        input="\n".join([".", *files]).encode(),
+        cwd=root,
+        capture_output=True,
+        check=True,
+    )
+    initrd = workdir / "initrd.gz"
+    initrd.write_bytes(gzip.compress(cpio.stdout, compresslevel=1))
+    shutil.rmtree(root)
+    cmdline = " ".join([BASE_CMDLINE, *kernel_args])
+    return GuestImage(kernel=kernel.vmlinuz, initrd=initrd, cmdline=cmdline)
+
+
+class InitramfsFlavour:
+    """The module built on the host against the cell's kernel, booted in the appliance."""
+
+    name = "initramfs"
+
+    def unsupported(self, job: GuestJob, lane: Backend) -> str | None:
+        if job.feature_control is not None and not lane.firmware_step:
+            return (
+                f"lane {lane.name} boots the kernel directly, with no firmware step: "
+                "--feature-control needs a lane that boots through a boot loader (bochs)"
+            )
+        return None
+
+    def run(self, job: GuestJob, lane: Backend) -> GuestRun:
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
+        kernel = job.artifacts.kernel(job.cell.kernel)
+        timings["kernel"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        build = job.artifacts.module(kernel, job.driver)
+        timings["build"] = time.monotonic() - t0
+        (job.workdir / "build.log").write_text(build.log)
+        if not build.ok or build.ko is None:
+            return GuestRun(build, None, timings)
+        try:
+            preload = [_fixture(job.artifacts, kernel, src) for src in job.preload]
+            t0 = time.monotonic()
+            image = initramfs_image(
+                kernel,
+                [(build.ko, job.repeat, job.module_params)],
+                run_id=job.run_id,
+                cell_id=job.cell.id,
+                workdir=job.workdir,
+                preload=preload,
+                kernel_args=job.kernel_args,
+            )
+            timings["image"] = time.monotonic() - t0
+            spec = BootSpec(
+                image=image,
+                cpu_model=job.cpu_model,
+                memory_mib=job.cell.memory_mib,
+                vcpus=job.cell.vcpus,
+                timeout_s=job.timeout_s,
+                workdir=job.workdir,
+                feature_control=job.feature_control,
+            )
+            t0 = time.monotonic()
+            job.mark_boot()
+            boot = lane.boot(spec)
+            timings["boot"] = time.monotonic() - t0
+        except (RigError, OSError) as exc:
+            return GuestRun(build, None, timings, error=exc)
+        finally:
+            for scratch in ("boot.iso", "initrd.gz"):
+                (job.workdir / scratch).unlink(missing_ok=True)
+            shutil.rmtree(job.workdir / "initramfs", ignore_errors=True)
+        return GuestRun(build, boot, timings)
+
+
+def _fixture(artifacts: Artifacts, kernel: KernelArtifacts, src: Path) -> Path:
+    """A preloaded module: it must build cleanly, or the run cannot prove anything."""
+    build = artifacts.module(kernel, src)
+    if not build.ok or build.ko is None:
+        raise InfraError(
+            f"the preloaded module {src} did not build against {kernel.spec.abi}; "
+            f"last lines:\n{tail(build.log, 10)}",
+            fix="fix the fixture module, or run without --preload",
+        )
+    return build.ko

@@ -1,0 +1,285 @@
+"""The guest agent's protocol (docs/contract.md section 2), and how a transcript is read.
+
+    parse_channels(agent, console) -> Transcript   what the guest said, never raises
+
+The agent (guests/agent/rig-agent) writes RIG-* lines on a channel of its own; the kernel's
+console is another. `merge_channels` puts the kernel's lines into the agent's order by the
+agent's kmsg markers; `parse_lines` reads a one-channel transcript into runs (their steps,
+their live kernel lines, their dmesg dumps). What the lines mean for the driver is the
+verdict stage's business (rig.verdict), not this module's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+KMSG_PREFIX = r"(?:<\d>)?(?:\[\s*\d+\.\d+\]\s*)?"
+KMSG_MARKER_RE = re.compile(r"^\s*" + KMSG_PREFIX + r"RIG-(?:BEGIN|CPU)\b")
+KMSG_STEP_RE = re.compile(r"^\s*" + KMSG_PREFIX + r"(?:rig: run=\d+ step=|RIG-RUN\b)")
+MARKER_RE = re.compile(
+    r"^\s*RIG-(?P<kind>BEGIN|CPU|RUN|STEP|DMESG-BEGIN|DMESG-END|END)(?:\s+(?P<rest>.*?))?\s*$"
+)
+STEP_RE = re.compile(r"^(?P<name>\S{1,64})(?:\s+rc=(?P<rc>-?\d{1,9})\b)?")
+PRELOAD_RE = re.compile(r"^\s*RIG-PRELOAD\s+module=(?P<module>\S+)\s+rc=(?P<rc>\d+)?\S*\s*$")
+BEGIN_RE = re.compile(r"run=(?P<run>\S*)(?:\s+cell=(?P<cell>\S*))?")
+RUN_RE = re.compile(
+    r"^(?P<n>\d{1,6})?(?:.*?\bmodule=(?P<module>\S+))?(?:.*?\biter=(?P<iter>\d{1,6}))?"
+)
+VMX_RE = re.compile(r"\bvmx=(?P<vmx>[01])\b")
+CPUS_RE = re.compile(r"\bcpus=(?P<cpus>\d{1,4})\b")
+MODEL_RE = re.compile(r"\bmodel=(?P<model>.*)$")
+CONSOLE_MARK_RE = re.compile(r"rig: run=(?P<n>\d{1,6}) step=(?P<step>[a-z]{1,16})\b")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # insmod | rmmod | sysfs | ...
+    rc: int | None
+    raw: str
+    index: int  # console line number
+
+
+def dump_boundary(dump: Sequence[str]) -> int:
+    """Where the test begins in a dmesg dump.
+
+    After the last copy of RIG-BEGIN/RIG-CPU if the guest wrote them to /dev/kmsg; else at the
+    first step marker (`rig: run=N step=insmod`, guests that clear dmesg at RIG-BEGIN); else at
+    the module's first line; else nowhere (nothing in the dump counts against the driver).
+    """
+    copies = [i for i, line in enumerate(dump) if KMSG_MARKER_RE.match(line)]
+    if copies:
+        return copies[-1] + 1
+    for i, line in enumerate(dump):
+        if KMSG_STEP_RE.match(line) or "vmlaunch:" in line:
+            return i
+    return len(dump)
+
+
+@dataclass(frozen=True)
+class RawRun:
+    """One insmod..rmmod..dmesg cycle of the agent (a RIG-RUN block, or the whole test)."""
+
+    number: int
+    module: str
+    iteration: int
+    steps: tuple[Step, ...]
+    live: tuple[str, ...]  # the run's lines outside its dump: protocol and live kernel lines
+    dump: tuple[str, ...] | None  # its RIG-DMESG-BEGIN..END block
+    dump_complete: bool
+
+    def step(self, name: str) -> Step | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """Everything the guest said, structured by the protocol."""
+
+    begin: bool = False
+    end: bool = False
+    run_id: str = ""
+    cell_id: str = ""
+    vmx: bool | None = None  # RIG-CPU vmx=
+    cpus: int | None = None  # RIG-CPU cpus=
+    cpu_model: str = ""  # RIG-CPU model= ("_" read back as spaces)
+    runs: tuple[RawRun, ...] = ()
+    prelude: tuple[str, ...] = ()  # before RIG-BEGIN: the boot, never the driver's
+    lines: tuple[str, ...] = ()
+    preloads: tuple[tuple[str, int | None], ...] = ()  # RIG-PRELOAD module=M rc=N: fixtures
+    rebooted: bool = False  # a second RIG-BEGIN: the guest rebooted during the test
+
+
+@dataclass
+class _RunBuilder:
+    """Collects one run while parsing (local to one parse_console call)."""
+
+    number: int
+    module: str = ""
+    iteration: int = 0
+    explicit: bool = False  # started by a RIG-RUN line
+    steps: list[Step] = field(default_factory=list)
+    live: list[str] = field(default_factory=list)
+    dump: list[str] | None = None
+    dump_complete: bool = False
+
+    def step(self, name: str) -> Step | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+    def build(self) -> RawRun:
+        return RawRun(
+            number=self.number,
+            module=self.module,
+            iteration=self.iteration,
+            steps=tuple(self.steps),
+            live=tuple(self.live),
+            dump=None if self.dump is None else tuple(self.dump),
+            dump_complete=self.dump_complete,
+        )
+
+
+def complete_lines(text: str) -> list[str]:
+    """The lines of a channel that were written whole: an unterminated last line (the guest
+    died mid-line, `reason=0x12` cut to `reason=0x1`) is never evidence."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines.pop()  # "" after a final newline, else the unterminated rest
+    return lines
+
+
+def merge_channels(agent: str, console: str) -> list[str]:
+    """One ordered transcript from the agent's protocol channel and the kernel's console.
+
+    The channels share no wire, so no kernel line is ever spliced into a protocol line. The
+    kernel's lines are placed by the agent's kmsg markers (`rig: run=N step=S` on the console):
+    boot lines before RIG-BEGIN, run N's insmod lines after its RIG-RUN, its rmmod lines
+    before its `RIG-STEP rmmod`, what followed the rmmod before its dump. Lines of a run the
+    agent never announced (its output was lost) come last, in console order.
+    """
+    prelude: list[str] = []
+    segments: dict[tuple[int, str], list[str]] = {}
+    order: list[tuple[int, str]] = []
+    current: list[str] = prelude
+    for line in complete_lines(console):
+        m = CONSOLE_MARK_RE.search(line)
+        if m:
+            key = (int(m["n"]), m["step"])
+            if key not in segments:
+                segments[key] = []
+                order.append(key)
+            current = segments[key]
+        current.append(line)
+
+    out = list(prelude)
+    run: int | None = None
+
+    def take(*steps: str) -> None:
+        if run is not None:
+            for step in steps:
+                out.extend(segments.pop((run, step), []))
+
+    for line in complete_lines(agent):
+        m = MARKER_RE.match(line)
+        kind = m["kind"] if m else None
+        if kind in ("RUN", "END"):
+            take("insmod", "rmmod", "dump")
+            run = None
+        if kind == "STEP" and (m["rest"] or "").startswith("rmmod"):  # type: ignore[index]
+            take("insmod", "rmmod")
+        elif kind == "DMESG-BEGIN":
+            take("insmod", "rmmod", "dump")
+        out.append(line)
+        if kind == "RUN":
+            rm = RUN_RE.match((m["rest"] or "") if m else "")
+            run = int(rm["n"]) if rm and rm["n"] else None
+            take("insmod")
+    take("insmod", "rmmod", "dump")
+    for key in order:
+        out.extend(segments.pop(key, []))
+    return out
+
+
+def parse_channels(agent: str, console: str) -> Transcript:
+    """What the guest said: the agent's channel merged with the console (one channel when the
+    lane or guest flavour has no separate agent channel: then `agent` is empty)."""
+    if agent:
+        return parse_lines(merge_channels(agent, console))
+    return parse_lines(complete_lines(console))
+
+
+def transcript_text(agent: str, console: str) -> str:
+    """The one transcript people read: protocol and kernel lines in order."""
+    if not agent:
+        return console
+    return "\n".join(merge_channels(agent, console)) + "\n"
+
+
+def parse_lines(lines: Sequence[str]) -> Transcript:
+    """Parse a guest's transcript. Never raises; unknown lines are kept, not judged."""
+    lines = list(lines)
+    begin = end = rebooted = False
+    run_id = cell_id = model = ""
+    vmx: bool | None = None
+    cpus: int | None = None
+    prelude: list[str] = []
+    preloads: list[tuple[str, int | None]] = []
+    runs: list[_RunBuilder] = []
+    dump_open = False
+    for index, line in enumerate(lines):
+        m = MARKER_RE.match(line)
+        kind = m["kind"] if m else None
+        rest = (m["rest"] or "") if m else ""
+        if dump_open:
+            if kind == "DMESG-END":
+                dump_open = False
+                runs[-1].dump_complete = True
+            else:
+                assert runs[-1].dump is not None
+                runs[-1].dump.append(line)
+            continue
+        if begin and kind == "BEGIN":
+            rebooted = True  # the guest started over: what follows is another boot's
+            break
+        if not begin:
+            if kind == "BEGIN":
+                begin = True
+                bm = BEGIN_RE.search(rest)
+                if bm:
+                    run_id, cell_id = bm["run"], bm["cell"] or ""
+            else:
+                prelude.append(line)
+            continue
+        pm = PRELOAD_RE.match(line)
+        if pm:
+            preloads.append((pm["module"], int(pm["rc"]) if pm["rc"] is not None else None))
+            continue
+        if kind == "CPU" and vmx is None:
+            vm, cm, mm = VMX_RE.search(rest), CPUS_RE.search(rest), MODEL_RE.search(rest)
+            vmx = vm["vmx"] == "1" if vm else None
+            cpus = int(cm["cpus"]) if cm else None
+            model = " ".join(mm["model"].replace("_", " ").split()) if mm else ""
+            continue
+        current = runs[-1] if runs else None
+        started = current is not None and (current.explicit or current.steps or current.dump)
+        if kind == "RUN":
+            rm = RUN_RE.match(rest)
+            number = int(rm["n"]) if rm and rm["n"] else len(runs)
+            if current is None or started:
+                current = _RunBuilder(number=number)
+                runs.append(current)
+            current.number, current.explicit = number, True
+            current.module = (rm["module"] if rm else None) or ""
+            current.iteration = int(rm["iter"]) if rm and rm["iter"] else 0
+        elif current is None or (
+            kind == "STEP" and rest.startswith("insmod") and current.step("insmod") is not None
+        ):
+            current = _RunBuilder(number=len(runs))
+            runs.append(current)
+        if kind == "STEP":
+            sm = STEP_RE.match(rest)
+            if sm:
+                rc = int(sm["rc"]) if sm["rc"] is not None else None
+                current.steps.append(Step(sm["name"], rc, line.strip(), index))
+        elif kind == "DMESG-BEGIN" and current.dump is None:
+            current.dump = []
+            dump_open = True
+            continue
+        elif kind == "END":
+            end = True
+        current.live.append(line)
+    if begin and not runs:
+        runs.append(_RunBuilder(number=0))
+    return Transcript(
+        begin=begin,
+        end=end,
+        run_id=run_id,
+        cell_id=cell_id,
+        vmx=vmx,
+        cpus=cpus,
+        cpu_model=model,
+        runs=tuple(r.build() for r in runs),
+        prelude=tuple(prelude),
+        lines=tuple(lines),
+        preloads=tuple(preloads),
+        rebooted=rebooted,
+    )

@@ -1,0 +1,28 @@
+"""Lane backends: interchangeable ways of booting a guest (see rig.lanes.base.Backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rig.errors import UsageError
+from rig.lanes.base import Backend
+from rig.lanes.bochs import BochsBackend
+from rig.lanes.libvirt import EMBED, LibvirtBackend
+from rig.model import LaneSpec
+
+
+def backend_for(lane: LaneSpec, *, embed_pool: Path, uri: str | None = None) -> Backend:
+    if lane.backend == "bochs":
+        return BochsBackend(name=lane.name)
+    if lane.backend == "libvirt":
+        return LibvirtBackend(
+            name=lane.name,
+            domain_type=lane.domain_type,
+            uri=uri or lane.uri or EMBED,
+            require_vmx=lane.vmx,
+            embed_pool=embed_pool,
+        )
+    raise UsageError(f"lane {lane.name!r}: unknown backend {lane.backend!r}")
+
+
+__all__ = ["Backend", "BochsBackend", "LibvirtBackend", "backend_for"]

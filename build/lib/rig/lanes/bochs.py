@@ -1,0 +1,119 @@
+"""Bochs lane: VMX emulated in software, so the whole VMX path runs on any host.
+
+Bochs 2.7 has no -kernel option: the guest boots from an El Torito ISO (GRUB). It runs headless
+with the RFB display (the only one compiled in), inside a private network namespace so that its
+display server listens on nobody's network, and with one CPU (Bochs' BIOS programs
+IA32_FEATURE_CONTROL on CPU 0 only).
+
+Bochs' own BIOS locks IA32_FEATURE_CONTROL at 0x5 (VMX on) before any boot loader runs. A boot
+that asks for another value (BootSpec.feature_control: GRUB writes it, as a firmware would)
+runs on SeaBIOS instead, which leaves the MSR at its reset value 0, unlocked.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from rig.errors import InfraError, ToolMissing
+from rig.lanes.base import (
+    AGENT_FILE,
+    CONSOLE_FILE,
+    TRIPLE_FAULT_RE,
+    make_result,
+    owned_process,
+    tail,
+    watch_console,
+)
+from rig.lanes.bochs_media import boot_iso
+from rig.model import BootEnd, BootResult, BootSpec
+
+BOCHS_BIN = "bochs-bin"
+BIOS = Path("/usr/share/bochs/BIOS-bochs-latest")
+VGABIOS = Path("/usr/share/bochs/VGABIOS-lgpl-latest")
+SEABIOS = Path("/usr/share/seabios/bios.bin")  # leaves IA32_FEATURE_CONTROL unlocked
+_MODEL_RE = re.compile(r"^[a-z0-9_]{1,40}$")
+_LOG_KEEP = re.compile(r"VMFAIL|VMENTER|VMEXIT FAIL|PANIC|triple fault|>>PANIC<<|\[CPU0  \] e")
+
+
+def bochsrc(spec: BootSpec, iso: Path, console: Path, agent: Path, log: Path) -> str:
+    """The Bochs configuration for one boot. Every value is checked, nothing user-typed leaks."""
+    if not _MODEL_RE.match(spec.cpu_model):
+        raise InfraError(f"not a Bochs CPU model name: {spec.cpu_model!r}")
+    for p in (iso, console, agent, log):
+        if '"' in str(p) or "\n" in str(p):
+            raise InfraError(f"path not usable in a bochsrc: {p!r}")
+    return "\n".join(
+        [
+            f"megs: {int(spec.memory_mib)}",
+            f"cpu: model={spec.cpu_model}, count=1, ips=200000000, reset_on_triple_fault=0",
+            "clock: sync=none, time0=local",
+            f"romimage: file={BIOS if spec.feature_control is None else SEABIOS}",
+            f"vgaromimage: file={VGABIOS}",
+            'display_library: rfb, options="timeout=0"',
+            f'ata0-master: type=cdrom, path="{iso}", status=inserted',
+            "boot: cdrom",
+            f'com1: enabled=1, mode=file, dev="{console}"',
+            f'com2: enabled=1, mode=file, dev="{agent}"',
+            f'log: "{log}"',
+            "panic: action=fatal",
+            "error: action=report",
+            "info: action=ignore",
+            "debug: action=ignore",
+            "sound: driver=dummy",
+            "speaker: enabled=0",
+            "",
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class BochsBackend:
+    name: str = "bochs"
+    firmware_step: bool = True  # GRUB on the boot ISO writes MSRs before the kernel
+
+    def unavailable(self) -> str | None:
+        if shutil.which(BOCHS_BIN) is None:
+            return "Bochs is not installed (apt-get install bochs bochsbios vgabios)"
+        if not BIOS.exists() or not VGABIOS.exists():
+            return "Bochs BIOS images missing (apt-get install bochsbios vgabios)"
+        for tool in ("unshare", "setpriv"):
+            if shutil.which(tool) is None:
+                return f"{tool} missing (apt-get install util-linux)"
+        return None
+
+    def boot(self, spec: BootSpec) -> BootResult:
+        why = self.unavailable()
+        if why is not None:
+            raise ToolMissing(BOCHS_BIN, "bochs bochsbios vgabios", why)
+        if spec.feature_control is not None and not SEABIOS.exists():
+            raise ToolMissing(
+                str(SEABIOS), "seabios", "a firmware that leaves FEATURE_CONTROL open"
+            )
+        wd = spec.workdir
+        console, agent, log = wd / CONSOLE_FILE, wd / AGENT_FILE, wd / "bochs.log"
+        rc, cmds = wd / "bochsrc", wd / "bochs.rc"
+        for stale in (console, agent):
+            stale.unlink(missing_ok=True)
+        iso = boot_iso(spec.image, wd, spec.feature_control)
+        rc.write_text(bochsrc(spec, iso, console, agent, log))
+        cmds.write_text("c\n")  # bochs-bin has the debugger built in: continue at once
+        argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", "-f", str(rc), "-rc", str(cmds)]
+        with owned_process(argv, cwd=wd, stdout=wd / "bochs.out", pidfile=wd / "emulator.pid") as p:
+            watch = watch_console(console, alive=lambda: p.poll() is None, timeout_s=spec.timeout_s)
+        bochs_log = log.read_text(errors="replace") if log.exists() else ""
+        kept = "\n".join(line for line in bochs_log.splitlines() if _LOG_KEEP.search(line))
+        detail = ""
+        if watch.end is BootEnd.EMULATOR:
+            if "soft power off" in bochs_log:
+                # The guest powered off but the console missed the kernel's last line.
+                watch.end, watch.detail = BootEnd.POWEROFF, "guest powered off (ACPI soft off)"
+            else:
+                out = (wd / "bochs.out").read_text(errors="replace")
+                detail = "Bochs stopped before the guest powered off: " + (
+                    tail(kept, 5) or tail(out, 5) or "no reason logged"
+                )
+        triple = bool(TRIPLE_FAULT_RE.search(kept))
+        return make_result(wd, watch, emulator_log=kept, detail=detail, triple_fault=triple)

@@ -1,0 +1,190 @@
+"""Boot one transient libvirt domain: `python -m rig.lanes.libvirt_child PLAN OUT`.
+
+Runs inside a private mount namespace (the parent starts it under `unshare --mount`). It owns
+the domain: whatever happens (guest end, timeout, SIGTERM from a dying parent) the domain is
+destroyed before it exits. It writes a JSON result {end, detail, duration_s, emulator_log}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from rig.lanes.base import ConsoleWatch, watch_console
+from rig.model import BootEnd
+
+VIR_ERR_NO_DOMAIN = 42
+
+
+def qemu_conf() -> str:
+    """Embedded driver config: console to a plain file (no virtlogd), QEMU runs as us."""
+    return (
+        'stdio_handler = "file"\n'
+        f'user = "+{os.getuid()}"\ngroup = "+{os.getgid()}"\n'
+        "remember_owner = 0\n"
+        "namespaces = []\n"
+    )
+
+
+class Terminated(Exception):
+    pass
+
+
+def _on_term(_sig: int, _frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def hide_kvm(placeholder: Path) -> None:
+    """Make /dev/kvm unusable to libvirt in this (private) mount namespace.
+
+    libvirt decides "KVM usable" with access(/dev/kvm, R_OK|W_OK); as root that succeeds on any
+    device node, and a capabilities cache probed without KVM is then thrown away and re-probed
+    on every domain start (~2 s a probe, many probes). A regular file bound read-only over
+    /dev/kvm fails W_OK with EROFS even for root, so libvirt sees no KVM and keeps its cache.
+    """
+    placeholder.parent.mkdir(parents=True, exist_ok=True)
+    placeholder.touch()
+    subprocess.run(["mount", "--bind", str(placeholder), "/dev/kvm"], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", "/dev/kvm"], check=True)
+
+
+@contextlib.contextmanager
+def event_loop(libvirt: Any) -> Iterator[None]:
+    libvirt.virEventRegisterDefaultImpl()
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            libvirt.virEventRunDefaultImpl()
+
+    thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+@contextlib.contextmanager
+def embed_slot(pool: Path, slots: int = 64) -> Iterator[Path]:
+    """Lock one embedded-driver root of the pool (one process per root at a time).
+
+    Roots persist between runs so QEMU's capabilities are probed once per slot, not per cell.
+    """
+    pool.mkdir(parents=True, exist_ok=True)
+    for i in range(slots):
+        root = pool / f"slot-{i}"
+        root.mkdir(exist_ok=True)
+        fh = (root / "rig.lock").open("w")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            continue
+        try:
+            (root / "etc").mkdir(exist_ok=True)
+            (root / "etc/qemu.conf").write_text(qemu_conf())
+            yield root
+        finally:
+            fh.close()
+        return
+    raise RuntimeError(f"all {slots} embedded libvirt roots under {pool} are busy")
+
+
+def sweep_leftover_domains(conn: Any, libvirt: Any, *, embedded: bool) -> None:
+    """In a slot we hold, any running rig domain is a leftover of a killed run: destroy it."""
+    if not embedded:
+        return
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        if dom.name().startswith("rig-"):
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+
+
+@contextlib.contextmanager
+def transient_domain(conn: Any, xml: str) -> Iterator[Any]:
+    dom = conn.createXML(xml, 0)
+    try:
+        yield dom
+    finally:
+        with contextlib.suppress(Exception):
+            if dom.isActive():
+                dom.destroy()
+
+
+def main(plan_path: str, out_path: str) -> int:
+    plan = json.loads(Path(plan_path).read_text())
+    out = Path(out_path)
+    signal.signal(signal.SIGTERM, _on_term)
+    errors: list[str] = []
+    start = time.monotonic()
+    result: dict[str, object] = {}
+    try:
+        import libvirt
+
+        libvirt.registerErrorHandler(lambda _ctx, err: errors.append(str(err[2])), None)
+        if plan["hide_kvm"] and Path("/dev/kvm").exists():
+            hide_kvm(Path(plan["embed_pool"]) / "kvm-placeholder")
+        with contextlib.ExitStack() as stack:
+            uri = plan["uri"]
+            if uri == "embed":
+                root = stack.enter_context(embed_slot(Path(plan["embed_pool"])))
+                uri = f"qemu:///embed?root={root}"
+            elif uri.startswith("qemu:///embed?"):
+                # An embedded root named by the user: give it the same configuration.
+                named = parse_qs(urlsplit(uri).query).get("root", [""])[0]
+                if named:
+                    (Path(named) / "etc").mkdir(parents=True, exist_ok=True)
+                    (Path(named) / "etc/qemu.conf").write_text(qemu_conf())
+            stack.enter_context(event_loop(libvirt))
+            conn = libvirt.open(uri)
+            stack.callback(conn.close)
+            sweep_leftover_domains(conn, libvirt, embedded=plan["uri"] == "embed")
+            with transient_domain(conn, plan["domain_xml"]) as dom:
+                if plan.get("started"):
+                    Path(plan["started"]).touch()
+
+                def alive() -> bool:
+                    try:
+                        return bool(dom.isActive())
+                    except libvirt.libvirtError:
+                        return False
+
+                watch = watch_console(
+                    Path(plan["console"]), alive=alive, timeout_s=float(plan["timeout_s"])
+                )
+        result = {
+            "end": watch.end.value,
+            "detail": watch.detail,
+            "duration_s": watch.duration_s,
+            "panic_line": watch.panic_line,
+            "panic_to_stop_s": watch.panic_to_stop_s,
+        }
+    except Terminated:
+        result = {
+            "end": BootEnd.EMULATOR.value,
+            "detail": "run interrupted (rig terminated); domain destroyed",
+            "duration_s": time.monotonic() - start,
+        }
+    except Exception as exc:  # every libvirt failure is an infrastructure verdict
+        w = ConsoleWatch(BootEnd.EMULATOR, f"libvirt: {exc}", time.monotonic() - start)
+        result = {"end": w.end.value, "detail": w.detail, "duration_s": w.duration_s}
+    result["emulator_log"] = "\n".join(errors[-20:])
+    out.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))

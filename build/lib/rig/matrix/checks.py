@@ -1,0 +1,106 @@
+"""Checks between the sections of matrix.yaml that a per-field schema cannot make.
+
+Names that differ only in case, CPU models for unknown lanes, CPUs without any model, lane
+settings that do not fit the backend, exclusions and the default slice naming unknown lanes,
+kernels or CPUs. They run on the raw data, so they are reported even when other parts of the
+file are bad.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rig.matrix.source import Document, Path_, describe
+
+
+def _names(data: Any, section: str) -> list[str]:
+    part = data.get(section) if isinstance(data, dict) else None
+    return [k for k in part if isinstance(k, str)] if isinstance(part, dict) else []
+
+
+def cross_check(data: Any, doc: Document) -> None:
+    """Checks between sections, on the raw data (so they run even when other parts are bad)."""
+    if not isinstance(data, dict):
+        doc.at(
+            (), f"the document is {describe(data)}", "a mapping with version, kernels, cpus, lanes"
+        )
+        return
+    lanes, kernels, cpus = (_names(data, s) for s in ("lanes", "kernels", "cpus"))
+    axes = {"lane": lanes, "kernel": kernels, "cpu": cpus}
+
+    for section in ("lanes", "kernels", "cpus"):
+        seen: dict[str, str] = {}
+        for name in _names(data, section):
+            folded = name.lower()
+            if folded in seen:
+                doc.at(
+                    (section, name),
+                    f"name '{name}' differs from '{seen[folded]}' only in case",
+                    "names that differ in more than case",
+                    key=True,
+                )
+            seen[folded] = name
+
+    def known(path: Path_, axis: str, name: Any) -> None:
+        if isinstance(name, str) and axes[axis] and name not in axes[axis]:
+            doc.at(path, f"unknown {axis} '{name}'", "one of: " + ", ".join(axes[axis]))
+
+    cpu_section = data.get("cpus")
+    if isinstance(cpu_section, dict):
+        for cpu, models in cpu_section.items():
+            if not isinstance(models, dict):
+                continue
+            for lane in models:
+                if isinstance(lane, str) and lanes and lane not in lanes:
+                    doc.at(
+                        ("cpus", cpu, lane),
+                        f"CPU '{cpu}' names unknown lane '{lane}'",
+                        "one of: " + ", ".join(lanes),
+                        key=True,
+                    )
+            if not any(isinstance(m, str) and m for m in models.values()):
+                doc.at(("cpus", cpu), f"CPU '{cpu}' has no model in any lane", "at least one")
+
+    lane_section = data.get("lanes")
+    if isinstance(lane_section, dict):
+        for name, lane in lane_section.items():
+            if isinstance(lane, dict):
+                _check_lane(name, lane, doc)
+
+    excludes = data.get("exclude")
+    if isinstance(excludes, list):
+        for i, entry in enumerate(excludes):
+            if isinstance(entry, dict):
+                for axis in ("lane", "kernel", "cpu"):
+                    known(("exclude", i, axis), axis, entry.get(axis))
+
+    slice_ = data.get("default_slice")
+    if isinstance(slice_, dict):
+        for plural, axis in (("lanes", "lane"), ("kernels", "kernel"), ("cpus", "cpu")):
+            items = slice_.get(plural)
+            if isinstance(items, list):
+                for i, name in enumerate(items):
+                    known(("default_slice", plural, i), axis, name)
+
+
+def _check_lane(name: str, lane: dict[str, Any], doc: Document) -> None:
+    backend = lane.get("backend")
+    if backend == "bochs":
+        for key, allowed in (("guest", "initramfs"), ("domain_type", None), ("uri", None)):
+            if key in lane and (allowed is None or lane[key] != allowed):
+                doc.at(
+                    ("lanes", name, key),
+                    f"lane '{name}': '{key}: {lane[key]}' does not apply to the bochs backend",
+                    "guest: initramfs and no domain_type/uri" if key != "guest" else "initramfs",
+                    key=True,
+                )
+    elif (
+        backend == "libvirt"
+        and lane.get("domain_type", "qemu") == "qemu"
+        and lane.get("vmx") is True
+    ):
+        doc.at(
+            ("lanes", name, "vmx"),
+            f"lane '{name}' is QEMU TCG (domain_type: qemu) but claims vmx: true",
+            "vmx: false (TCG never exposes VMX)",
+        )

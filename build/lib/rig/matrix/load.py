@@ -1,0 +1,121 @@
+"""Loading matrix.yaml: read the source, validate it, build the Matrix.
+
+    load_matrix(path) -> Matrix          read, validate (every problem with FILE:LINE:COL)
+    parse_matrix(data, source) -> Matrix the same from bytes/str already in memory
+
+Every problem raises `MatrixFileError` (a `MatrixError`, exit code 2) that lists all problems
+found, one `FILE:LINE:COL: what; expected ...` line each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from rig.errors import MatrixError
+from rig.matrix.checks import cross_check
+from rig.matrix.schema import MatrixModel, pydantic_problems
+from rig.matrix.select import Exclusion, Matrix, Slice
+from rig.matrix.source import MAX_BYTES, MatrixFileError, Problem, read_document
+from rig.model import CpuSpec, KernelSpec, LaneSpec
+
+DEFAULT_MATRIX_NAME = "matrix.yaml"
+
+
+def to_matrix(model: MatrixModel, source: str) -> Matrix:
+    kernels = {
+        name: KernelSpec(
+            name=name,
+            suite=k.suite,
+            abi=k.abi,
+            version=k.version,
+            mirror=k.mirror,
+            extra_suites=tuple(k.extra_suites),
+            check_valid_until=k.check_valid_until,
+        )
+        for name, k in model.kernels.items()
+    }
+    cpus = {name: CpuSpec(name=name, models=dict(models)) for name, models in model.cpus.items()}
+    lanes = {
+        name: LaneSpec(
+            name=name,
+            backend=lane.backend,
+            vmx=lane.vmx,
+            guest=lane.guest,
+            uri=lane.uri,
+            domain_type=lane.domain_type,
+        )
+        for name, lane in model.lanes.items()
+    }
+    overrides = {
+        name: (lane.timeout, lane.memory, lane.vcpus) for name, lane in model.lanes.items()
+    }
+    return Matrix(
+        source=source,
+        kernels=kernels,
+        cpus=cpus,
+        lanes=lanes,
+        exclude=tuple(
+            Exclusion(lane=e.lane, kernel=e.kernel, cpu=e.cpu, reason=e.reason)
+            for e in model.exclude
+        ),
+        default_slice=Slice(
+            lanes=tuple(dict.fromkeys(model.default_slice.lanes)),
+            kernels=tuple(dict.fromkeys(model.default_slice.kernels)),
+            cpus=tuple(dict.fromkeys(model.default_slice.cpus)),
+        ),
+        timeout_s=model.defaults.timeout,
+        memory_mib=model.defaults.memory,
+        vcpus=model.defaults.vcpus,
+        lane_overrides=overrides,
+    )
+
+
+def parse_matrix(data: bytes | str, source: str = "<matrix>") -> Matrix:
+    """Validate matrix text; raises MatrixFileError listing every problem found."""
+    doc = read_document(data, source)
+    if doc.problems and doc.data is None:
+        raise MatrixFileError(doc.problems)
+    # Problems of the YAML layer (duplicate keys, tags, non-string keys) do not stop the
+    # schema checks; a schema problem at the same place as one of those is a consequence.
+    n_structural = len(doc.problems)
+    structural = {(p.line, p.col) for p in doc.problems}
+    model: MatrixModel | None = None
+    if isinstance(doc.data, dict):
+        try:
+            model = MatrixModel.model_validate(doc.data)
+        except ValidationError as err:
+            pydantic_problems(err, doc)
+    cross_check(doc.data, doc)
+    problems = [
+        p
+        for i, p in enumerate(doc.problems)
+        if i < n_structural or (p.line, p.col) not in structural
+    ]
+    if problems or model is None:
+        raise MatrixFileError(problems or [Problem(source, 1, 1, "invalid matrix")])
+    return to_matrix(model, source)
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    """Read and validate a matrix file (MatrixFileError, exit 2, on any problem)."""
+    p = Path(path)
+    source = str(path)
+    try:
+        if not p.is_file():
+            what = "is not a regular file" if p.exists() else "does not exist"
+            raise MatrixError(
+                f"matrix file {what}",
+                where=source,
+                fix=f"pass --matrix PATH, or create {DEFAULT_MATRIX_NAME}",
+            )
+        with p.open("rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except OSError as err:
+        raise MatrixError(
+            f"cannot read matrix file: {err.strerror or err}",
+            where=source,
+            fix="check the path and its permissions",
+        ) from err
+    return parse_matrix(data, source)

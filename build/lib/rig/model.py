@@ -1,0 +1,204 @@
+"""Typed records passed between the pipeline stages.
+
+matrix -> artifacts -> provision -> guest -> verdict -> report. Each stage consumes the
+records of the stage before it and produces its own; nothing flows backwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+STAGES: tuple[str, ...] = ("build", "vmxon", "vmlaunch", "vmcall_exit", "teardown")
+"""The five checks (JUnit testcases) of every matrix cell, in order."""
+
+
+# --------------------------------------------------------------------------- matrix
+@dataclass(frozen=True)
+class KernelSpec:
+    """One guest kernel: a Debian kernel package from one suite."""
+
+    name: str  # "6.12": the name used in matrix.yaml and on the command line
+    suite: str  # Debian suite whose toolchain builds the module: "trixie"
+    abi: str  # kernel ABI name, as in linux-image-<abi>: "6.12.57+deb13-amd64"
+    version: str = ""  # pinned Debian package version of linux-image-<abi> ("" = newest)
+    mirror: str = "http://deb.debian.org/debian"
+    extra_suites: tuple[str, ...] = ()  # e.g. ("bookworm-security",) for newest 6.1
+    check_valid_until: bool = True  # False for suites whose Release looks expired (sid)
+
+
+@dataclass(frozen=True)
+class CpuSpec:
+    """One CPU generation and its model name in each lane ("" = not available there)."""
+
+    name: str  # "haswell"
+    models: dict[str, str] = field(default_factory=dict, hash=False)  # lane -> model
+
+    def model_for(self, lane: str) -> str | None:
+        return self.models.get(lane) or None
+
+
+@dataclass(frozen=True)
+class LaneSpec:
+    name: str  # "bochs" | "tcg" | "kvm"
+    backend: str  # "bochs" | "libvirt"
+    vmx: bool  # does the guest CPU of this lane have VMX at all?
+    guest: str = "initramfs"  # "initramfs" | "vm"
+    uri: str = ""  # libvirt connection ("" = embedded default)
+    domain_type: str = "qemu"  # libvirt <domain type=...>: "qemu" (TCG) or "kvm"
+
+
+@dataclass(frozen=True)
+class Cell:
+    lane: LaneSpec
+    kernel: KernelSpec
+    cpu: CpuSpec
+    timeout_s: int = 300
+    memory_mib: int = 512
+    vcpus: int = 1
+    skip_reason: str | None = None  # excluded in matrix.yaml, or the lane lacks this CPU
+
+    @property
+    def id(self) -> str:
+        return f"{self.lane.name}-{self.kernel.name}-{self.cpu.name}"
+
+    @property
+    def cpu_model(self) -> str | None:
+        return self.cpu.model_for(self.lane.name)
+
+
+# --------------------------------------------------------------------------- artifacts
+@dataclass(frozen=True)
+class KernelArtifacts:
+    spec: KernelSpec
+    vmlinuz: Path
+    headers: Path  # /usr/src/linux-headers-<abi> inside the chroot
+    chroot: Path  # the suite's toolchain chroot that built modules for this kernel
+
+
+@dataclass(frozen=True)
+class ModuleBuild:
+    """Result of building one driver tree against one kernel (never raises on a compile error)."""
+
+    name: str  # module name, "vmlaunch"
+    ok: bool
+    log: str  # full make output (attached to the `build` testcase)
+    ko: Path | None
+    warnings: int = 0
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """What a guest boots: a kernel, an initrd and the kernel's command line."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
+
+
+# --------------------------------------------------------------------------- provision
+class BootEnd(StrEnum):
+    POWEROFF = "poweroff"  # the guest shut itself down: the normal end
+    PANIC = "panic"  # the guest kernel panicked or oopsed (seen on the console)
+    TIMEOUT = "timeout"  # the per-cell timeout expired
+    EMULATOR = "emulator"  # the emulator/hypervisor died or refused (triple fault, libvirt)
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    image: GuestImage
+    cpu_model: str
+    memory_mib: int
+    vcpus: int
+    timeout_s: int
+    workdir: Path  # per-cell scratch + logs directory, owned by the run
+    # IA32_FEATURE_CONTROL as the firmware leaves it (lanes with a firmware step: bochs);
+    # None: as the lane's own firmware leaves it
+    feature_control: int | None = None
+
+
+@dataclass(frozen=True)
+class BootResult:
+    console: str  # everything the guest's kernel wrote on its console (ttyS0)
+    end: BootEnd
+    duration_s: float
+    emulator_log: str = ""  # tail of bochs.log / libvirt / qemu log
+    detail: str = ""  # for people: how `end` came about (never parsed)
+    # facts the lane saw, for the judge
+    panic_line: str = ""  # the console's panic line, when end is PANIC
+    panic_to_stop_s: float | None = None  # from the panic reaching the console to the stop
+    triple_fault: bool = False  # the emulator stopped on a triple fault (shutdown)
+    # the guest agent's protocol channel (second serial port, or SSH): "" = the protocol is
+    # on the console itself (one channel, as older guests and hand-made consoles have it)
+    agent: str = ""
+
+
+# --------------------------------------------------------------------------- verdict
+class Outcome(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"  # the driver misbehaved
+    SKIPPED = "skipped"  # cannot be tested here (stated reason)
+    ERROR = "error"  # infrastructure: the check could not be made
+
+
+SEVERITY: dict[Outcome, int] = {
+    Outcome.PASSED: 0,
+    Outcome.SKIPPED: 1,
+    Outcome.FAILED: 2,
+    Outcome.ERROR: 3,
+}
+"""The one order of outcomes, worst last: the verdict (repeated runs), the report (a stage
+reported twice), bisection and the exit code all rank with it. An infrastructure ERROR
+outranks a FAILED check: a result the rig could not trust is never read as the driver's."""
+
+
+def worst(outcomes: Iterable[Outcome]) -> Outcome:
+    """The worst of some outcomes (PASSED for none)."""
+    return max(outcomes, key=SEVERITY.__getitem__, default=Outcome.PASSED)
+
+
+DECLINE_REASONS: tuple[str, ...] = (
+    "no_vmx",
+    "vmx_disabled_by_bios",
+    "vmx_disabled_by_kernel",
+    "vmx_busy",
+)
+"""The driver's `why=` values for a legitimate refusal (docs/contract.md)."""
+
+
+@dataclass(frozen=True)
+class Arranged:
+    """What the run set up in the guest that makes the driver's refusal the right answer.
+
+    A decline is SKIPPED only when the run arranged its cause; on a lane that promises VMX
+    any other decline is the driver's FAILURE.
+    """
+
+    declines: frozenset[str] = frozenset()  # e.g. {"vmx_busy"}: a fixture holds VMX
+    why: tuple[tuple[str, str], ...] = ()  # decline -> what arranged it (for the reason)
+
+    def because(self, decline: str) -> str:
+        return dict(self.why).get(decline, "")
+
+
+NOTHING_ARRANGED = Arranged()
+
+
+@dataclass(frozen=True)
+class StageVerdict:
+    stage: str
+    outcome: Outcome
+    reason: str
+    evidence: str = ""  # the guest lines the verdict was taken from
+
+
+@dataclass(frozen=True)
+class CellVerdict:
+    cell_id: str
+    stages: dict[str, StageVerdict]
+    console: str = ""
+    build_log: str = ""
+    emulator_log: str = ""
+    timings: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,34 @@
+"""Where the rig's own files are: the driver, the guest recipes and the default matrix.
+
+In a checkout they are beside the package (`driver/`, `guests/`, `matrix.yaml`); an installed
+rig (`pip install .`) carries a copy as package data under `rig/_project/`. `RIG_HOME` names
+another tree explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _is_project(root: Path) -> bool:
+    return (root / "driver").is_dir() and (root / "guests").is_dir()
+
+
+def find_project_root() -> Path:
+    """RIG_HOME, else the checkout around the package, else the installed package data."""
+    env = os.environ.get("RIG_HOME")
+    if env:
+        return Path(env).resolve()
+    for root in (_PACKAGE.parent, _PACKAGE / "_project"):
+        if _is_project(root):
+            return root
+    return _PACKAGE.parent
+
+
+PROJECT_ROOT = find_project_root()
+GUESTS_DIR = PROJECT_ROOT / "guests"
+DEFAULT_DRIVER = PROJECT_ROOT / "driver"
+DEFAULT_MATRIX = PROJECT_ROOT / "matrix.yaml"
