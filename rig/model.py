@@ -162,8 +162,11 @@ def worst(outcomes: Iterable[Outcome]) -> Outcome:
 DECLINE_REASONS: tuple[str, ...] = (
     "no_vmx",
     "vmx_disabled_by_bios",
+    "vmx_disabled_in_smx",
     "vmx_disabled_by_kernel",
     "vmx_busy",
+    "fred_enabled",
+    "host_fs_gs_selector",
 )
 """The driver's `why=` values for a legitimate refusal (docs/contract.md)."""
 

@@ -88,6 +88,9 @@ DECLINES: dict[str, str] = {
     "vmx_disabled_by_bios": "VMX is disabled by the firmware (IA32_FEATURE_CONTROL locked)",
     "vmx_busy": "VMX is already in use by another hypervisor (CR4.VMXE set)",
     "vmx_disabled_by_kernel": "the guest kernel turned VMX off (X86_FEATURE_VMX cleared)",
+    "vmx_disabled_in_smx": "VMX is not enabled inside SMX (CR4.SMXE set, TXT)",
+    "fred_enabled": "FRED is on: the driver's NMI and #MC re-delivery needs the IDT",
+    "host_fs_gs_selector": "the host's FS/GS selectors are not null",
 }
 
 

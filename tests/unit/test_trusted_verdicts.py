@@ -328,3 +328,10 @@ def test_a_driver_line_with_something_spliced_in_front_is_not_evidence() -> None
     rec = parse_driver_line("[   10.465625] vmlaunch: cpu=0 exit ok reason=0x12 basic=18")
     assert rec is not None and rec.number("reason") == 0x12
     assert parse_driver_line("<6>[    1.000000] vmlaunch: cpu=- unload ok") is not None
+
+
+def test_every_refusal_the_judge_knows_is_named_for_arrangements() -> None:
+    from rig.model import DECLINE_REASONS
+    from rig.verdict.grammar import DECLINES
+
+    assert set(DECLINES) == set(DECLINE_REASONS)
