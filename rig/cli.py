@@ -23,7 +23,7 @@ from rig.hostcheck import kvm_usable
 from rig.lanes import backend_for
 from rig.matrix import load_matrix
 from rig.model import Outcome, worst
-from rig.options import add_to_argparse, pytest_words, settings_from, values_of
+from rig.options import add_to_argparse, check_param, pytest_words, settings_from, values_of
 from rig.paths import DEFAULT_DRIVER, DEFAULT_MATRIX
 from rig.runner import RunConfig, arrangements, check_required
 
@@ -301,6 +301,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         raise UsageError("--good must be an older kernel than --bad")
     if args.repeat < 1:
         raise UsageError("--repeat takes at least 1")
+    params = tuple(check_param(p) for p in args.param)
     matrix.cell(args.lane, args.good, args.cpu)  # validates lane and cpu names (exit 2)
     run_id = new_run_id()
     runs_root = args.runs_dir.resolve()
@@ -310,7 +311,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     with run_lock(runs_root / run_id) as run_dir:
         runner = CellRunner(
             config=RunConfig(run_id=run_id, run_dir=run_dir, driver=args.driver.resolve(),
-                             module_params=tuple(args.param)),
+                             module_params=params),
             artifacts=Artifacts(Cache(cache_root)),
             embed_pool=cache_root / "libvirt-embed",
         )  # fmt: skip
