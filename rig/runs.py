@@ -66,7 +66,11 @@ def run_lock(run_dir: Path) -> Iterator[Path]:
 
 
 def _is_locked(run_dir: Path) -> bool:
-    lock = run_dir / "run.lock"
+    return lock_held(run_dir / "run.lock")
+
+
+def lock_held(lock: Path) -> bool:
+    """Some live process holds an flock on `lock` (a run, a libvirt child's embed slot)."""
     if not lock.exists():
         return False
     fh: IO[str]

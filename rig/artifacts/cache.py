@@ -9,7 +9,6 @@ the same artifact at once build it once; `prune` deletes only what nobody holds.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+
+from rig.runs import lock_held
 
 RECIPE_VERSION = "1"
 """Bump when a recipe changes in a way that must invalidate cached artifacts."""
@@ -52,16 +53,7 @@ EMBED_KIND = "libvirt-embed"  # the embedded libvirt roots live in the cache too
 
 def slot_in_use(root: Path) -> bool:
     """An embedded libvirt root whose slot lock a live libvirt child holds."""
-    lock = root / "rig.lock"
-    if not lock.exists():
-        return False
-    with lock.open("r") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
+    return lock_held(root / "rig.lock")
 
 
 @dataclass

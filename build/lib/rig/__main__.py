@@ -1,5 +1,0 @@
-import sys
-
-from rig.cli import main
-
-sys.exit(main())
