@@ -151,15 +151,16 @@ def _hold_in_child(lock_path: Path, ready: Path, release: Path) -> subprocess.Po
         "import fcntl,sys,time,pathlib;"
         "fh=open(sys.argv[1],'a');fcntl.flock(fh,fcntl.LOCK_EX);"
         "pathlib.Path(sys.argv[2]).touch();"
-        "[time.sleep(0.05) for _ in range(400) if not pathlib.Path(sys.argv[3]).exists()]"
+        "[time.sleep(0.05) for _ in range(2400) if not pathlib.Path(sys.argv[3]).exists()]"
     )
     import sys
 
     proc = subprocess.Popen([sys.executable, "-c", code, str(lock_path), str(ready), str(release)])
-    for _ in range(200):
+    for _ in range(1200):  # a loaded machine starts Python slowly
         if ready.exists():
             break
         threading.Event().wait(0.05)
+    assert ready.exists(), "the lock holder did not start"
     return proc
 
 
