@@ -18,7 +18,8 @@
 
 static void wedge(struct work_struct *unused)
 {
-	pr_info("righangafter: vmlaunch is gone: stopping this CPU now\n");
+	/* pr_err: above the console log level the agent leaves after its runs */
+	pr_err("righangafter: vmlaunch is gone: stopping this CPU now\n");
 	local_irq_disable();
 	for (;;)
 		cpu_relax();
