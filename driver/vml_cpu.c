@@ -27,6 +27,7 @@
 #include <asm/processor-flags.h>
 
 #include "vml_cpu.h"
+#include "vml_window.h"
 #include "vmx_caps.h"
 #include "vmcs_setup.h"
 #include "vmx_sdm.h"
@@ -92,18 +93,6 @@ unsigned int vml_cpu_free(struct vml_cpu *c)
 	kvfree(c->cycles);
 	c->cycles = NULL;
 	return n;
-}
-
-/*
- * VM-instruction error of the VMfailValid just seen (VMfailValid means
- * there is a current VMCS, so VMREAD works; 0 if it does not).
- */
-static u32 vml_insn_error(void)
-{
-	u32 e = 0;
-
-	vml_vmcs_read32(VMCS_VM_INSTRUCTION_ERROR, &e);
-	return e;
 }
 
 /* Record a failing VMX instruction at @stage. */
@@ -266,28 +255,6 @@ static int vml_roundtrip_loop(struct vml_cpu *c, u32 n)
 		c->roundtrips = i + 1;
 	}
 	return 0;
-}
-
-/*
- * VMXOFF, then CR4.VMXE cleared if the CPU is out of VMX operation.
- * VMXOFF fails only (a) with #UD when the CPU is not in VMX operation
- * (someone else left it): VMXE can be cleared safely; or (b) with
- * VMfailValid 23 under the dual-monitor treatment of SMM, which only a
- * VMCALL in VMX root operation activates, and we never execute one: then
- * VMXE must stay set (clearing it in VMX operation is #GP).
- * Returns the VML_RC_* of the VMXOFF; *error gets a VMfailValid's number.
- */
-static int vml_vmxoff_clear_vmxe(struct vml_cpu *c, u32 *error)
-{
-	int rc = vml_vmxoff();
-
-	if (rc == VML_RC_FAIL_VALID)
-		*error = vml_insn_error();
-	if (rc == VML_RC_OK || rc == VML_RC_FAULT) {
-		c->vmx_on = false;
-		vml_cr4_clear_vmxe(vml_read_cr4());
-	}
-	return rc;
 }
 
 /* The IRQs-off window.  Returns 0 or the errno of the failure path. */
