@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Middle layer, inside the per-CPU state machine: what the IRQs-off launch
- * window and vml_cpu_release() share.  Both leave VMX operation the same
- * way (the window's teardown; the release of a CPU held since its launch),
- * so the two teardown primitives live here, as static inlines.
+ * Middle layer, inside the per-CPU state machine: the interface between
+ * vml_cpu.c (run, release, free) and vml_window.c (the IRQs-off launch
+ * window).  vml_cpu.c calls vml_window() and nothing else there; the window
+ * calls nothing in vml_cpu.c.  Both leave VMX operation the same way (the
+ * window's teardown; the release of a CPU held since its launch), so the
+ * two teardown primitives live here, as static inlines.
  * Includes only this layer's vml_cpu.h and the bottom layer (and compat.h).
  */
 #ifndef VMLAUNCH_VML_WINDOW_H
@@ -13,6 +15,14 @@
 #include "vmx_sdm.h"
 #include "vmcs_access.h"
 #include "compat.h"
+
+/*
+ * vml_window.c.  Runs on the CPU of @c with preemption and local interrupts
+ * disabled, after vml_caps_check(), vml_controls_compute() and the page
+ * allocation; @c->cycles holds cfg->roundtrips entries.  Returns 0 or the
+ * errno of the failure path (recorded in @c as well).
+ */
+int vml_window(struct vml_cpu *c, const struct vml_config *cfg);
 
 /*
  * VM-instruction error of the VMfailValid just seen (VMfailValid means
