@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Middle layer: the per-CPU state machine (vml_cpu.c, with vmx_caps.c and
- * vmcs_setup.c).  Its types, stages and errnos; everything it needs comes
- * in as arguments (struct vml_config, struct vml_cpu): no globals.
+ * Middle layer: the per-CPU state machine (vml_cpu.c and vml_window.c, with
+ * vmx_caps.c and vmcs_setup.c).  Its types, stages and errnos; everything it
+ * needs comes in as arguments (struct vml_config, struct vml_cpu): no globals.
  * Includes only the bottom layer.
  */
 #ifndef VMLAUNCH_VML_CPU_H

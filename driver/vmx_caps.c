@@ -222,7 +222,7 @@ int vml_controls_compute(struct vml_cpu *c, enum vml_break brk)
 	 * IRQs are off for the whole run: no external-interrupt exiting.  NMI
 	 * exiting: an NMI during VM entry or in the guest exits (reason 0,
 	 * type NMI) instead of running the host's NMI handler in VMX non-root
-	 * operation; vml_cpu.c re-delivers it to the host at once.
+	 * operation; vml_window.c re-delivers it to the host at once.
 	 */
 	t->pin = vml_adjust(VMX_PIN_NMI_EXITING, k->pin);
 	t->nmi_exiting = !!(t->pin & VMX_PIN_NMI_EXITING);
