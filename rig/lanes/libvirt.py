@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from rig.errors import InfraError
 from rig.hostcheck import kvm_usable
@@ -147,8 +147,10 @@ class Domain(Protocol):
     def result(self) -> BootResult: ...
 
 
+@runtime_checkable
 class DomainLane(Protocol):
-    """A lane that boots domains with extra devices (LibvirtBackend is one)."""
+    """A lane that keeps a domain running with extra devices (disks, a user network) while a
+    guest flavour drives it (LibvirtBackend is one): what full-VM guests need of a lane."""
 
     def running(
         self, spec: BootSpec, *, vm: VmDevices | None = None, extra_s: float = 0.0

@@ -619,7 +619,7 @@ def test_runner_vm_flavour_on_a_lane_without_libvirt_is_a_stated_skip(
     )
     v = runner.run(cell)
     assert {sv.outcome for sv in v.stages.values()} == {Outcome.SKIPPED}
-    assert "libvirt lanes only" in v.stages["build"].reason
+    assert "cannot run full-VM guests" in v.stages["build"].reason
 
 
 # --------------------------------------------------------------------------- image tree helpers

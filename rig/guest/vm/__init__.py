@@ -9,7 +9,7 @@ from rig.guest.base import GuestJob, GuestRun
 from rig.guest.vm.cell import VmCellPlan, run_vm_cell
 from rig.guest.vm.image import VmImages
 from rig.lanes import Backend
-from rig.lanes.libvirt import LibvirtBackend
+from rig.lanes.libvirt import DomainLane
 
 
 class VmFlavour:
@@ -18,8 +18,8 @@ class VmFlavour:
     name = "vm"
 
     def unsupported(self, job: GuestJob, lane: Backend) -> str | None:
-        if not isinstance(lane, LibvirtBackend):
-            return f"lane {lane.name} cannot run full-VM guests (libvirt lanes only)"
+        if not isinstance(lane, DomainLane):
+            return f"lane {lane.name} cannot run full-VM guests (they need disks and a network)"
         if job.preload or job.kernel_args or job.feature_control is not None:
             return (
                 "--preload, --kernel-arg and --feature-control apply to initramfs guests only "
@@ -28,7 +28,7 @@ class VmFlavour:
         return None
 
     def run(self, job: GuestJob, lane: Backend) -> GuestRun:
-        assert isinstance(lane, LibvirtBackend)  # unsupported() said so
+        assert isinstance(lane, DomainLane)  # unsupported() said so
         plan = VmCellPlan(
             run_id=job.run_id,
             cell_id=job.cell.id,

@@ -47,7 +47,7 @@ from rig.guest.vm.resources import (
 )
 from rig.guest.vm.ssh import QUICK_CAP_S, Commands, GuestLost, Session, ssh_session
 from rig.lanes.base import AGENT_FILE, CONSOLE_FILE, PANIC_GRACE_S, PANIC_RE, read_text, tail
-from rig.lanes.libvirt import Domain, DomainLane, LibvirtBackend
+from rig.lanes.libvirt import Domain, DomainLane
 from rig.model import BootEnd, BootResult, BootSpec, GuestImage, ModuleBuild
 from rig.options import check_param
 
@@ -188,7 +188,7 @@ def started_domain(
 def run_vm_cell(
     plan: VmCellPlan,
     image: VmImage,
-    backend: LibvirtBackend,
+    backend: DomainLane,
     *,
     progress: Progress | None = None,
 ) -> VmCellResult:
