@@ -23,7 +23,7 @@ from rig.hostcheck import kvm_usable
 from rig.lanes import backend_for
 from rig.matrix import load_matrix
 from rig.model import Outcome, worst
-from rig.options import add_to_argparse, pytest_words, settings_from, values_of
+from rig.options import add_to_argparse, pytest_words, select, settings_from, values_of
 from rig.paths import DEFAULT_DRIVER, DEFAULT_MATRIX
 from rig.runner import RunConfig, arrangements, check_required
 
@@ -31,7 +31,15 @@ RUN_HELP = """\
 Run the selected cells of the matrix (one guest per cell; five checks each) and write JUnit.
 
 Selection: --lane/--kernel/--cpu filter the full matrix on the axes given; an axis not given
-falls back to default_slice in the matrix file.
+falls back to default_slice in the matrix file (a cross product, or a list of them), or, with
+--all, to every name on it. --shard I/N then keeps shard I of N of those cells (a deterministic
+split: `rig matrix --all --shard I/N` lists the same cells). An empty shard is not an error.
+
+Progress: a line when a cell starts and ends (verdict, seconds), what an artifact build is
+doing; at the end the run directory and the console of every cell that did not pass.
+
+Several --uri spread the cells of libvirt lanes over those connections; they must be local
+ones today (the console, the images and SSH are local paths).
 
 Exit codes: 0 every check passed or was skipped, 1 a check failed (the driver misbehaved),
 2 bad input or usage, 3 infrastructure error (a tool missing, a guest that never booted,
@@ -64,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rig", description="Prove the vmlaunch driver across a matrix."
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def matrix_filters(sp: argparse.ArgumentParser) -> None:
@@ -86,6 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--junit", type=Path, default=Path("rig-junit.xml"), help="JUnit XML output")
     run.add_argument("-n", dest="jobs", type=_jobs, default="1", help="workers: N or auto")
     run.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+
+    mat = sub.add_parser(
+        "matrix",
+        help="list the cells a selection holds (--json: machine-readable, for planning shards)",
+        description="List the cells of the matrix that `rig run` with the same selection runs: "
+        "lane, kernel, CPU, the lane's CPU model and why a cell would be skipped.",
+    )
+    mat.add_argument("--matrix", type=Path, default=None, help="matrix file (default matrix.yaml)")
+    for name in ("lane", "kernel", "cpu"):
+        mat.add_argument(f"--{name}", action="append", default=[], help=f"{name} (repeatable)")
+    mat.add_argument("--all", action="store_true", help="the whole matrix, not default_slice")
+    mat.add_argument("--shard", metavar="I/N", default=None, help="only shard I of N")
+    mat.add_argument("--json", action="store_true", help="JSON: one object per cell")
+    mat.add_argument(
+        "--shards", type=int, default=None, metavar="N",
+        help="with --json: an object {shards: ['1/N', ...], cells: [...]} for a CI matrix",
+    )  # fmt: skip
 
     doctor = sub.add_parser("doctor", help="what this host can run, lane by lane")
     doctor.add_argument("--matrix", type=Path, default=None)
@@ -163,8 +189,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Every option is checked here, before any kernel is fetched or module built (exit 2).
     values = values_of(args)
     settings = settings_from(values, default_driver=DEFAULT_DRIVER)
-    cells = matrix.select(lanes=settings.lanes, kernels=settings.kernels, cpus=settings.cpus)
-    if not cells:
+    cells = select(matrix, settings)
+    if not cells and settings.shard is None:
         raise UsageError("the selection contains no cell", fix="check --lane/--kernel/--cpu")
     check_required(matrix, cells, settings.require_lanes)
     arrangements(RunConfig.from_settings(settings, run_id="check", run_dir=Path()))
@@ -203,6 +229,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rc == pytest.ExitCode.INTERRUPTED:
         return int(ExitCode.INFRA)
     return int(exit_code_from(outcome.stats))
+
+
+def version() -> str:
+    """The rig's version: the installed distribution's, else the package's own."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    import rig
+
+    try:
+        return dist_version("vmlaunch-rig")
+    except PackageNotFoundError:
+        return rig.__version__
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    import json
+
+    from rig.matrix import cells_json, parse_shard, shard
+
+    matrix = load_matrix((args.matrix or _default_matrix()).resolve())
+    cells = matrix.select(lanes=args.lane, kernels=args.kernel, cpus=args.cpu, everything=args.all)
+    if args.shard:
+        cells = shard(cells, *parse_shard(args.shard))
+    if args.shards is not None and not 1 <= args.shards <= 256:
+        raise UsageError("--shards takes a number from 1 to 256")
+    rows = cells_json(cells)
+    if args.json:
+        data: object = rows
+        if args.shards is not None:
+            data = {
+                "shards": [f"{i}/{args.shards}" for i in range(1, args.shards + 1)],
+                "runnable": sum(1 for r in rows if not r["skip_reason"]),
+                "cells": rows,
+            }
+        print(json.dumps(data, indent=None if args.shards else 1))
+        return 0
+    for r in rows:
+        model = r["cpu_model"] or "-"
+        print(
+            f"{r['id']:28} {model:28} {'skipped: ' + r['skip_reason'] if r['skip_reason'] else ''}"
+        )
+    runnable = sum(1 for r in rows if not r["skip_reason"])
+    print(f"{len(rows)} cells, {runnable} runnable")
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -389,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {
         "run": cmd_run,
+        "matrix": cmd_matrix,
         "doctor": cmd_doctor,
         "images": cmd_images,
         "report": cmd_report,

@@ -22,7 +22,7 @@ from rig.artifacts import Artifacts, Cache, default_cache_root
 from rig.errors import ExitCode, RigError, exit_code_of
 from rig.matrix import load_matrix
 from rig.model import STAGES, Cell, CellVerdict, Outcome, StageVerdict, worst
-from rig.options import RUN_OPTIONS, add_to_pytest, settings_from, values_of
+from rig.options import RUN_OPTIONS, add_to_pytest, select, settings_from, values_of
 from rig.paths import PROJECT_ROOT
 from rig.runner import CellRunner, RunConfig, check_required
 from rig.runs import new_run_id, run_lock, sweep, sweep_embed_pool, verdict_for
@@ -112,9 +112,7 @@ class MatrixFile(pytest.File):
         try:
             settings = settings_from(_values(self.config), default_driver=DEFAULT_DRIVER)
             matrix = load_matrix(self.path)
-            cells = matrix.select(
-                lanes=settings.lanes, kernels=settings.kernels, cpus=settings.cpus
-            )
+            cells = select(matrix, settings)
             check_required(matrix, cells, settings.require_lanes)
         except RigError as exc:
             raise pytest.UsageError(exc.render()) from exc
