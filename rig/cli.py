@@ -153,13 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     bis.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"))
     bis.add_argument("--cache", type=Path, default=None)
 
-    report = sub.add_parser("report", help="merge JUnit files into an HTML matrix report")
-    report.add_argument("junit", nargs="+", type=Path, help="JUnit XML files (e.g. one per shard)")
-    report.add_argument("--html", type=Path, default=Path("rig-report.html"))
-    report.add_argument(
-        "--markdown", type=Path, default=None,
-        help="also a Markdown table, one row per cell with its verdict and timings",
-    )  # fmt: skip
+    from rig.report.command import add_arguments as report_arguments
+
+    report = sub.add_parser(
+        "report",
+        help="JUnit files -> HTML page (+ logs), Markdown summary, comparison, history",
+        description="Merge JUnit files (e.g. the nightly's shards) into the page people triage "
+        "from, with each cell's logs copied beside it; compare with a baseline; keep a history."
+        " Exit codes: 0 made, 2 bad input, 3 coverage lost (--expect, --expect-shards).",
+    )
+    report_arguments(report)
 
     clean = sub.add_parser("clean", help="kill and delete what dead runs left behind")
     clean.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"))
@@ -194,6 +197,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("the selection contains no cell", fix="check --lane/--kernel/--cpu")
     check_required(matrix, cells, settings.require_lanes)
     arrangements(RunConfig.from_settings(settings, run_id="check", run_dir=Path()))
+    from rig.runs import new_run_id
+
+    values["run_id"] = settings.run_id or new_run_id()
     values["driver"] = str(settings.driver)
     values["runs_dir"] = str(settings.runs_dir)
     values["preload"] = [str(p) for p in settings.preload]
@@ -224,6 +230,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"rig: cleaning up the run directory failed ({exc}); the next run or "
                   "`rig clean` retries", file=sys.stderr)  # fmt: skip
+    if args.junit.exists() and rc != pytest.ExitCode.USAGE_ERROR:
+        print(f"rig: JUnit: {args.junit}; logs: {settings.runs_dir / values['run_id']}/cells/; "
+              f"the page: rig report {args.junit} --html rig-report/index.html")  # fmt: skip
     if rc in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR):
         return int(ExitCode.USAGE if rc == pytest.ExitCode.USAGE_ERROR else ExitCode.INFRA)
     if rc == pytest.ExitCode.INTERRUPTED:
@@ -425,22 +434,9 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rig.report import read_junit, render_html, render_markdown
+    from rig.report.command import cmd_report as report
 
-    results = []
-    for path in args.junit:
-        if not path.exists():
-            raise UsageError(f"{path}: no such JUnit file")
-        try:
-            results += read_junit(path)
-        except ET.ParseError as exc:
-            raise UsageError(f"{path}: not valid XML ({exc})") from exc
-    args.html.write_text(render_html(results))
-    print(f"wrote {args.html} ({len(results)} testcases)")
-    if args.markdown is not None:
-        args.markdown.write_text(render_markdown(results))
-        print(f"wrote {args.markdown}")
-    return 0
+    return report(args)
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
