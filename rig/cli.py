@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import traceback
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -386,7 +387,10 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     runs_root = args.runs_dir.resolve()
     sweep(runs_root)
     cache_root = args.cache or default_cache_root()
+    from rig.report.shape import finish_suite
+
     cases = ET.Element("testsuite", name="vmlaunch-rig-bisect")
+    started = time.monotonic()
     with run_lock(runs_root / run_id) as run_dir:
         runner = CellRunner(
             config=RunConfig(run_id=run_id, run_dir=run_dir, driver=args.driver.resolve(),
@@ -400,16 +404,21 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         def probe(kernel: str) -> Mark:
             nonlocal attempt
             attempt += 1
+            t = time.monotonic()
             verdict = runner.run(matrix.cell(args.lane, kernel, args.cpu))
             mark = mark_of(verdict)
-            if worst(v.outcome for v in verdict.stages.values()) is Outcome.ERROR:
+            broken = worst(v.outcome for v in verdict.stages.values()) is Outcome.ERROR
+            if broken:
                 infra.append(kernel)
             reasons = "; ".join(f"{s}: {v.outcome.value} ({v.reason})"
                                 for s, v in verdict.stages.items())  # fmt: skip
             print(f"  {kernel:8} try {attempt:3}: {mark.value:4}  {reasons[:160]}")
-            case = ET.SubElement(cases, "testcase", classname="bisect",
-                                 name=f"{kernel}[try{attempt}]")  # fmt: skip
-            if mark is Mark.BAD:
+            case = ET.SubElement(cases, "testcase", classname=f"vmlaunch-rig-bisect.{args.lane}",
+                                 name=f"{args.lane}-{kernel}-{args.cpu}::try{attempt}",
+                                 time=f"{time.monotonic() - t:.3f}")  # fmt: skip
+            if broken:
+                ET.SubElement(case, "error", message="infrastructure: cannot judge").text = reasons
+            elif mark is Mark.BAD:
                 ET.SubElement(case, "failure", message="bad").text = reasons
             elif mark is Mark.SKIP:
                 ET.SubElement(case, "skipped", message="skip: cannot judge").text = reasons
@@ -420,7 +429,9 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc), fix="check --good/--bad with `rig run`") from exc
         finally:
-            ET.ElementTree(cases).write(args.junit, encoding="unicode", xml_declaration=True)
+            finish_suite(cases, time.monotonic() - started).write(
+                args.junit, encoding="unicode", xml_declaration=True
+            )
     if result.first_bad:
         print(f"first bad kernel: {result.first_bad} (last good: {result.last_good})")
         return int(ExitCode.OK)

@@ -206,6 +206,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"{copied} log files under {out_dir / 'logs'}, {time.monotonic() - t0:.2f} s)"
     )
     if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(render_markdown(ordered, deltas, missing_shards))
         print(f"wrote {args.markdown}")
     if deltas is not None:

@@ -55,6 +55,7 @@ def dump(nights: list[Night], path: Path) -> None:
             for n in nights[-KEEP:]
         ],
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=None, separators=(",", ":")) + "\n")
 
 

@@ -22,7 +22,7 @@ border-radius:3px;margin:1px;padding:0 2px;border:2px solid transparent}
 .tile{display:block;text-decoration:none;color:inherit;white-space:nowrap}
 .grid td{text-align:center}.grid td.k{text-align:left;font-weight:600}
 .bad{border-left:4px solid #c62828;padding:.2em .8em;margin:.6em 0;background:#fff8f8}
-.bad.error{background:#fbf5fd;border-left-color:#6a1b9a;color:inherit}
+.bad-error{background:#fbf5fd;border-left-color:#6a1b9a}.bad-missing{border-left-color:#000}
 .reason{font-family:monospace;white-space:pre-wrap}
 .change-new-failure{font-weight:700;color:#c62828}.change-fixed{font-weight:700;color:#2e7d32}
 .links a{margin-right:.8em}.strip{font-family:monospace;letter-spacing:1px}
@@ -59,8 +59,8 @@ TEMPLATE = """<!DOCTYPE html>
 {% else %}<p>Nothing changed.</p>{% endif %}
 {% endif %}
 
-<h2 id="attention">Needs attention ({{ bad|length }})</h2>
-{% for c in bad %}<div class="bad {{ c.status.value }}" id="cell-{{ c.id }}" data-status="{{ c.status.value }}">
+<section id="attention"><h2>Needs attention ({{ bad|length }})</h2>
+{% for c in bad %}<div class="bad bad-{{ c.status.value }}" id="cell-{{ c.id }}" data-status="{{ c.status.value }}">
 <p><span class="st {{ c.status.value }}">{{ labels[c.status][0] }}</span> <b>{{ c.id }}</b>
 {% if c.bad_stage %}stage <b>{{ c.bad_stage.stage }}</b>{% endif %} &mdash; {{ labels[c.status][1] }}
 {% if c.id in flaky and flaky[c.id].flaky %} &mdash; flaky: {{ flaky[c.id].flips }} flips in {{ flaky[c.id].nights }} nights{% endif %}</p>
@@ -68,7 +68,7 @@ TEMPLATE = """<!DOCTYPE html>
 {% if c.bad_stage and c.bad_stage.detail != c.bad_stage.reason %}<details><summary>guest evidence</summary><pre>{{ c.bad_stage.detail }}</pre></details>{% endif %}
 <p class="links">{% for kind, href in c.logs.items() %}<a href="{{ href }}">{{ kind }}</a>{% else %}no logs in the bundle{% endfor %}</p>
 </div>
-{% else %}<p>No failures, no errors.</p>{% endfor %}
+{% else %}<p>No failures, no errors.</p>{% endfor %}</section>
 
 <h2 id="grid">Matrix</h2>
 <p>Each cell shows its five stages, left to right: {{ stages|join(', ') }}.</p>
