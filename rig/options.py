@@ -96,6 +96,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "all",
         "the whole matrix: an axis not given means every name on it, not default_slice's",
         flag=True,
+        default=False,
     ),
     Option(
         "shard",
