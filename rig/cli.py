@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import traceback
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -23,7 +24,14 @@ from rig.hostcheck import kvm_usable
 from rig.lanes import backend_for
 from rig.matrix import load_matrix
 from rig.model import Outcome, worst
-from rig.options import add_to_argparse, check_param, pytest_words, settings_from, values_of
+from rig.options import (
+    add_to_argparse,
+    check_param,
+    pytest_words,
+    select,
+    settings_from,
+    values_of,
+)
 from rig.paths import DEFAULT_DRIVER, DEFAULT_MATRIX
 from rig.runner import RunConfig, arrangements, check_required
 
@@ -31,7 +39,15 @@ RUN_HELP = """\
 Run the selected cells of the matrix (one guest per cell; five checks each) and write JUnit.
 
 Selection: --lane/--kernel/--cpu filter the full matrix on the axes given; an axis not given
-falls back to default_slice in the matrix file.
+falls back to default_slice in the matrix file (a cross product, or a list of them), or, with
+--all, to every name on it. --shard I/N then keeps shard I of N of those cells (a deterministic
+split: `rig matrix --all --shard I/N` lists the same cells). An empty shard is not an error.
+
+Progress: a line when a cell starts and ends (verdict, seconds), what an artifact build is
+doing; at the end the run directory and the console of every cell that did not pass.
+
+Several --uri spread the cells of libvirt lanes over those connections; they must be local
+ones today (the console, the images and SSH are local paths).
 
 Exit codes: 0 every check passed or was skipped, 1 a check failed (the driver misbehaved),
 2 bad input or usage, 3 infrastructure error (a tool missing, a guest that never booted,
@@ -64,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rig", description="Prove the vmlaunch driver across a matrix."
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def matrix_filters(sp: argparse.ArgumentParser) -> None:
@@ -86,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--junit", type=Path, default=Path("rig-junit.xml"), help="JUnit XML output")
     run.add_argument("-n", dest="jobs", type=_jobs, default="1", help="workers: N or auto")
     run.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+
+    mat = sub.add_parser(
+        "matrix",
+        help="list the cells a selection holds (--json: machine-readable, for planning shards)",
+        description="List the cells of the matrix that `rig run` with the same selection runs: "
+        "lane, kernel, CPU, the lane's CPU model and why a cell would be skipped.",
+    )
+    mat.add_argument("--matrix", type=Path, default=None, help="matrix file (default matrix.yaml)")
+    for name in ("lane", "kernel", "cpu"):
+        mat.add_argument(f"--{name}", action="append", default=[], help=f"{name} (repeatable)")
+    mat.add_argument("--all", action="store_true", help="the whole matrix, not default_slice")
+    mat.add_argument("--shard", metavar="I/N", default=None, help="only shard I of N")
+    mat.add_argument("--json", action="store_true", help="JSON: one object per cell")
+    mat.add_argument(
+        "--shards", type=int, default=None, metavar="N",
+        help="with --json: an object {shards: ['1/N', ...], cells: [...]} for a CI matrix",
+    )  # fmt: skip
 
     doctor = sub.add_parser("doctor", help="what this host can run, lane by lane")
     doctor.add_argument("--matrix", type=Path, default=None)
@@ -127,13 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     bis.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"))
     bis.add_argument("--cache", type=Path, default=None)
 
-    report = sub.add_parser("report", help="merge JUnit files into an HTML matrix report")
-    report.add_argument("junit", nargs="+", type=Path, help="JUnit XML files (e.g. one per shard)")
-    report.add_argument("--html", type=Path, default=Path("rig-report.html"))
-    report.add_argument(
-        "--markdown", type=Path, default=None,
-        help="also a Markdown table, one row per cell with its verdict and timings",
-    )  # fmt: skip
+    from rig.report.command import add_arguments as report_arguments
+
+    report = sub.add_parser(
+        "report",
+        help="JUnit files -> HTML page (+ logs), Markdown summary, comparison, history",
+        description="Merge JUnit files (e.g. the nightly's shards) into the page people triage "
+        "from, with each cell's logs copied beside it; compare with a baseline; keep a history."
+        " Exit codes: 0 made, 2 bad input, 3 coverage lost (--expect, --expect-shards).",
+    )
+    report_arguments(report)
 
     clean = sub.add_parser("clean", help="kill and delete what dead runs left behind")
     clean.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"))
@@ -163,11 +200,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Every option is checked here, before any kernel is fetched or module built (exit 2).
     values = values_of(args)
     settings = settings_from(values, default_driver=DEFAULT_DRIVER)
-    cells = matrix.select(lanes=settings.lanes, kernels=settings.kernels, cpus=settings.cpus)
-    if not cells:
+    cells = select(matrix, settings)
+    if not cells and settings.shard is None:
         raise UsageError("the selection contains no cell", fix="check --lane/--kernel/--cpu")
     check_required(matrix, cells, settings.require_lanes)
     arrangements(RunConfig.from_settings(settings, run_id="check", run_dir=Path()))
+    from rig.runs import new_run_id
+
+    values["run_id"] = settings.run_id or new_run_id()
     values["driver"] = str(settings.driver)
     values["runs_dir"] = str(settings.runs_dir)
     values["preload"] = [str(p) for p in settings.preload]
@@ -198,11 +238,59 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"rig: cleaning up the run directory failed ({exc}); the next run or "
                   "`rig clean` retries", file=sys.stderr)  # fmt: skip
+    if args.junit.exists() and rc != pytest.ExitCode.USAGE_ERROR:
+        print(f"rig: JUnit: {args.junit}; logs: {settings.runs_dir / values['run_id']}/cells/; "
+              f"the page: rig report {args.junit} --html rig-report/index.html")  # fmt: skip
     if rc in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR):
         return int(ExitCode.USAGE if rc == pytest.ExitCode.USAGE_ERROR else ExitCode.INFRA)
     if rc == pytest.ExitCode.INTERRUPTED:
         return int(ExitCode.INFRA)
     return int(exit_code_from(outcome.stats))
+
+
+def version() -> str:
+    """The rig's version: the installed distribution's, else the package's own."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    import rig
+
+    try:
+        return dist_version("vmlaunch-rig")
+    except PackageNotFoundError:
+        return rig.__version__
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    import json
+
+    from rig.matrix import cells_json, parse_shard, shard
+
+    matrix = load_matrix((args.matrix or _default_matrix()).resolve())
+    cells = matrix.select(lanes=args.lane, kernels=args.kernel, cpus=args.cpu, everything=args.all)
+    if args.shard:
+        cells = shard(cells, *parse_shard(args.shard))
+    if args.shards is not None and not 1 <= args.shards <= 256:
+        raise UsageError("--shards takes a number from 1 to 256")
+    rows = cells_json(cells)
+    if args.json:
+        data: object = rows
+        if args.shards is not None:
+            data = {
+                "shards": [f"{i}/{args.shards}" for i in range(1, args.shards + 1)],
+                "runnable": sum(1 for r in rows if not r["skip_reason"]),
+                "cells": rows,
+            }
+        print(json.dumps(data, indent=None if args.shards else 1))
+        return 0
+    for r in rows:
+        model = r["cpu_model"] or "-"
+        print(
+            f"{r['id']:28} {model:28} {'skipped: ' + r['skip_reason'] if r['skip_reason'] else ''}"
+        )
+    runnable = sum(1 for r in rows if not r["skip_reason"])
+    print(f"{len(rows)} cells, {runnable} runnable")
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -307,7 +395,10 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     runs_root = args.runs_dir.resolve()
     sweep(runs_root)
     cache_root = args.cache or default_cache_root()
+    from rig.report.shape import finish_suite
+
     cases = ET.Element("testsuite", name="vmlaunch-rig-bisect")
+    started = time.monotonic()
     with run_lock(runs_root / run_id) as run_dir:
         runner = CellRunner(
             config=RunConfig(run_id=run_id, run_dir=run_dir, driver=args.driver.resolve(),
@@ -321,16 +412,21 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         def probe(kernel: str) -> Mark:
             nonlocal attempt
             attempt += 1
+            t = time.monotonic()
             verdict = runner.run(matrix.cell(args.lane, kernel, args.cpu))
             mark = mark_of(verdict)
-            if worst(v.outcome for v in verdict.stages.values()) is Outcome.ERROR:
+            broken = worst(v.outcome for v in verdict.stages.values()) is Outcome.ERROR
+            if broken:
                 infra.append(kernel)
             reasons = "; ".join(f"{s}: {v.outcome.value} ({v.reason})"
                                 for s, v in verdict.stages.items())  # fmt: skip
             print(f"  {kernel:8} try {attempt:3}: {mark.value:4}  {reasons[:160]}")
-            case = ET.SubElement(cases, "testcase", classname="bisect",
-                                 name=f"{kernel}[try{attempt}]")  # fmt: skip
-            if mark is Mark.BAD:
+            case = ET.SubElement(cases, "testcase", classname=f"vmlaunch-rig-bisect.{args.lane}",
+                                 name=f"{args.lane}-{kernel}-{args.cpu}::try{attempt}",
+                                 time=f"{time.monotonic() - t:.3f}")  # fmt: skip
+            if broken:
+                ET.SubElement(case, "error", message="infrastructure: cannot judge").text = reasons
+            elif mark is Mark.BAD:
                 ET.SubElement(case, "failure", message="bad").text = reasons
             elif mark is Mark.SKIP:
                 ET.SubElement(case, "skipped", message="skip: cannot judge").text = reasons
@@ -341,7 +437,9 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc), fix="check --good/--bad with `rig run`") from exc
         finally:
-            ET.ElementTree(cases).write(args.junit, encoding="unicode", xml_declaration=True)
+            finish_suite(cases, time.monotonic() - started).write(
+                args.junit, encoding="unicode", xml_declaration=True
+            )
     if result.first_bad:
         print(f"first bad kernel: {result.first_bad} (last good: {result.last_good})")
         return int(ExitCode.OK)
@@ -355,22 +453,9 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rig.report import read_junit, render_html, render_markdown
+    from rig.report.command import cmd_report as report
 
-    results = []
-    for path in args.junit:
-        if not path.exists():
-            raise UsageError(f"{path}: no such JUnit file")
-        try:
-            results += read_junit(path)
-        except ET.ParseError as exc:
-            raise UsageError(f"{path}: not valid XML ({exc})") from exc
-    args.html.write_text(render_html(results))
-    print(f"wrote {args.html} ({len(results)} testcases)")
-    if args.markdown is not None:
-        args.markdown.write_text(render_markdown(results))
-        print(f"wrote {args.markdown}")
-    return 0
+    return report(args)
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
@@ -390,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {
         "run": cmd_run,
+        "matrix": cmd_matrix,
         "doctor": cmd_doctor,
         "images": cmd_images,
         "report": cmd_report,

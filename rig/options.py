@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from rig.errors import UsageError
+from rig.matrix.select import Matrix, parse_shard, shard
+from rig.model import Cell
 
 PARAM_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}=[A-Za-z0-9_.,-]{0,128}$")
 KERNEL_ARG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=/-]{0,127}")
@@ -64,6 +66,7 @@ class Option:
     default: Any = None
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
+    flag: bool = False  # a switch without a value (`--all`)
 
     @property
     def dest(self) -> str:
@@ -71,6 +74,9 @@ class Option:
 
     def argparse_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"help": self.help, "dest": self.dest}
+        if self.flag:
+            kw.update(action="store_true", default=False)
+            return kw
         if self.repeat:
             kw.update(action="append", default=[])
         else:
@@ -86,6 +92,18 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("lane", "lane name (repeatable)", repeat=True),
     Option("kernel", "kernel name (repeatable)", repeat=True),
     Option("cpu", "CPU generation (repeatable)", repeat=True),
+    Option(
+        "all",
+        "the whole matrix: an axis not given means every name on it, not default_slice's",
+        flag=True,
+        default=False,
+    ),
+    Option(
+        "shard",
+        "run only shard I of N of the selection (deterministic: cells dealt round-robin by id, "
+        "runnable ones first), e.g. --all --shard 2/4",
+        metavar="I/N",
+    ),
     Option("driver", "driver source tree (default: the project's driver/)", metavar="DIR"),
     Option("param", "module parameter name=value (repeatable)", repeat=True),
     Option("timeout", "per-cell timeout in seconds (default: the matrix's)", metavar="SECONDS"),
@@ -136,6 +154,8 @@ class RunSettings:
     lanes: tuple[str, ...] = ()
     kernels: tuple[str, ...] = ()
     cpus: tuple[str, ...] = ()
+    everything: bool = False  # --all
+    shard: tuple[int, int] | None = None  # --shard I/N
     driver: Path = Path("driver")
     module_params: tuple[str, ...] = ()
     timeout_s: int | None = None
@@ -187,6 +207,8 @@ def settings_from(values: Mapping[str, Any], *, default_driver: Path) -> RunSett
         lanes=many("lane"),
         kernels=many("kernel"),
         cpus=many("cpu"),
+        everything=bool(values.get("all")),
+        shard=parse_shard(str(values["shard"])) if values.get("shard") else None,
         driver=_tree(str(values.get("driver") or ""), "--driver", default_driver),
         module_params=tuple(check_param(p) for p in many("param")),
         timeout_s=None if timeout in (None, "") else _positive(timeout, "--timeout", 1, 86400),
@@ -201,6 +223,19 @@ def settings_from(values: Mapping[str, Any], *, default_driver: Path) -> RunSett
         cache=Path(cache) if cache else None,
         run_id=values.get("run_id") or None,
     )
+
+
+def select(matrix: Matrix, settings: RunSettings) -> list[Cell]:
+    """The cells of a run: --lane/--kernel/--cpu (and --all) select, then --shard splits."""
+    cells = matrix.select(
+        lanes=settings.lanes,
+        kernels=settings.kernels,
+        cpus=settings.cpus,
+        everything=settings.everything,
+    )
+    if settings.shard is not None:
+        cells = shard(cells, *settings.shard)
+    return cells
 
 
 def add_to_argparse(add: Callable[..., Any]) -> None:
@@ -222,6 +257,9 @@ def pytest_words(values: Mapping[str, Any]) -> list[str]:
     words: list[str] = []
     for opt in RUN_OPTIONS:
         value = values.get(opt.dest)
+        if opt.flag:
+            words += [f"--rig-{opt.name}"] if value else []
+            continue
         items: Sequence[Any] = (value or []) if opt.repeat else ([] if value is None else [value])
         for item in items:
             words += [f"--rig-{opt.name}", str(item)]

@@ -22,8 +22,9 @@ from rig.artifacts import Artifacts, Cache, default_cache_root
 from rig.errors import ExitCode, RigError, exit_code_of
 from rig.matrix import load_matrix
 from rig.model import STAGES, Cell, CellVerdict, Outcome, StageVerdict, worst
-from rig.options import RUN_OPTIONS, add_to_pytest, settings_from, values_of
+from rig.options import RUN_OPTIONS, add_to_pytest, select, settings_from, values_of
 from rig.paths import PROJECT_ROOT
+from rig.report.shape import LOG_FILES, NOT_REACHED, carrier, case_name, dead
 from rig.runner import CellRunner, RunConfig, check_required
 from rig.runs import new_run_id, run_lock, sweep, sweep_embed_pool, verdict_for
 
@@ -57,6 +58,14 @@ def _run_id(config: pytest.Config) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[VERDICTS] = {}
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
+        from rig.progress import Progress
+
+        config.pluginmanager.register(Progress(config, _run_dir_of), "rig-progress")
+
+
+def _run_dir_of(config: pytest.Config) -> Path:
+    return Path(config.option.rig_runs_dir or ".rig/runs").resolve() / _run_id(config)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -91,7 +100,10 @@ def _runner(config: pytest.Config) -> CellRunner:
 
 
 def _message(sv: StageVerdict) -> str:
-    return sv.reason + (f"\nguest evidence:\n{sv.evidence}" if sv.evidence else "")
+    reason = sv.reason
+    if sv.outcome is Outcome.ERROR and not reason.startswith("infrastructure: "):
+        reason = "infrastructure: " + reason
+    return reason + (f"\nguest evidence:\n{sv.evidence}" if sv.evidence else "")
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
@@ -112,9 +124,7 @@ class MatrixFile(pytest.File):
         try:
             settings = settings_from(_values(self.config), default_driver=DEFAULT_DRIVER)
             matrix = load_matrix(self.path)
-            cells = matrix.select(
-                lanes=settings.lanes, kernels=settings.kernels, cpus=settings.cpus
-            )
+            cells = select(matrix, settings)
             check_required(matrix, cells, settings.require_lanes)
         except RigError as exc:
             raise pytest.UsageError(exc.render()) from exc
@@ -159,18 +169,29 @@ class StageItem(pytest.Item):
         if self.cell.id not in verdicts:
             runner = _runner(self.config)
             cell_dir = runner.config.run_dir / "cells" / self.cell.id
-            verdicts[self.cell.id] = verdict_for(
-                cell_dir, self.cell.id, lambda: runner.run(self.cell, self.index)
-            )
+            # What the runner says while it works (artifact builds) goes to the terminal as it
+            # happens, not into this testcase's captured output.
+            capman = self.config.pluginmanager.getplugin("capturemanager")
+            with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+                verdicts[self.cell.id] = verdict_for(
+                    cell_dir, self.cell.id, lambda: runner.run(self.cell, self.index)
+                )
         return verdicts[self.cell.id]
 
     def setup(self) -> None:
         verdict = self._verdict()
         sv = verdict.stages[self.stage]
         self._attach(verdict)
+        outcomes = {s: v.outcome for s, v in verdict.stages.items()}
+        if self.stage != STAGES[0] and dead(
+            outcomes, {s: v.reason for s, v in verdict.stages.items()}
+        ):
+            # One error for a cell that never reached the test, not five.
+            pytest.skip(f"{NOT_REACHED}the cell's infrastructure error is reported on "
+                        f"{case_name(self.cell.id, STAGES[0])}")  # fmt: skip
         if sv.outcome is Outcome.ERROR:
             # Raised in setup: JUnit records it as an <error> (infrastructure), not a failure.
-            pytest.fail("infrastructure: " + _message(sv), pytrace=False)
+            pytest.fail(_message(sv), pytrace=False)
 
     def runtest(self) -> None:
         sv = self._verdict().stages[self.stage]
@@ -188,10 +209,21 @@ class StageItem(pytest.Item):
             self.user_properties.append(("uri", uri))
         for key, secs in verdict.timings.items():
             self.user_properties.append((f"time_{key}_s", f"{secs:.1f}"))
+        cell_dir = _runner(self.config).config.run_dir / "cells" / self.cell.id
+        self.user_properties.append(("cell_dir", str(cell_dir)))
+        logs = [(k, cell_dir / f) for k, f in LOG_FILES.items() if (cell_dir / f).is_file()]
+        self.user_properties += [(f"log_{key}", str(path)) for key, path in logs]
+        # The cell's logs once per cell: the build log on `build`, the console and the
+        # emulator's log on the one stage that carries them (the failing one).
         if self.stage == "build" and verdict.build_log:
             self.add_report_section("setup", "stdout", "build log:\n" + verdict.build_log)
-        elif verdict.console:
-            self.add_report_section("setup", "stdout", "guest console:\n" + verdict.console)
+        if self.stage != carrier({s: v.outcome for s, v in verdict.stages.items()}):
+            return
+        attach = "".join(f"[[ATTACHMENT|{path}]]\n" for _, path in logs)
+        if verdict.console or attach:
+            self.add_report_section(
+                "setup", "stdout", attach + "guest console:\n" + verdict.console
+            )
         if verdict.emulator_log:
             self.add_report_section("setup", "stderr", "emulator:\n" + verdict.emulator_log)
 
@@ -212,33 +244,6 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any
         f"infrastructure: {report.longrepr} (the pytest-xdist worker process died: killed "
         "or out of memory); this is not a verdict on the driver"
     )
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    rows: dict[str, dict[str, str]] = {}
-    for key in ("passed", "failed", "error", "skipped"):
-        for rep in terminalreporter.stats.get(key, []):
-            parts = str(getattr(rep, "nodeid", "")).split("::")
-            if len(parts) < 3 or parts[-1] not in STAGES:
-                continue  # not one of ours
-            cell, stage = parts[-2], parts[-1]
-            if key == "error" or (rep.when == "setup" and rep.failed):
-                rows.setdefault(cell, {})[stage] = "ERROR"
-            elif rep.when == "call" or key == "skipped":
-                rows.setdefault(cell, {}).setdefault(
-                    stage, key.upper() if key != "passed" else "ok"
-                )
-    if not rows:
-        return
-    tr = terminalreporter
-    tr.section("vmlaunch-rig matrix")
-    width = max(len(c) for c in rows)
-    tr.write_line("cell".ljust(width) + "  " + "  ".join(s.ljust(11) for s in STAGES))
-    for cell in sorted(rows):
-        tr.write_line(
-            cell.ljust(width) + "  " + "  ".join(rows[cell].get(s, "-").ljust(11) for s in STAGES)
-        )
 
 
 def exit_code_from(stats: dict[str, list[Any]]) -> ExitCode:

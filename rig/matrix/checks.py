@@ -74,13 +74,20 @@ def cross_check(data: Any, doc: Document) -> None:
                 for axis in ("lane", "kernel", "cpu"):
                     known(("exclude", i, axis), axis, entry.get(axis))
 
-    slice_ = data.get("default_slice")
-    if isinstance(slice_, dict):
+    slices = data.get("default_slice")
+    located: list[tuple[tuple[Any, ...], Any]] = []
+    if isinstance(slices, dict):
+        located = [(("default_slice",), slices)]
+    elif isinstance(slices, list):
+        located = [(("default_slice", j), s) for j, s in enumerate(slices)]
+    for where, slice_ in located:
+        if not isinstance(slice_, dict):
+            continue
         for plural, axis in (("lanes", "lane"), ("kernels", "kernel"), ("cpus", "cpu")):
             items = slice_.get(plural)
             if isinstance(items, list):
                 for i, name in enumerate(items):
-                    known(("default_slice", plural, i), axis, name)
+                    known((*where, plural, i), axis, name)
 
 
 def _check_lane(name: str, lane: dict[str, Any], doc: Document) -> None:

@@ -48,6 +48,8 @@ def to_matrix(model: MatrixModel, source: str) -> Matrix:
         )
         for name, lane in model.lanes.items()
     }
+    ds = model.default_slice
+    slices = ds if isinstance(ds, list) else [ds]
     overrides = {
         name: (lane.timeout, lane.memory, lane.vcpus) for name, lane in model.lanes.items()
     }
@@ -61,9 +63,12 @@ def to_matrix(model: MatrixModel, source: str) -> Matrix:
             for e in model.exclude
         ),
         default_slice=Slice(
-            lanes=tuple(dict.fromkeys(model.default_slice.lanes)),
-            kernels=tuple(dict.fromkeys(model.default_slice.kernels)),
-            cpus=tuple(dict.fromkeys(model.default_slice.cpus)),
+            lanes=tuple(dict.fromkeys(n for s in slices for n in s.lanes)),
+            kernels=tuple(dict.fromkeys(n for s in slices for n in s.kernels)),
+            cpus=tuple(dict.fromkeys(n for s in slices for n in s.cpus)),
+        ),
+        default_slices=tuple(
+            Slice(tuple(s.lanes), tuple(s.kernels), tuple(s.cpus)) for s in slices
         ),
         timeout_s=model.defaults.timeout,
         memory_mib=model.defaults.memory,

@@ -14,7 +14,15 @@ import re
 import typing
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from rig.matrix.source import Document, Path_, describe
 
@@ -144,6 +152,11 @@ def _version(value: int) -> int:
     return value
 
 
+def _one_or_many(value: Any) -> Any:
+    """default_slice: a mapping is a list of one (problems are located as in the mapping)."""
+    return [value] if isinstance(value, dict) else value
+
+
 class MatrixModel(_Strict):
     version: Annotated[int, AfterValidator(_version)]
     defaults: DefaultsModel = Field(default_factory=DefaultsModel)  # type: ignore[arg-type]
@@ -151,7 +164,9 @@ class MatrixModel(_Strict):
     cpus: dict[CpuName, dict[LaneName, ModelName]] = Field(min_length=1)
     lanes: dict[LaneName, LaneModel] = Field(min_length=1)
     exclude: list[ExcludeModel] = Field(default_factory=list)
-    default_slice: SliceModel
+    # one cross product, or a list of them (their union): e.g. bochs x {haswell, penryn}
+    # plus tcg x {penryn}, so that every cell of the default run can run
+    default_slice: Annotated[list[SliceModel], BeforeValidator(_one_or_many), Field(min_length=1)]
 
 
 _TYPE_WORDS = {
@@ -193,6 +208,10 @@ def _allowed_keys(loc: Path_) -> list[str]:
 def pydantic_problems(err: ValidationError, doc: Document) -> None:
     for e in err.errors(include_url=False):
         loc: Path_ = tuple(e["loc"])
+        if loc[:2] == ("default_slice", 0) and isinstance(
+            (doc.data or {}).get("default_slice") if isinstance(doc.data, dict) else None, dict
+        ):
+            loc = loc[:1] + loc[2:]  # the one-mapping form: no list index in the file
         etype = e["type"]
         is_key = bool(loc) and loc[-1] == "[key]"
         path = loc[:-1] if is_key else loc

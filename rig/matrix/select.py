@@ -6,7 +6,9 @@
     cells_json(cells)                                         the cells as plain JSON data
 
 Selection rule (documented for `rig run`): an axis given on the command line selects those names
-from the whole matrix; an axis not given falls back to `default_slice` in matrix.yaml; with
+from the whole matrix; an axis not given falls back to `default_slice` in matrix.yaml (one cross
+product, or a list of them: a cell is in the default slice when one entry holds it, with the
+given axes replacing that entry's names); with
 `everything=True` an axis not given means every name on it. Cells that cannot run (the lane has
 no model for the CPU, or an `exclude` entry matches) are returned with `skip_reason` set: they
 are never dropped silently.
@@ -53,7 +55,9 @@ class Matrix:
     cpus: dict[str, CpuSpec]
     lanes: dict[str, LaneSpec]
     exclude: tuple[Exclusion, ...]
-    default_slice: Slice
+    default_slice: Slice  # the names on each axis of the default slice(s)
+    # the default selection: the union of these cross products (default: `default_slice`)
+    default_slices: tuple[Slice, ...] = ()
     timeout_s: int = 400
     memory_mib: int = 512
     vcpus: int = 1
@@ -86,11 +90,23 @@ class Matrix:
             "kernel", list(kernels or ()), self.kernels, self.default_slice.kernels, every
         )
         cpu_names = self._axis("cpu", list(cpus or ()), self.cpus, self.default_slice.cpus, every)
+        given = (bool(lanes), bool(kernels), bool(cpus))
+        slices = () if every or all(given) else (self.default_slices or (self.default_slice,))
+
+        def in_default(lane: str, kernel: str, cpu: str) -> bool:
+            return not slices or any(
+                (given[0] or lane in s.lanes)
+                and (given[1] or kernel in s.kernels)
+                and (given[2] or cpu in s.cpus)
+                for s in slices
+            )
+
         return [
             self.cell(lane, kernel, cpu)
             for lane in lane_names
             for kernel in kernel_names
             for cpu in cpu_names
+            if in_default(lane, kernel, cpu)
         ]
 
     def all_cells(self) -> list[Cell]:
