@@ -32,3 +32,16 @@ PROJECT_ROOT = find_project_root()
 GUESTS_DIR = PROJECT_ROOT / "guests"
 DEFAULT_DRIVER = PROJECT_ROOT / "driver"
 DEFAULT_MATRIX = PROJECT_ROOT / "matrix.yaml"
+
+
+def version() -> str:
+    """The rig's version: the installed distribution's, else the package's own."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    import rig
+
+    try:
+        return dist_version("vmlaunch-rig")
+    except PackageNotFoundError:
+        return rig.__version__

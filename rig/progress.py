@@ -167,8 +167,7 @@ class Progress:
         xml = self.config.stash.get(xml_key, None)
         if xml is None or not self.outcomes:
             return
-        from rig.cli import version
-        from rig.paths import PROJECT_ROOT
+        from rig.paths import PROJECT_ROOT, version
 
         opt = self.config.option
         driver = Path(opt.rig_driver).resolve() if opt.rig_driver else PROJECT_ROOT / "driver"

@@ -149,7 +149,7 @@ def baseline(path: Path) -> tuple[dict[str, Snapshot], str]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rig.cli import version
+    from rig.paths import version
     from rig.report.html import render_html
     from rig.report.markdown import render_markdown
 
