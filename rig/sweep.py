@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import IO
 
 PIDFILES = ("emulator.pid", "child.pid")
-SCRATCH = ("boot.iso", "initrd.gz", "initramfs", "iso", "domain-plan.json", "vm")
+SCRATCH = ("boot.iso", "initrd.gz", "initramfs", "iso", "domain-plan.json", "vm",
+           "l0.iso", "l0-iso", "l2-cpio", "l2.cpio")  # the last four: rig.lanes.nested
 
 
 def new_run_id() -> str:
