@@ -148,8 +148,9 @@ def test_l2_hang_is_a_timeout_of_the_guest() -> None:
         ),
         (OK_L1.replace("insmod kvm-intel rc=0", "insmod kvm-intel rc=1"), "could not load KVM"),
         (
-            OK_L1 + "RIG-L1 l2 exit rc=1\nRIG-L1 qemu: qemu-system-x86_64: warning: host doesn't "
-            "support requested feature: CPUID.01H:ECX.vmx [bit 5]\nRIG-L1 end\n",
+            OK_L1 + "RIG-L1 qemu: qemu-system-x86_64: warning: host doesn't support requested "
+            "feature: CPUID.07H:EBX.erms [bit 9]\nRIG-L1 qemu: qemu-system-x86_64: Host doesn't "
+            "support requested features\nRIG-L1 l2 exit rc=1\nRIG-L1 end\n",
             "did not start L2",
         ),
         ("RIG-L1 begin kernel=6.12\n", "without running L2"),
