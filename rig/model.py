@@ -52,6 +52,7 @@ class LaneSpec:
     # model ("" key = every model not named)
     l1_kernel: KernelSpec | None = None
     l0_cpus: tuple[tuple[str, str], ...] = ()
+    launcher: str = "qemu"  # nested: how L1 starts L2: "qemu" (command line) or "libvirt"
 
 
 @dataclass(frozen=True)

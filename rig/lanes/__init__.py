@@ -26,7 +26,7 @@ def backend_for(lane: LaneSpec, *, embed_pool: Path, uri: str | None = None) -> 
     if lane.backend == "nested":
         # the embedded pool lives in the cache root (cli/plugin): L1's image is cached there too
         return NestedBackend(name=lane.name, l1_kernel=lane.l1_kernel, l0_cpus=lane.l0_cpus,
-                             cache_root=embed_pool.parent)  # fmt: skip
+                             cache_root=embed_pool.parent, launcher=lane.launcher)  # fmt: skip
     raise UsageError(f"lane {lane.name!r}: unknown backend {lane.backend!r}")
 
 

@@ -44,7 +44,8 @@ from rig.lanes.base import (
     watch_console,
 )
 from rig.lanes.bochs import BochsBackend, bochsrc
-from rig.lanes.nested_l1 import QEMU, ROMS, L1Image, build_l1, write_cpio
+from rig.lanes.libvirt import domain_xml
+from rig.lanes.nested_l1 import LIBVIRT_QEMU, QEMU, ROMS, VIRSH, L1Image, build_l1, write_cpio
 from rig.model import BootEnd, BootResult, BootSpec, GuestImage, KernelSpec
 
 L1_CONSOLE = "l1-console.txt"
@@ -71,12 +72,26 @@ def qemu_args(l2_model: str, cmdline: str, memory_mib: int = L2_MEMORY_MIB) -> l
         check_kernel_arg(word, "L2 kernel command line word")
     return [
         str(QEMU), "-accel", "kvm", "-machine", "pc", "-cpu", f"{l2_model},+vmx",
-        "-m", str(int(memory_mib)), "-smp", "1", "-L", "/rig-l1/qemu-data",
+        "-m", str(int(memory_mib)), "-smp", "1", "-L", "/usr/share/qemu",
         "-kernel", "/l2/vmlinuz", "-initrd", "/l2/initrd.gz", "-append", cmdline,
         "-display", "none", "-nodefaults", "-no-reboot", "-msg", "timestamp=off",
         "-chardev", "serial,id=l2con,path=/dev/ttyS1", "-serial", "chardev:l2con",
         "-chardev", "serial,id=l2agent,path=/dev/ttyS2", "-serial", "chardev:l2agent",
     ]  # fmt: skip
+
+
+L2_DOMAIN = "rig-l2"
+
+
+def l2_domain_xml(l2_model: str, cmdline: str, memory_mib: int = L2_MEMORY_MIB) -> str:
+    """The kvm lane's own domain (rig.lanes.libvirt.domain_xml, type kvm, vmx required) for
+    libvirt in L1: L2's files inside L1, its serial ports on L1's ttyS1 and ttyS2."""
+    qemu_args(l2_model, cmdline, memory_mib)  # the same checks of model and cmdline
+    image = GuestImage(kernel=Path("/l2/vmlinuz"), initrd=Path("/l2/initrd.gz"), cmdline=cmdline)
+    l2 = BootSpec(image=image, cpu_model=l2_model, memory_mib=memory_mib, vcpus=1,
+                  timeout_s=0, workdir=Path("/tmp"))  # fmt: skip
+    return domain_xml(l2, name=L2_DOMAIN, domain_type="kvm", console=Path("/dev/ttyS1"),
+                      agent=Path("/dev/ttyS2"), require_vmx=True)  # fmt: skip
 
 
 def grub_cfg() -> str:
@@ -118,6 +133,9 @@ def judge_levels(watch: ConsoleWatch, l1_console: str, l2_console: str, bochs_lo
     failed = next((f for f in said if f.startswith("preflight failed")), None)
     if failed:
         return Ending(BootEnd.EMULATOR, f"nested: L1 cannot run KVM guests: {failed}")
+    refused = next((f for f in said if f.startswith("launch failed")), None)
+    if refused:
+        return Ending(BootEnd.EMULATOR, f"nested: libvirt in L1 did not start L2: {refused}")
     bad = next((f for f in said if f.startswith("insmod") and not f.endswith("rc=0")), None)
     if bad:
         return Ending(BootEnd.EMULATOR, f"nested: L1 could not load KVM: {bad}")
@@ -162,6 +180,7 @@ class NestedBackend:
     l1_kernel: KernelSpec | None
     l0_cpus: tuple[tuple[str, str], ...]
     cache_root: Path
+    launcher: str = "qemu"  # "qemu": QEMU's command line; "libvirt": the kvm lane's domain
     needs_iso: bool = False  # L2 boots its kernel directly (QEMU in L1); L0's ISO is ours
 
     def unavailable(self) -> str | None:
@@ -175,6 +194,11 @@ class NestedBackend:
         for rom in ROMS.values():
             if not rom.exists():
                 return f"{rom} missing (apt-get install qemu-system-x86 seabios)"
+        if self.launcher == "libvirt" and not (VIRSH.exists() and LIBVIRT_QEMU.exists()):
+            return (
+                "virsh or libvirt's QEMU driver missing (apt-get install libvirt-clients "
+                "libvirt-daemon-driver-qemu): libvirt runs in L1"
+            )
         for tool in ("ldd", "cpio", "grub-mkrescue", "xorriso"):
             if shutil.which(tool) is None:
                 return f"{tool} missing: the nested lane builds L1's initramfs and boot ISO"
@@ -188,11 +212,19 @@ class NestedBackend:
         model = l0_model(self.l0_cpus, spec.cpu_model)
         if model is None:
             raise InfraError(f"nested lane: no L0 Bochs model for {spec.cpu_model!r}")
-        argv_l2 = qemu_args(spec.cpu_model, spec.image.cmdline)
-        l1 = build_l1(Artifacts(Cache(self.cache_root)), self.l1_kernel, stderr_progress)
+        if self.launcher == "libvirt":
+            plan = ("domain.xml", l2_domain_xml(spec.cpu_model, spec.image.cmdline))
+        else:
+            plan = (
+                "qemu-args",
+                "".join(a + "\n" for a in qemu_args(spec.cpu_model, spec.image.cmdline)),
+            )
+        libvirt = self.launcher == "libvirt"
+        l1 = build_l1(Artifacts(Cache(self.cache_root)), self.l1_kernel, stderr_progress,
+                      libvirt=libvirt)  # fmt: skip
         wd = spec.workdir
         try:
-            iso = self._l0_iso(l1, spec.image, argv_l2, wd)
+            iso = self._l0_iso(l1, spec.image, plan, wd)
             return self._run_l0(
                 replace(
                     spec, cpu_model=model, image=replace(spec.image, iso=iso, feature_control=None)
@@ -207,13 +239,13 @@ class NestedBackend:
                     p.unlink(missing_ok=True)
 
     @staticmethod
-    def _l0_iso(l1: L1Image, l2: GuestImage, argv_l2: list[str], wd: Path) -> Path:
+    def _l0_iso(l1: L1Image, l2: GuestImage, plan: tuple[str, str], wd: Path) -> Path:
         """The El Torito ISO Bochs boots: GRUB, L1's kernel, L1's image and the cell's cpio."""
         cell = wd / "l2-cpio"
         (cell / "l2").mkdir(parents=True)
         shutil.copyfile(l2.kernel, cell / "l2/vmlinuz")
         shutil.copyfile(l2.initrd, cell / "l2/initrd.gz")
-        (cell / "l2/qemu-args").write_text("".join(a + "\n" for a in argv_l2))
+        (cell / "l2" / plan[0]).write_text(plan[1])  # qemu-args, or libvirt's domain.xml
         tree = wd / "l0-iso"
         (tree / "boot/grub").mkdir(parents=True)
         write_cpio(cell, tree / "boot/l2.cpio", compress=False)

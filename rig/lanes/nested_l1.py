@@ -6,7 +6,9 @@ L1 is one busybox initramfs, built once and cached by its inputs (like every art
     /bin/busybox
     /rig-l1/modules/*.ko      irqbypass, kvm, kvm-intel of the L1 kernel's linux-image package
     /usr/bin/qemu-system-x86_64 + the shared libraries ldd names, at their own paths
-    /rig-l1/qemu-data/        SeaBIOS and the linuxboot/kvmvapic ROMs (QEMU's -L)
+    /usr/share/qemu/          SeaBIOS and the linuxboot/kvmvapic ROMs (QEMU's data dir)
+    with the libvirt launcher also: virsh, libvirt's QEMU driver module and both their
+    libraries, libvirt's cpu_map, an /etc/passwd and /etc/group that name root
 
 The cell's part travels in a second, small cpio that GRUB loads after it (Linux unpacks both):
 
@@ -41,6 +43,9 @@ ROMS: dict[str, Path] = {
     "linuxboot_dma.bin": Path("/usr/share/qemu/linuxboot_dma.bin"),
     "kvmvapic.bin": Path("/usr/share/qemu/kvmvapic.bin"),
 }
+VIRSH = Path("/usr/bin/virsh")
+LIBVIRT_QEMU = Path("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so")
+CPU_MAP = Path("/usr/share/libvirt/cpu_map")
 INIT = GUESTS_DIR / "nested/init"
 # insmod order: kvm needs irqbypass, kvm-intel needs kvm
 KVM_MODULES: tuple[tuple[str, str], ...] = (
@@ -63,12 +68,15 @@ def ldd_paths(ldd_output: str) -> list[Path]:
     return out
 
 
-def qemu_files(qemu: Path = QEMU) -> list[Path]:
-    """QEMU and every shared library it loads (raises InfraError when ldd cannot say)."""
-    proc = subprocess.run(["ldd", str(qemu)], capture_output=True, text=True, check=False)
-    if proc.returncode != 0 or "not found" in proc.stdout:
-        raise InfraError(f"ldd {qemu} failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
-    return [qemu, *ldd_paths(proc.stdout)]
+def with_libraries(*binaries: Path) -> list[Path]:
+    """The binaries and every shared library they load (InfraError when ldd cannot say)."""
+    out = list(binaries)
+    for binary in binaries:
+        proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or "not found" in proc.stdout:
+            raise InfraError(f"ldd {binary} failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
+        out += [p for p in ldd_paths(proc.stdout) if p not in out]
+    return out
 
 
 def _file_digest(paths: Iterable[Path]) -> str:
@@ -171,23 +179,29 @@ def write_cpio(root: Path, out: Path, *, compress: bool) -> None:
     out.write_bytes(gzip.compress(proc.stdout, compresslevel=1) if compress else proc.stdout)
 
 
-def build_l1(artifacts: Artifacts, spec: KernelSpec, progress: Progress) -> L1Image:
-    """The cached L1 image for kernel `spec` (built under the key's lock when missing)."""
+def build_l1(
+    artifacts: Artifacts, spec: KernelSpec, progress: Progress, *, libvirt: bool = False
+) -> L1Image:
+    """The cached L1 image for kernel `spec` (built under the key's lock when missing); with
+    `libvirt`, it also holds virsh and libvirt's embedded QEMU driver."""
     if not BUSYBOX.exists():
         raise ToolMissing("busybox", "busybox-static", "the nested lane's L1")
     for rom in ROMS.values():
         if not rom.exists():
             raise ToolMissing(str(rom), "qemu-system-x86 seabios", "the nested lane's L2")
+    if libvirt and not (VIRSH.exists() and LIBVIRT_QEMU.exists() and CPU_MAP.is_dir()):
+        raise ToolMissing("virsh", "libvirt-clients libvirt-daemon-driver-qemu", "libvirt in L1")
     kernel = artifacts.kernel(spec)
-    qemu = qemu_files()
+    qemu = with_libraries(QEMU, VIRSH, LIBVIRT_QEMU) if libvirt else with_libraries(QEMU)
+    cpu_map = sorted(CPU_MAP.glob("*.xml")) if libvirt else []
     init_text = INIT.read_text()
-    key = l1_key(spec, [BUSYBOX, *qemu, *ROMS.values()], init_text)
+    key = l1_key(spec, [BUSYBOX, *qemu, *ROMS.values(), *cpu_map], init_text)
     with artifacts.cache.building(KIND, key) as (final, tmp):
         if tmp is not None:
             progress(f"nested: building the L1 image (kernel {spec.abi}, QEMU, KVM) ...")
             tree = tmp / "tree"
-            for d in ("bin", "proc", "sys", "dev", "tmp", f"{L1_DATA}/modules",
-                      f"{L1_DATA}/qemu-data"):  # fmt: skip
+            for d in ("bin", "proc", "sys", "dev", "tmp", "etc", "run", "var/run",
+                      f"{L1_DATA}/modules", "usr/share/qemu"):  # fmt: skip
                 (tree / d).mkdir(parents=True, exist_ok=True)
             shutil.copy2(BUSYBOX, tree / "bin/busybox")
             (tree / "init").write_text(init_text)
@@ -199,7 +213,12 @@ def build_l1(artifacts: Artifacts, spec: KernelSpec, progress: Progress) -> L1Im
                 shutil.copyfile(path, target)  # the file a symlink names, under the link's name
                 target.chmod(0o755)
             for name, rom in ROMS.items():
-                shutil.copyfile(rom, tree / L1_DATA / "qemu-data" / name)
+                shutil.copyfile(rom, tree / "usr/share/qemu" / name)
+            for xml in cpu_map:
+                (tree / xml.relative_to("/")).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(xml, tree / xml.relative_to("/"))
+            (tree / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+            (tree / "etc/group").write_text("root:x:0:\n")
             write_cpio(tree, tmp / "initrd.gz", compress=True)
             shutil.rmtree(tree)
             shutil.copy2(kernel.vmlinuz, tmp / "vmlinuz")

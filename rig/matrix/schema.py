@@ -118,15 +118,16 @@ class LaneModel(_Strict):
     l1_kernel: KernelName | None = None  # nested: the kernel of L1 (a name under kernels:)
     l0_cpu: ModelName = ""  # nested: the Bochs model of L0 for every L2 model ...
     l0_cpus: dict[ModelName, ModelName] = Field(default_factory=dict)  # ... but these
+    launcher: typing.Literal["qemu", "libvirt"] | None = None  # nested: how L1 starts L2
 
     @model_validator(mode="after")
     def _nested_keys(self) -> LaneModel:
-        nested = self.l1_kernel is not None or self.l0_cpu or self.l0_cpus
+        nested = self.l1_kernel is not None or self.l0_cpu or self.l0_cpus or self.launcher
         if self.backend == "nested" and (self.l1_kernel is None or not self.l0_cpu):
             raise ValueError("a nested lane needs l1_kernel and l0_cpu; expected both keys")
         if self.backend != "nested" and nested:
             raise ValueError(
-                "l1_kernel, l0_cpu, l0_cpus apply to the nested backend only; "
+                "l1_kernel, l0_cpu, l0_cpus, launcher apply to the nested backend only; "
                 "expected backend: nested"
             )
         return self

@@ -233,3 +233,35 @@ def test_matrix_nested_keys_are_checked(lanes: str, words: str) -> None:
     with pytest.raises(MatrixFileError) as err:
         parse_matrix(BASE.replace("{LANES}", lanes))
     assert words in str(err.value)
+
+
+def test_libvirt_launcher_gets_the_kvm_lanes_own_domain() -> None:
+    import xml.etree.ElementTree as ET
+
+    from rig.lanes.nested import l2_domain_xml
+
+    root = ET.fromstring(l2_domain_xml("Penryn", CMDLINE))
+    assert root.get("type") == "kvm"
+    cpu = root.find("cpu")
+    assert cpu is not None and cpu.get("check") == "full" and cpu.findtext("model") == "Penryn"
+    assert [f.get("name") for f in cpu.findall("feature[@policy='require']")] == ["vmx"]
+    assert root.findtext("os/kernel") == "/l2/vmlinuz"
+    assert root.findtext("os/cmdline") == CMDLINE
+    sources = [s.get("path") for s in root.findall("devices/serial/source")]
+    assert sources == ["/dev/ttyS1", "/dev/ttyS2"]  # L2 ttyS0, ttyS1 -> L1's ports -> Bochs
+
+
+def test_matrix_nestedvirt_lane_uses_libvirt(tmp_path: Path) -> None:
+    lane = load_matrix(REPO / "matrix.yaml").lanes["nestedvirt"]
+    backend = backend_for(lane, embed_pool=tmp_path / "libvirt-embed")
+    assert isinstance(backend, NestedBackend) and backend.launcher == "libvirt"
+
+
+def test_libvirt_refusal_is_infrastructure() -> None:
+    l1 = OK_L1 + (
+        "RIG-L1 virsh: error: guest CPU doesn't match specification: missing features: erms\n"
+        "RIG-L1 launch failed: virsh create rc=1: error: guest CPU doesn't match\n"
+        "RIG-L1 l2 exit rc=1\nRIG-L1 end\n"
+    )
+    e = judge_levels(DONE, l1, "", "")
+    assert e.end is BootEnd.EMULATOR and "libvirt in L1 did not start L2" in e.detail
