@@ -143,7 +143,7 @@ def judge_levels(watch: ConsoleWatch, l1_console: str, l2_console: str, bochs_lo
     if "vmx" in dropped:
         return Ending(BootEnd.EMULATOR, "nested: QEMU in L1 dropped vmx from L2's CPU model "
                                         "(KVM in L1 offers no nested VMX for it)")  # fmt: skip
-    started = "l2 start" in said
+    started = any(f.startswith("l2 start") for f in said)
     exited = next((f for f in said if f.startswith("l2 exit")), None)
     if end is BootEnd.TIMEOUT:
         if started and l2_console.strip():

@@ -44,6 +44,7 @@ ROMS: dict[str, Path] = {
     "kvmvapic.bin": Path("/usr/share/qemu/kvmvapic.bin"),
 }
 VIRSH = Path("/usr/bin/virsh")
+QEMU_TCG = Path("/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so")  # libvirt probes TCG too
 LIBVIRT_QEMU = Path("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so")
 CPU_MAP = Path("/usr/share/libvirt/cpu_map")
 INIT = GUESTS_DIR / "nested/init"
@@ -192,7 +193,7 @@ def build_l1(
     if libvirt and not (VIRSH.exists() and LIBVIRT_QEMU.exists() and CPU_MAP.is_dir()):
         raise ToolMissing("virsh", "libvirt-clients libvirt-daemon-driver-qemu", "libvirt in L1")
     kernel = artifacts.kernel(spec)
-    qemu = with_libraries(QEMU, VIRSH, LIBVIRT_QEMU) if libvirt else with_libraries(QEMU)
+    qemu = with_libraries(QEMU, VIRSH, LIBVIRT_QEMU, QEMU_TCG) if libvirt else with_libraries(QEMU)
     cpu_map = sorted(CPU_MAP.glob("*.xml")) if libvirt else []
     init_text = INIT.read_text()
     key = l1_key(spec, [BUSYBOX, *qemu, *ROMS.values(), *cpu_map], init_text)
@@ -217,8 +218,12 @@ def build_l1(
             for xml in cpu_map:
                 (tree / xml.relative_to("/")).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(xml, tree / xml.relative_to("/"))
-            (tree / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-            (tree / "etc/group").write_text("root:x:0:\n")
+            # libvirt's QEMU driver resolves its built-in default user before it reads
+            # qemu.conf (which says root): both must exist
+            (tree / "etc/passwd").write_text(
+                "root:x:0:0:root:/root:/bin/sh\nlibvirt-qemu:x:64055:64055::/:/bin/false\n"
+            )
+            (tree / "etc/group").write_text("root:x:0:\nkvm:x:108:\nlibvirt-qemu:x:64055:\n")
             write_cpio(tree, tmp / "initrd.gz", compress=True)
             shutil.rmtree(tree)
             shutil.copy2(kernel.vmlinuz, tmp / "vmlinuz")
