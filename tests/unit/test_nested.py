@@ -265,3 +265,12 @@ def test_libvirt_refusal_is_infrastructure() -> None:
     )
     e = judge_levels(DONE, l1, "", "")
     assert e.end is BootEnd.EMULATOR and "libvirt in L1 did not start L2" in e.detail
+
+
+def test_libvirt_launcher_run_to_poweroff() -> None:
+    l1 = OK_L1.replace("RIG-L1 l2 start\n", "RIG-L1 l2 start launcher=libvirt\n") + (
+        "RIG-L1 virsh: event 'lifecycle' for domain 'rig-l2': Shutdown Finished after guest "
+        "request\nRIG-L1 l2 exit rc=libvirt\nRIG-L1 end\n"
+    )
+    e = judge_levels(DONE, l1, "RIG-BEGIN\nreboot: Power down\n", "")
+    assert e.end is BootEnd.POWEROFF, e
