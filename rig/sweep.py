@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import IO
 
 PIDFILES = ("emulator.pid", "child.pid")
-SCRATCH = ("boot.iso", "initrd.gz", "initramfs", "iso", "domain-plan.json", "vm",
-           "l0.iso", "l0-iso", "l2-cpio", "l2.cpio")  # fmt: skip  (the last four: lanes.nested)
+NESTED = ("l0.iso", "l0-iso", "l2-cpio", "l2.cpio")  # rig.lanes.nested's scratch
+SCRATCH = ("boot.iso", "initrd.gz", "initramfs", "iso", "domain-plan.json", "vm", *NESTED)
 
 
 def new_run_id() -> str:
