@@ -274,3 +274,10 @@ def test_libvirt_launcher_run_to_poweroff() -> None:
     )
     e = judge_levels(DONE, l1, "RIG-BEGIN\nreboot: Power down\n", "")
     assert e.end is BootEnd.POWEROFF, e
+
+
+def test_the_sweeper_knows_the_nested_scratch() -> None:
+    from rig.lanes import nested
+    from rig.sweep import SCRATCH
+
+    assert set(nested.SCRATCH) <= set(SCRATCH)
