@@ -169,9 +169,11 @@ def judge_levels(watch: ConsoleWatch, l1_console: str, l2_console: str, bochs_lo
         # QEMU refused to start L2 at all: a missing CPU feature (enforce), KVM, ROMs
         return Ending(BootEnd.EMULATOR, f"nested: QEMU in L1 did not start L2 ({exited}): "
                                         + " | ".join(qemu_said[-4:]))  # fmt: skip
+    # A reset L2's kernel did not ask for (KVM's shutdown exit) and QEMU failing look alike
+    # from L1: an infrastructure error, worded so the judge does not read a triple fault in it.
     return Ending(BootEnd.EMULATOR, f"L2's QEMU exited before the guest powered off ({exited}; "
-                                    "a reset or triple fault of L2 ends QEMU, -no-reboot): "
-                                    + " | ".join(qemu_said[-4:]))  # fmt: skip
+                                    "-no-reboot: a reset its kernel did not ask for, or QEMU "
+                                    "failing): " + " | ".join(qemu_said[-4:]))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -281,3 +281,12 @@ def test_the_sweeper_knows_the_nested_scratch() -> None:
     from rig.sweep import SCRATCH
 
     assert set(nested.SCRATCH) <= set(SCRATCH)
+
+
+def test_qemu_exit_mid_test_is_not_read_as_the_drivers_triple_fault() -> None:
+    from rig.verdict.oops import TRIPLE_FAULT_RE
+
+    l1 = OK_L1 + "RIG-L1 l2 exit rc=0\nRIG-L1 end\n"
+    e = judge_levels(DONE, l1, "RIG-BEGIN run=1\nvmlaunch: cpu=0 check ok\n", "")
+    assert e.end is BootEnd.EMULATOR
+    assert not TRIPLE_FAULT_RE.search(e.detail), e.detail
