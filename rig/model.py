@@ -48,6 +48,11 @@ class LaneSpec:
     guest: str = "initramfs"  # "initramfs" | "vm"
     uri: str = ""  # libvirt connection ("" = embedded default)
     domain_type: str = "qemu"  # libvirt <domain type=...>: "qemu" (TCG) or "kvm"
+    # nested lane (rig.lanes.nested): L1's kernel, and the Bochs model (L0) backing each L2
+    # model ("" key = every model not named)
+    l1_kernel: KernelSpec | None = None
+    l0_cpus: tuple[tuple[str, str], ...] = ()
+    launcher: str = "qemu"  # nested: how L1 starts L2: "qemu" (command line) or "libvirt"
 
 
 @dataclass(frozen=True)

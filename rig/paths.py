@@ -32,6 +32,7 @@ PROJECT_ROOT = find_project_root()
 GUESTS_DIR = PROJECT_ROOT / "guests"
 DEFAULT_DRIVER = PROJECT_ROOT / "driver"
 DEFAULT_MATRIX = PROJECT_ROOT / "matrix.yaml"
+BUSYBOX = Path("/bin/busybox")  # busybox-static: the initramfs guests' userland
 
 
 def version() -> str:

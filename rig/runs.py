@@ -33,7 +33,8 @@ from filelock import FileLock
 from rig.model import STAGES, CellVerdict, Outcome, StageVerdict
 
 PIDFILES = ("emulator.pid", "child.pid")
-SCRATCH = ("boot.iso", "initrd.gz", "initramfs", "iso", "domain-plan.json", "vm")
+NESTED = ("l0.iso", "l0-iso", "l2-cpio", "l2.cpio")  # rig.lanes.nested's scratch
+SCRATCH = ("boot.iso", "initrd.gz", "initramfs", "iso", "domain-plan.json", "vm", *NESTED)
 
 
 def new_run_id() -> str:

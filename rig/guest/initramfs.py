@@ -23,9 +23,8 @@ from rig.lanes import Backend
 from rig.lanes.base import tail
 from rig.model import BootSpec, GuestImage, KernelArtifacts
 from rig.options import check_kernel_arg, check_param
-from rig.paths import GUESTS_DIR
+from rig.paths import BUSYBOX, GUESTS_DIR
 
-BUSYBOX = Path("/bin/busybox")
 BASE_CMDLINE = (
     "console=ttyS0,115200 quiet loglevel=4 panic=-1 oops=panic "
     "modprobe.blacklist=kvm_intel,kvm kvm.enable_virt_at_load=0"

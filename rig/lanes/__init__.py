@@ -8,6 +8,7 @@ from rig.errors import UsageError
 from rig.lanes.base import Backend
 from rig.lanes.bochs import BochsBackend
 from rig.lanes.libvirt import EMBED, LibvirtBackend
+from rig.lanes.nested import NestedBackend
 from rig.model import LaneSpec
 
 
@@ -22,7 +23,11 @@ def backend_for(lane: LaneSpec, *, embed_pool: Path, uri: str | None = None) -> 
             require_vmx=lane.vmx,
             embed_pool=embed_pool,
         )
+    if lane.backend == "nested":
+        # the embedded pool lives in the cache root (cli/plugin): L1's image is cached there too
+        return NestedBackend(name=lane.name, l1_kernel=lane.l1_kernel, l0_cpus=lane.l0_cpus,
+                             cache_root=embed_pool.parent, launcher=lane.launcher)  # fmt: skip
     raise UsageError(f"lane {lane.name!r}: unknown backend {lane.backend!r}")
 
 
-__all__ = ["Backend", "BochsBackend", "LibvirtBackend", "backend_for"]
+__all__ = ["Backend", "BochsBackend", "LibvirtBackend", "NestedBackend", "backend_for"]

@@ -66,6 +66,7 @@ def cross_check(data: Any, doc: Document) -> None:
         for name, lane in lane_section.items():
             if isinstance(lane, dict):
                 _check_lane(name, lane, doc)
+                known(("lanes", name, "l1_kernel"), "kernel", lane.get("l1_kernel"))
 
     excludes = data.get("exclude")
     if isinstance(excludes, list):

@@ -111,7 +111,12 @@ def checked_rewrite(text: str, name: str, abi: str, version: str, source: str) -
     expected = before
     if old is not None:
         pinned = dataclasses.replace(old, abi=abi, version=version)
-        expected = dataclasses.replace(before, kernels={**before.kernels, name: pinned})
+        # a nested lane's L1 kernel is that kernel too (LaneSpec.l1_kernel)
+        lanes = {n: dataclasses.replace(lane, l1_kernel=pinned) if lane.l1_kernel == old else lane
+                 for n, lane in before.lanes.items()}  # fmt: skip
+        expected = dataclasses.replace(
+            before, kernels={**before.kernels, name: pinned}, lanes=lanes
+        )
     if old is None or after != expected:
         raise MatrixError(
             f"rewriting kernel {name!r} did not give abi={abi} version={version} "

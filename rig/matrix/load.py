@@ -45,6 +45,9 @@ def to_matrix(model: MatrixModel, source: str) -> Matrix:
             guest=lane.guest,
             uri=lane.uri,
             domain_type=lane.domain_type,
+            l1_kernel=kernels.get(lane.l1_kernel or ""),
+            l0_cpus=(("", lane.l0_cpu), *sorted(lane.l0_cpus.items())) if lane.l0_cpu else (),
+            launcher=lane.launcher or "qemu",
         )
         for name, lane in model.lanes.items()
     }

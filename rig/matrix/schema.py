@@ -115,7 +115,7 @@ class KernelModel(_Strict):
 
 
 class LaneModel(_Strict):
-    backend: typing.Literal["bochs", "libvirt"]
+    backend: typing.Literal["bochs", "libvirt", "nested"]
     vmx: bool
     guest: typing.Literal["initramfs", "vm"] = "initramfs"
     uri: Uri = ""
@@ -123,6 +123,22 @@ class LaneModel(_Strict):
     timeout: int | None = Field(None, ge=10, le=86400)
     memory: int | None = Field(None, ge=64, le=262144)
     vcpus: int | None = Field(None, ge=1, le=64)
+    l1_kernel: KernelName | None = None  # nested: the kernel of L1 (a name under kernels:)
+    l0_cpu: ModelName = ""  # nested: the Bochs model of L0 for every L2 model ...
+    l0_cpus: dict[ModelName, ModelName] = Field(default_factory=dict)  # ... but these
+    launcher: typing.Literal["qemu", "libvirt"] | None = None  # nested: how L1 starts L2
+
+    @model_validator(mode="after")
+    def _nested_keys(self) -> LaneModel:
+        nested = self.l1_kernel is not None or self.l0_cpu or self.l0_cpus or self.launcher
+        if self.backend == "nested" and (self.l1_kernel is None or not self.l0_cpu):
+            raise ValueError("a nested lane needs l1_kernel and l0_cpu; expected both keys")
+        if self.backend != "nested" and nested:
+            raise ValueError(
+                "l1_kernel, l0_cpu, l0_cpus, launcher apply to the nested backend only; "
+                "expected backend: nested"
+            )
+        return self
 
 
 class ExcludeModel(_Strict):

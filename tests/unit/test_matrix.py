@@ -145,7 +145,7 @@ def test_unknown_key_reports_line_col_and_allowed_keys() -> None:
     msg = one(GOOD.replace("vmx: true,", "vmx: true, vxm: 1,"))
     assert msg == (
         "m.yaml:10:38: unknown key 'vxm'; expected one of: backend, vmx, guest, uri, "
-        "domain_type, timeout, memory, vcpus"
+        "domain_type, timeout, memory, vcpus, l1_kernel, l0_cpu, l0_cpus, launcher"
     )
 
 
@@ -162,7 +162,8 @@ def test_wrong_type_and_unknown_backend() -> None:
         GOOD.replace("backend: bochs", "backend: qemu").replace("timeout: 300", "timeout: x")
     )
     assert "m.yaml:2:21: wrong type for timeout: the string 'x'; expected an integer" in found
-    assert "m.yaml:10:20: invalid backend 'qemu'; expected one of 'bochs' or 'libvirt'" in found
+    wrong = "m.yaml:10:20: invalid backend 'qemu'; expected one of 'bochs', 'libvirt' or 'nested'"
+    assert wrong in found
     assert len(found) == 2
 
 

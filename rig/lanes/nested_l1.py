@@ -1,0 +1,233 @@
+"""The nested lane's L1: a small KVM host that Bochs (L0) boots and that runs the cell's guest (L2).
+
+L1 is one busybox initramfs, built once and cached by its inputs (like every artifact):
+
+    /init                     guests/nested/init (data driven, never templated)
+    /bin/busybox
+    /rig-l1/modules/*.ko      irqbypass, kvm, kvm-intel of the L1 kernel's linux-image package
+    /usr/bin/qemu-system-x86_64 + the shared libraries ldd names, at their own paths
+    /usr/share/qemu/          SeaBIOS and the linuxboot/kvmvapic ROMs (QEMU's data dir)
+    with the libvirt launcher also: virsh, libvirt's QEMU driver module and both their
+    libraries, libvirt's cpu_map, an /etc/passwd and /etc/group that name root
+
+The cell's part travels in a second, small cpio that GRUB loads after it (Linux unpacks both):
+
+    /l2/vmlinuz /l2/initrd.gz  the cell's guest, exactly as the runner built it for every lane
+    /l2/qemu-args              L1's QEMU command, one argument a line (rig.lanes.nested)
+
+The key of the L1 image is a hash of everything in it: the L1 kernel package (suite, ABI,
+version), the init script, and the contents of busybox, QEMU, its libraries and ROMs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rig.artifacts import Artifacts, Progress, in_root, require_tool, run_step
+from rig.errors import InfraError, ToolMissing
+from rig.model import KernelArtifacts, KernelSpec
+from rig.paths import BUSYBOX, GUESTS_DIR
+
+L1_RECIPE = "1"
+QEMU = Path("/usr/bin/qemu-system-x86_64")
+ROMS: dict[str, Path] = {
+    "bios-256k.bin": Path("/usr/share/seabios/bios-256k.bin"),
+    "linuxboot_dma.bin": Path("/usr/share/qemu/linuxboot_dma.bin"),
+    "kvmvapic.bin": Path("/usr/share/qemu/kvmvapic.bin"),
+}
+VIRSH = Path("/usr/bin/virsh")
+QEMU_TCG = Path("/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so")  # libvirt probes TCG too
+LIBVIRT_QEMU = Path("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so")
+CPU_MAP = Path("/usr/share/libvirt/cpu_map")
+INIT = GUESTS_DIR / "nested/init"
+# insmod order: kvm needs irqbypass, kvm-intel needs kvm
+KVM_MODULES: tuple[tuple[str, str], ...] = (
+    ("irqbypass.ko", "kernel/virt/lib/irqbypass.ko.xz"),
+    ("kvm.ko", "kernel/arch/x86/kvm/kvm.ko.xz"),
+    ("kvm-intel.ko", "kernel/arch/x86/kvm/kvm-intel.ko.xz"),
+)
+KIND = "l1host"
+L1_DATA = "rig-l1"  # directory of L1's own files inside its initramfs
+_LDD_RE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
+
+
+def ldd_paths(ldd_output: str) -> list[Path]:
+    """The absolute library paths in `ldd` output (the loader included, vdso left out)."""
+    out: list[Path] = []
+    for line in ldd_output.splitlines():
+        m = _LDD_RE.search(line)
+        if m and m[1] not in {str(p) for p in out}:
+            out.append(Path(m[1]))
+    return out
+
+
+def with_libraries(*binaries: Path) -> list[Path]:
+    """The binaries and every shared library they load (InfraError when ldd cannot say)."""
+    out = list(binaries)
+    for binary in binaries:
+        proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or "not found" in proc.stdout:
+            raise InfraError(f"ldd {binary} failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
+        out += [p for p in ldd_paths(proc.stdout) if p not in out]
+    return out
+
+
+def _file_digest(paths: Iterable[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(str(p).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def l1_key(spec: KernelSpec, host_files: Iterable[Path], init_text: str) -> str:
+    """The cache key of an L1 image: what goes into it, not when it was made."""
+    h = hashlib.sha256()
+    for part in (L1_RECIPE, spec.suite, spec.abi, spec.version, init_text,
+                 _file_digest(host_files)):  # fmt: skip
+        h.update(part.encode() + b"\0")
+    return f"{spec.name}-{h.hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class L1Image:
+    kernel: KernelArtifacts
+    vmlinuz: Path
+    initrd: Path  # gzip'd cpio: init, busybox, KVM modules, QEMU
+
+
+def installed_version(root: Path, package: str) -> str | None:
+    """The version of `package` installed in a chroot (from its dpkg status), or None."""
+    status = root / "var/lib/dpkg/status"
+    if not status.exists():
+        return None
+    for stanza in status.read_text(errors="replace").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line[:40])
+        if fields.get("Package") == package and "installed" in fields.get("Status", ""):
+            return fields.get("Version")
+    return None
+
+
+def kvm_modules(kernel: KernelArtifacts, dest: Path, log: Path) -> None:
+    """irqbypass.ko, kvm.ko, kvm-intel.ko of the kernel's own package, decompressed into dest.
+
+    From the toolchain chroot when it has that very package installed; else the package is
+    downloaded into the chroot (the way the kernel's vmlinuz was) and read without installing.
+    """
+    spec, root = kernel.spec, kernel.chroot
+    mods = root / "usr/lib/modules" / spec.abi
+    have = installed_version(root, f"linux-image-{spec.abi}")
+    if have is not None and (not spec.version or have == spec.version):
+        for name, rel in KVM_MODULES:
+            (dest / name).write_bytes(lzma.decompress((mods / rel).read_bytes()))
+        return
+    debs = root / "var/tmp/rig-l1-debs"
+    shutil.rmtree(debs, ignore_errors=True)
+    debs.mkdir(parents=True)
+    pin = f"={spec.version}" if spec.version else ""
+    opts = ["-o", "Acquire::Retries=3"]
+    if not spec.check_valid_until:
+        opts += ["-o", "Acquire::Check-Valid-Until=false"]
+    try:
+        for pkg in (f"linux-image-{spec.abi}", f"linux-binary-{spec.abi}"):
+            run_step(in_root(root, ["apt-get", *opts, "download", f"{pkg}{pin}"],
+                          cwd="/var/tmp/rig-l1-debs"),
+                 log=log, what=f"download {pkg}{pin}")  # fmt: skip
+            deb = next(iter(sorted(debs.glob(f"{pkg}_*.deb"))))
+            if _modules_from_deb(deb, spec.abi, dest):
+                return
+        raise InfraError(f"no KVM modules in the packages of kernel {spec.abi}", where=str(log))
+    finally:
+        shutil.rmtree(debs, ignore_errors=True)
+
+
+def _modules_from_deb(deb: Path, abi: str, dest: Path) -> bool:
+    wanted = {f"usr/lib/modules/{abi}/{rel}": name for name, rel in KVM_MODULES}
+    wanted |= {f"lib/modules/{abi}/{rel}": name for name, rel in KVM_MODULES}
+    found = 0
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL) as p:  # fmt: skip
+        assert p.stdout is not None
+        with tarfile.open(fileobj=p.stdout, mode="r|") as tar:
+            for member in tar:
+                name = wanted.get(member.name.lstrip("./"))
+                if name and member.isfile():
+                    src = tar.extractfile(member)
+                    assert src is not None
+                    (dest / name).write_bytes(lzma.decompress(src.read()))
+                    found += 1
+    return found == len(KVM_MODULES)
+
+
+def write_cpio(root: Path, out: Path, *, compress: bool) -> None:
+    """A newc archive of the tree at `root` (owned by root), gzip -1'd when `compress`."""
+    require_tool("cpio")
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    proc = subprocess.run(
+        ["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
+        input="\n".join([".", *files]).encode(),
+        cwd=root,
+        capture_output=True,
+        check=True,
+    )
+    out.write_bytes(gzip.compress(proc.stdout, compresslevel=1) if compress else proc.stdout)
+
+
+def build_l1(
+    artifacts: Artifacts, spec: KernelSpec, progress: Progress, *, libvirt: bool = False
+) -> L1Image:
+    """The cached L1 image for kernel `spec` (built under the key's lock when missing); with
+    `libvirt`, it also holds virsh and libvirt's embedded QEMU driver."""
+    if not BUSYBOX.exists():
+        raise ToolMissing("busybox", "busybox-static", "the nested lane's L1")
+    for rom in ROMS.values():
+        if not rom.exists():
+            raise ToolMissing(str(rom), "qemu-system-x86 seabios", "the nested lane's L2")
+    if libvirt and not (VIRSH.exists() and LIBVIRT_QEMU.exists() and CPU_MAP.is_dir()):
+        raise ToolMissing("virsh", "libvirt-clients libvirt-daemon-driver-qemu", "libvirt in L1")
+    kernel = artifacts.kernel(spec)
+    qemu = with_libraries(QEMU, VIRSH, LIBVIRT_QEMU, QEMU_TCG) if libvirt else with_libraries(QEMU)
+    cpu_map = sorted(CPU_MAP.glob("*.xml")) if libvirt else []
+    init_text = INIT.read_text()
+    key = l1_key(spec, [BUSYBOX, *qemu, *ROMS.values(), *cpu_map], init_text)
+    with artifacts.cache.building(KIND, key) as (final, tmp):
+        if tmp is not None:
+            progress(f"nested: building the L1 image (kernel {spec.abi}, QEMU, KVM) ...")
+            tree = tmp / "tree"
+            for d in ("bin", "proc", "sys", "dev", "tmp", "etc", "run", "var/run",
+                      f"{L1_DATA}/modules", "usr/share/qemu"):  # fmt: skip
+                (tree / d).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(BUSYBOX, tree / "bin/busybox")
+            (tree / "init").write_text(init_text)
+            (tree / "init").chmod(0o755)
+            kvm_modules(kernel, tree / L1_DATA / "modules", tmp / "build.log")
+            for path in qemu:
+                target = tree / path.relative_to("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)  # the file a symlink names, under the link's name
+                target.chmod(0o755)
+            for name, rom in ROMS.items():
+                shutil.copyfile(rom, tree / "usr/share/qemu" / name)
+            for xml in cpu_map:
+                (tree / xml.relative_to("/")).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(xml, tree / xml.relative_to("/"))
+            # libvirt's QEMU driver resolves its built-in default user before it reads
+            # qemu.conf (which says root): both must exist
+            (tree / "etc/passwd").write_text(
+                "root:x:0:0:root:/root:/bin/sh\nlibvirt-qemu:x:64055:64055::/:/bin/false\n"
+            )
+            (tree / "etc/group").write_text("root:x:0:\nkvm:x:108:\nlibvirt-qemu:x:64055:\n")
+            write_cpio(tree, tmp / "initrd.gz", compress=True)
+            shutil.rmtree(tree)
+            shutil.copy2(kernel.vmlinuz, tmp / "vmlinuz")
+            size = (tmp / "initrd.gz").stat().st_size / 2**20
+            progress(f"nested: L1 image ready ({size:.0f} MiB)")
+    return L1Image(kernel=kernel, vmlinuz=final / "vmlinuz", initrd=final / "initrd.gz")
