@@ -97,7 +97,15 @@ def domain_xml(
         cpu = ET.SubElement(dom, "cpu", mode="host-passthrough", check="none")
     else:
         cpu = ET.SubElement(
-            dom, "cpu", mode="custom", match="exact", check="full" if require_vmx else "none"
+            # With vmx required: check='full' (libvirt verifies the vCPU QEMU made, or a dropped
+            # vmx passes silently) and match='minimum' (QEMU/KVM add features of their own to
+            # named models, x2apic and hypervisor: match='exact' refuses every such domain,
+            # seen under KVM in the nested lane and under TCG: "extra features: hypervisor").
+            dom,
+            "cpu",
+            mode="custom",
+            match="minimum" if require_vmx else "exact",
+            check="full" if require_vmx else "none",
         )
         ET.SubElement(cpu, "model", fallback="forbid").text = spec.cpu_model
     if require_vmx:

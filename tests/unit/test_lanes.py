@@ -57,6 +57,7 @@ def test_domain_xml_requires_vmx_with_full_check_on_kvm(tmp_path: Path) -> None:
                      console=tmp_path / "c", require_vmx=True)  # fmt: skip
     cpu = ET.fromstring(xml).find("cpu")
     assert cpu is not None and cpu.get("check") == "full"
+    assert cpu.get("match") == "minimum"  # QEMU/KVM's own extra features are no mismatch
     feature = cpu.find("feature")
     assert feature is not None and feature.attrib == {"policy": "require", "name": "vmx"}
 
