@@ -48,9 +48,12 @@ TCG = LaneSpec(name="tcg", backend="libvirt", vmx=False, domain_type="qemu")
 KERNEL = KernelSpec(name="6.12", suite="trixie", abi="6.12.117+deb13-amd64")
 CPUS = {
     "haswell": CpuSpec("haswell", {"bochs": "corei7_haswell_4770", "kvm": "Haswell-noTSX"}),
-    "penryn": CpuSpec("penryn", {"bochs": "core2_penryn_t9600", "tcg": "Penryn"}),
+    "penryn": CpuSpec(
+        "penryn", {"bochs": "core2_penryn_t9600", "tcg": "Penryn", "nested": "Penryn"}
+    ),
 }
-LANES = {"bochs": BOCHS, "tcg": TCG}
+NESTED = LaneSpec(name="nested", backend="nested", vmx=True)
+LANES = {"bochs": BOCHS, "tcg": TCG, "nested": NESTED}
 BUILD_OK = ModuleBuild(name="vmlaunch", ok=True, log="", ko=Path("/x/vmlaunch.ko"))
 
 
@@ -174,9 +177,10 @@ def test_an_unterminated_last_line_is_never_evidence() -> None:
     assert not any("reason=0x1" in ln and "reason=0x12" not in ln for ln in lines)
     cell = Cell(lane=BOCHS, kernel=KERNEL, cpu=CPUS["haswell"])
     v = judge(cell, BUILD_OK, truncated)
-    assert v.stages["vmcall_exit"].outcome is not Outcome.FAILED or "0x1 " not in v.stages[
-        "vmcall_exit"
-    ].reason
+    assert (
+        v.stages["vmcall_exit"].outcome is not Outcome.FAILED
+        or "0x1 " not in v.stages["vmcall_exit"].reason
+    )
 
 
 def test_a_second_rig_begin_is_an_infrastructure_error() -> None:
@@ -216,9 +220,7 @@ def test_arrangements_come_from_what_the_run_set_up(tmp_path: Path) -> None:
     assert arrangements(_config(tmp_path)).declines == frozenset()
     assert arrangements(_config(tmp_path, preload=(quiet,))).declines == frozenset()
     assert arrangements(_config(tmp_path, preload=(hog,))).declines == {"vmx_busy"}
-    assert arrangements(_config(tmp_path, feature_control=0x1)).declines == {
-        "vmx_disabled_by_bios"
-    }
+    assert arrangements(_config(tmp_path, feature_control=0x1)).declines == {"vmx_disabled_by_bios"}
     # locked with VMX on, or left open: nothing is refused
     assert arrangements(_config(tmp_path, feature_control=0x5)).declines == frozenset()
     assert arrangements(_config(tmp_path, feature_control=0x0)).declines == frozenset()
