@@ -27,7 +27,7 @@ from rig.artifacts.module import (
     source_tarball,
     tree_digest,
 )
-from rig.artifacts.steps import HOST_TOOLS, in_root, require_tool, run_step
+from rig.artifacts.steps import HOST_TOOLS, in_root, require_tool, run_step, write_cpio
 from rig.model import KernelArtifacts, KernelSpec, ModuleBuild
 
 
@@ -61,4 +61,5 @@ __all__ = [
     "source_tarball",
     "stderr_progress",
     "tree_digest",
+    "write_cpio",
 ]

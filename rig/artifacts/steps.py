@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -59,3 +60,17 @@ def in_root(
         "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8",
         *envv, *argv,
     ]  # fmt: skip
+
+
+def write_cpio(root: Path, out: Path, *, compress: bool) -> None:
+    """A newc archive of the tree at `root` (owned by root), gzip -1'd when `compress`."""
+    require_tool("cpio")
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    proc = subprocess.run(
+        ["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
+        input="\n".join([".", *files]).encode(),
+        cwd=root,
+        capture_output=True,
+        check=True,
+    )
+    out.write_bytes(gzip.compress(proc.stdout, compresslevel=1) if compress else proc.stdout)

@@ -9,14 +9,12 @@ ISO of its own making, libvirt lanes directly.
 
 from __future__ import annotations
 
-import gzip
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rig.artifacts import Artifacts, require_tool
+from rig.artifacts import Artifacts, require_tool, write_cpio
 from rig.errors import InfraError, RigError, ToolMissing
 from rig.guest.base import GuestJob, GuestRun
 from rig.lanes import Backend
@@ -85,16 +83,8 @@ def initramfs_image(
     shutil.copy2(GUESTS_DIR / "initramfs/init", root / "init")
     (root / "init").chmod(0o755)
     write_plan(root / "rig", modules, run_id=run_id, cell_id=cell_id, preload=preload)
-    files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-    cpio = subprocess.run(
-        ["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
-        input="\n".join([".", *files]).encode(),
-        cwd=root,
-        capture_output=True,
-        check=True,
-    )
     initrd = workdir / "initrd.gz"
-    initrd.write_bytes(gzip.compress(cpio.stdout, compresslevel=1))
+    write_cpio(root, initrd, compress=True)
     shutil.rmtree(root)
     cmdline = " ".join([BASE_CMDLINE, *kernel_args])
     return GuestImage(kernel=kernel.vmlinuz, initrd=initrd, cmdline=cmdline)

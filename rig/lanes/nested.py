@@ -30,7 +30,7 @@ import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rig.artifacts import Artifacts, Cache, stderr_progress
+from rig.artifacts import Artifacts, Cache, stderr_progress, write_cpio
 from rig.errors import InfraError, ToolMissing
 from rig.lanes.base import (
     AGENT_FILE,
@@ -45,7 +45,7 @@ from rig.lanes.base import (
 )
 from rig.lanes.bochs import BochsBackend, bochsrc
 from rig.lanes.libvirt import domain_xml
-from rig.lanes.nested_l1 import LIBVIRT_QEMU, QEMU, ROMS, VIRSH, L1Image, build_l1, write_cpio
+from rig.lanes.nested_l1 import LIBVIRT_QEMU, QEMU, ROMS, VIRSH, L1Image, build_l1
 from rig.model import BootEnd, BootResult, BootSpec, GuestImage, KernelSpec
 from rig.options import check_kernel_arg
 

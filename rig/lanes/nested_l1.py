@@ -21,7 +21,6 @@ version), the init script, and the contents of busybox, QEMU, its libraries and 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import lzma
 import re
@@ -32,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rig.artifacts import Artifacts, Progress, in_root, require_tool, run_step
+from rig.artifacts import Artifacts, Progress, in_root, run_step, write_cpio
 from rig.errors import InfraError, ToolMissing
 from rig.model import KernelArtifacts, KernelSpec
 from rig.paths import BUSYBOX, GUESTS_DIR
@@ -165,20 +164,6 @@ def _modules_from_deb(deb: Path, abi: str, dest: Path) -> bool:
                     (dest / name).write_bytes(lzma.decompress(src.read()))
                     found += 1
     return found == len(KVM_MODULES)
-
-
-def write_cpio(root: Path, out: Path, *, compress: bool) -> None:
-    """A newc archive of the tree at `root` (owned by root), gzip -1'd when `compress`."""
-    require_tool("cpio")
-    files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-    proc = subprocess.run(
-        ["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
-        input="\n".join([".", *files]).encode(),
-        cwd=root,
-        capture_output=True,
-        check=True,
-    )
-    out.write_bytes(gzip.compress(proc.stdout, compresslevel=1) if compress else proc.stdout)
 
 
 def build_l1(
