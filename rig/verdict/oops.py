@@ -11,18 +11,29 @@ from rig.guest.protocol import MARKER_RE
 OOPS_MAX_LINES = 60
 
 
+# Each trigger is the start of a kernel message, as the kernel prints it (after the optional
+# `<level>` and `[timestamp]`): a word such as "double fault" inside some module's chatter is
+# no oops (a property test weaves such lines into real consoles).
+KERNEL_PREFIX_RE = re.compile(r"\s*(?:<\d>)?\s*(?:\[\s*\d+\.\d+\]\s*)?")
 OOPS_TRIGGERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("panic", re.compile(r"Kernel panic - not syncing")),
-    ("bug", re.compile(r"\bBUG: ")),
+    ("bug", re.compile(r"(?:watchdog: )?BUG: ")),
     ("bug", re.compile(r"kernel BUG at ")),
-    ("oops", re.compile(r"\bOops: ")),
+    ("oops", re.compile(r"Oops: ")),
     ("gpf", re.compile(r"general protection fault")),
-    ("invalid_opcode", re.compile(r"\binvalid opcode: ")),
-    ("double_fault", re.compile(r"double fault")),
+    ("invalid_opcode", re.compile(r"invalid opcode: ")),
+    ("double_fault", re.compile(r"PANIC: double fault")),
     ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+")),
     ("stall", re.compile(r"rcu: INFO: \S+ (?:self-)?detected stalls?")),
     ("hung_task", re.compile(r"INFO: task \S+ blocked for more than")),
 )
+
+
+def oops_kind(line: str) -> str | None:
+    """The kind of kernel trouble a line starts, or None."""
+    start = KERNEL_PREFIX_RE.match(line)
+    at = start.end() if start else 0
+    return next((k for k, rx in OOPS_TRIGGERS if rx.match(line, at)), None)
 
 
 OOPS_END_RE = re.compile(r"---\[ end (?:trace|Kernel panic)")
@@ -43,7 +54,7 @@ def find_oopses(lines: Sequence[str], start: int) -> list[Oops]:
         line = lines[i]
         kind = None
         if "vmlaunch: cpu=" not in line and not MARKER_RE.match(line):
-            kind = next((k for k, rx in OOPS_TRIGGERS if rx.search(line)), None)
+            kind = oops_kind(line)
         if kind is None:
             i += 1
             continue

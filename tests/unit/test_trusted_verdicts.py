@@ -337,3 +337,15 @@ def test_every_refusal_the_judge_knows_is_named_for_arrangements() -> None:
     from rig.verdict.grammar import DECLINES
 
     assert set(DECLINES) == set(DECLINE_REASONS)
+
+
+def test_kernel_trouble_words_inside_a_modules_chatter_are_no_oops() -> None:
+    """Found by the noise property: a module line saying "double fault" failed a good run."""
+    from rig.verdict.oops import oops_kind
+
+    assert oops_kind("[   12.345678] rigflood: double fault") is None
+    assert oops_kind("[   12.3] rigflood: general protection fault in my words") is None
+    assert oops_kind("[    3.1] PANIC: double fault, error_code: 0x0") == "double_fault"
+    assert oops_kind("[    3.1] general protection fault, probably for non-canonical") == "gpf"
+    assert oops_kind("<4>[   20.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s!") == "bug"
+    assert oops_kind("[   20.0] Oops: 0000 [#1] PREEMPT SMP NOPTI") == "oops"
