@@ -87,18 +87,20 @@ def embed_slot(pool: Path, slots: int = 64) -> Iterator[Path]:
     for i in range(slots):
         root = pool / f"slot-{i}"
         root.mkdir(exist_ok=True)
-        fh = (root / "rig.lock").open("w")
+        fd = os.open(root / "rig.lock", os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.close()
+            os.close(fd)
             continue
-        try:
-            (root / "etc").mkdir(exist_ok=True)
-            (root / "etc/qemu.conf").write_text(qemu_conf())
-            yield root
-        finally:
-            fh.close()
+        # The lock is never released here: libvirt's embedded driver holds a lock of its own
+        # in the root (run/qemu/driver.pid) until this process exits, so the slot is free only
+        # then. This process is one boot's child: its exit releases both at once (a slot let go
+        # earlier was taken by the next child while the driver still held it: "Failed to
+        # acquire pid file", seen when a worker was killed mid-boot).
+        (root / "etc").mkdir(exist_ok=True)
+        (root / "etc/qemu.conf").write_text(qemu_conf())
+        yield root
         return
     raise RuntimeError(f"all {slots} embedded libvirt roots under {pool} are busy")
 
