@@ -30,6 +30,7 @@ from rig.model import (
     StageVerdict,
 )
 from rig.options import RunSettings
+from rig.runs import sweep_cell
 from rig.verdict import judge
 
 
@@ -183,6 +184,7 @@ class CellRunner:
             )
         workdir = self.config.run_dir / "cells" / cell.id
         workdir.mkdir(parents=True, exist_ok=True)
+        sweep_cell(workdir)  # what a crashed earlier attempt at this cell left running
         flavour = flavour_for(self.config.guest or cell.lane.guest)
         job = GuestJob(
             cell=cell,

@@ -125,6 +125,25 @@ def sweep(runs_root: Path) -> Sweep:
     return result
 
 
+def sweep_cell(cell_dir: Path, settle_s: float = 10.0) -> int:
+    """Kill what an earlier attempt at this cell left running, before it is booted again.
+
+    A pytest-xdist worker killed mid-boot leaves its libvirt child finishing, its QEMU (or
+    Bochs) still writing into the cell's console and agent files; xdist hands the cell to a
+    fresh worker at once. Only the holder of the cell's verdict lock calls this: no live
+    process has a claim on the cell's files then, so every process naming them is a leftover.
+    """
+    mark = f"{cell_dir}/"
+    found = processes_mentioning(mark)
+    for pid, _cmd in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + settle_s
+    while processes_mentioning(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return len(found)
+
+
 def sweep_embed_pool(pool: Path) -> int:
     """Kill QEMU processes left in unlocked embedded-libvirt slots (their owner died)."""
     killed = 0

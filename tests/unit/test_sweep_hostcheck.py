@@ -81,3 +81,23 @@ def test_kvm_usable_needs_vmx_kvm_intel_and_nested(tmp_path: Path) -> None:
     assert "nested" in (kvm_usable(dev, cpuinfo, sysmod) or "")
     dev, cpuinfo, sysmod = _fake_host(tmp_path / "d", "fpu vmx", "Y")
     assert kvm_usable(dev, cpuinfo, sysmod) is None
+
+
+def test_sweep_cell_kills_what_names_the_cell_and_nothing_else(tmp_path: Path) -> None:
+    """A crashed attempt's emulator still writing into the cell: gone before the cell reboots."""
+    import subprocess
+    import sys
+
+    from rig.runs import sweep_cell
+
+    cell, other = tmp_path / "cells" / "c", tmp_path / "cells" / "c2"
+    code = "import time; time.sleep(60)"
+    left = subprocess.Popen([sys.executable, "-c", code, f"{cell}/console.txt"])
+    bystander = subprocess.Popen([sys.executable, "-c", code, f"{other}/console.txt"])
+    try:
+        assert sweep_cell(cell) == 1
+        assert left.wait(10) == -9
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
