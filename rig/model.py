@@ -186,6 +186,7 @@ class Arranged:
 
     declines: frozenset[str] = frozenset()  # e.g. {"vmx_busy"}: a fixture holds VMX
     why: tuple[tuple[str, str], ...] = ()  # decline -> what arranged it (for the reason)
+    witness: bool = False  # the guest runs the teardown witness after its last run
 
     def because(self, decline: str) -> str:
         return dict(self.why).get(decline, "")

@@ -120,6 +120,13 @@ def arrangements(config: RunConfig) -> Arranged:
     return Arranged(frozenset(why), tuple(sorted(why.items())))
 
 
+def plans_witness(config: RunConfig, cell: Cell) -> bool:
+    """The teardown witness runs on every VMX lane, unless the run set up something that uses
+    or forbids VMX itself (a fixture, a FEATURE_CONTROL value): then KVM's word is not the
+    driver's."""
+    return cell.lane.vmx and not config.preload and config.feature_control is None
+
+
 BOOTS_LOG = "boots.log"
 BOOT_FILE = "boot.json"
 
@@ -199,6 +206,7 @@ class CellRunner:
             preload=self.config.preload,
             kernel_args=self.config.kernel_args,
             feature_control=self.config.feature_control,
+            witness=plans_witness(self.config, cell),
             mark_boot=lambda: log_boot(workdir),
         )
         why = flavour.unsupported(job, backend)
@@ -213,5 +221,6 @@ class CellRunner:
             return uniform(cell, Outcome.ERROR, infra_reason(ran.error), build_log=build_log)
         if ran.boot is not None:
             record_boot(workdir, ran.boot)
-        verdict = judge(cell, ran.build, ran.boot, arrangements(self.config))
+        arranged = replace(arrangements(self.config), witness=ran.witness)
+        verdict = judge(cell, ran.build, ran.boot, arranged)
         return replace(verdict, timings={**ran.timings, **verdict.timings})

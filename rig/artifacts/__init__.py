@@ -2,6 +2,8 @@
 
 Artifacts(cache).kernel(spec) -> KernelArtifacts
 Artifacts(cache).module(kernel, src) -> ModuleBuild
+Artifacts(cache).kvm_modules(kernel) -> Path  (irqbypass.ko, kvm.ko, kvm-intel.ko)
+Artifacts(cache).witness() -> Path           (the static kvm-witness program)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rig.artifacts.cache import (
     stderr_progress,
 )
 from rig.artifacts.kernel import kernel_artifacts
+from rig.artifacts.kvm import KVM_MODULES, installed_version, kvm_modules, witness_program
 from rig.artifacts.module import (
     build_module,
     module_name,
@@ -42,10 +45,17 @@ class Artifacts:
     def module(self, kernel: KernelArtifacts, src: Path) -> ModuleBuild:
         return build_module(self.cache, kernel, src, self.progress)
 
+    def kvm_modules(self, kernel: KernelArtifacts) -> Path:
+        return kvm_modules(self.cache, kernel, self.progress)
+
+    def witness(self) -> Path:
+        return witness_program(self.cache, self.progress)
+
 
 __all__ = [
     "EMBED_KIND",
     "HOST_TOOLS",
+    "KVM_MODULES",
     "Artifacts",
     "Cache",
     "Progress",
@@ -53,6 +63,7 @@ __all__ = [
     "default_cache_root",
     "digest",
     "in_root",
+    "installed_version",
     "module_name",
     "module_sources",
     "require_tool",

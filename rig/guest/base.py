@@ -29,6 +29,7 @@ class GuestJob:
     preload: tuple[Path, ...] = ()
     kernel_args: tuple[str, ...] = ()
     feature_control: int | None = None
+    witness: bool = False  # after the last run, KVM loads and runs a VM (the teardown witness)
     mark_boot: Callable[[], None] = lambda: None  # called as the guest is started
 
 
@@ -38,6 +39,7 @@ class GuestRun:
     boot: BootResult | None  # None: nothing was booted (the module did not build, or `error`)
     timings: dict[str, float] = field(default_factory=dict)
     error: RigError | OSError | None = None  # infrastructure trouble after the build
+    witness: bool = False  # the guest was given the teardown witness (job.witness, if it can)
 
 
 class Flavour(Protocol):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rig.artifacts import Artifacts, require_tool, write_cpio
+from rig.artifacts import KVM_MODULES, Artifacts, require_tool, write_cpio
 from rig.errors import InfraError, RigError, ToolMissing
 from rig.guest.base import GuestJob, GuestRun
 from rig.lanes import Backend
@@ -63,11 +63,13 @@ def initramfs_image(
     workdir: Path,
     preload: Sequence[Path] = (),
     kernel_args: Sequence[str] = (),
+    witness: Sequence[Path] = (),
 ) -> GuestImage:
     """The appliance: loads each (ko, repeat, params) in turn, dumps dmesg after each run.
 
     `preload` modules are loaded first and stay loaded (a fixture of the test, e.g. one that
-    holds VMX); `kernel_args` are appended to the guest's command line.
+    holds VMX); `kernel_args` are appended to the guest's command line; `witness` files (the
+    kernel's KVM modules and kvm-witness) make the agent run the teardown witness.
     """
     require_tool("cpio")
     if not BUSYBOX.exists():
@@ -83,6 +85,10 @@ def initramfs_image(
     shutil.copy2(GUESTS_DIR / "initramfs/init", root / "init")
     (root / "init").chmod(0o755)
     write_plan(root / "rig", modules, run_id=run_id, cell_id=cell_id, preload=preload)
+    if witness:
+        (root / "rig/witness").mkdir()
+        for path in witness:
+            shutil.copy2(path, root / "rig/witness" / path.name)
     initrd = workdir / "initrd.gz"
     write_cpio(root, initrd, compress=True)
     shutil.rmtree(root)
@@ -116,6 +122,7 @@ class InitramfsFlavour:
             return GuestRun(build, None, timings)
         try:
             preload = [_fixture(job.artifacts, kernel, src) for src in job.preload]
+            witness = witness_files(job.artifacts, kernel) if job.witness else []
             t0 = time.monotonic()
             image = initramfs_image(
                 kernel,
@@ -125,6 +132,7 @@ class InitramfsFlavour:
                 workdir=job.workdir,
                 preload=preload,
                 kernel_args=job.kernel_args,
+                witness=witness,
             )
             timings["image"] = time.monotonic() - t0
             spec = BootSpec(
@@ -146,7 +154,13 @@ class InitramfsFlavour:
             for scratch in ("boot.iso", "initrd.gz"):
                 (job.workdir / scratch).unlink(missing_ok=True)
             shutil.rmtree(job.workdir / "initramfs", ignore_errors=True)
-        return GuestRun(build, boot, timings)
+        return GuestRun(build, boot, timings, witness=bool(witness))
+
+
+def witness_files(artifacts: Artifacts, kernel: KernelArtifacts) -> list[Path]:
+    """What the agent's teardown witness needs: the kernel's KVM modules and kvm-witness."""
+    modules = artifacts.kvm_modules(kernel)
+    return [*(modules / name for name, _ in KVM_MODULES), artifacts.witness()]
 
 
 def _fixture(artifacts: Artifacts, kernel: KernelArtifacts, src: Path) -> Path:

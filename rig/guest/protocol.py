@@ -30,6 +30,11 @@ RUN_RE = re.compile(
 VMX_RE = re.compile(r"\bvmx=(?P<vmx>[01])\b")
 CPUS_RE = re.compile(r"\bcpus=(?P<cpus>\d{1,4})\b")
 MODEL_RE = re.compile(r"\bmodel=(?P<model>.*)$")
+WITNESS_RE = re.compile(r"^\s*RIG-WITNESS\s+(?P<what>start|load|vm|end)\b\s*(?P<rest>.*?)\s*$")
+WITNESS_LOAD_RE = re.compile(
+    r"module=(?P<module>\S+)\s+rc=(?P<rc>\d{1,3})\b(?:\s+error=(?P<err>\S*))?"
+)
+WITNESS_VM_RE = re.compile(r"rc=(?P<rc>\d{1,3})\b\s*(?P<result>.*)$")
 CONSOLE_MARK_RE = re.compile(r"rig: run=(?P<n>\d{1,6}) step=(?P<step>[a-z]{1,16})\b")
 
 
@@ -74,6 +79,26 @@ class RawRun:
 
 
 @dataclass(frozen=True)
+class WitnessLoad:
+    module: str  # irqbypass | kvm | kvm-intel
+    rc: int
+    error: str  # insmod's complaint, words joined by _ ("Device_or_resource_busy")
+
+
+@dataclass(frozen=True)
+class Witness:
+    """The teardown witness after the last run (RIG-WITNESS lines): KVM loaded, a VM run."""
+
+    vmx: bool | None = None  # RIG-WITNESS start vmx=: it runs only on a CPU with VMX
+    loads: tuple[WitnessLoad, ...] = ()
+    vm_rc: int | None = None  # kvm-witness's exit status (None: it did not run)
+    vm_result: str = ""  # its one line: `kvm-witness: ok exits=io,hlt` or `... FAIL ...`
+    ended: bool = False  # RIG-WITNESS end
+    lines: tuple[str, ...] = ()  # its protocol lines and the kernel's lines meanwhile
+    index: int = 0  # transcript line of RIG-WITNESS start
+
+
+@dataclass(frozen=True)
 class Transcript:
     """Everything the guest said, structured by the protocol."""
 
@@ -89,6 +114,7 @@ class Transcript:
     lines: tuple[str, ...] = ()
     preloads: tuple[tuple[str, int | None], ...] = ()  # RIG-PRELOAD module=M rc=N: fixtures
     rebooted: bool = False  # a second RIG-BEGIN: the guest rebooted during the test
+    witness: Witness | None = None  # RIG-WITNESS: the teardown witness, when the host planned it
 
 
 @dataclass
@@ -161,6 +187,10 @@ def merge_channels(agent: str, console: str) -> list[str]:
     for line in complete_lines(agent):
         m = MARKER_RE.match(line)
         kind = m["kind"] if m else None
+        wm = WITNESS_RE.match(line)
+        if wm and wm["what"] == "end":  # the kernel's lines during the witness come before
+            for key in [k for k in order if k[1] == "witness"]:
+                out.extend(segments.pop(key, []))
         if kind in ("RUN", "END"):
             take("insmod", "rmmod", "dump")
             run = None
@@ -205,7 +235,14 @@ def parse_lines(lines: Sequence[str]) -> Transcript:
     preloads: list[tuple[str, int | None]] = []
     runs: list[_RunBuilder] = []
     dump_open = False
+    witness: _WitnessBuilder | None = None
     for index, line in enumerate(lines):
+        wm = WITNESS_RE.match(line)
+        if begin and wm and wm["what"] == "start" and witness is None:
+            witness = _WitnessBuilder(index=index, vmx=bool(re.search(r"\bvmx=1\b", wm["rest"])))
+        if witness is not None and not witness.ended:
+            witness.add(line, wm)
+            continue
         m = MARKER_RE.match(line)
         kind = m["kind"] if m else None
         rest = (m["rest"] or "") if m else ""
@@ -282,4 +319,41 @@ def parse_lines(lines: Sequence[str]) -> Transcript:
         lines=tuple(lines),
         preloads=tuple(preloads),
         rebooted=rebooted,
+        witness=witness.build() if witness is not None else None,
     )
+
+
+@dataclass
+class _WitnessBuilder:
+    """Collects the witness's lines while parsing (local to one parse_lines call)."""
+
+    index: int
+    vmx: bool
+    loads: list[WitnessLoad] = field(default_factory=list)
+    vm_rc: int | None = None
+    vm_result: str = ""
+    ended: bool = False
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, line: str, wm: re.Match[str] | None) -> None:
+        self.lines.append(line)
+        if wm is None:
+            return
+        rest = wm["rest"]
+        if wm["what"] == "load" and (lm := WITNESS_LOAD_RE.match(rest)):
+            self.loads.append(WitnessLoad(lm["module"], int(lm["rc"]), lm["err"] or ""))
+        elif wm["what"] == "vm" and (vm := WITNESS_VM_RE.match(rest)):
+            self.vm_rc, self.vm_result = int(vm["rc"]), vm["result"]
+        elif wm["what"] == "end":
+            self.ended = True
+
+    def build(self) -> Witness:
+        return Witness(
+            vmx=self.vmx,
+            loads=tuple(self.loads),
+            vm_rc=self.vm_rc,
+            vm_result=self.vm_result,
+            ended=self.ended,
+            lines=tuple(self.lines),
+            index=self.index,
+        )

@@ -22,16 +22,14 @@ version), the init script, and the contents of busybox, QEMU, its libraries and 
 from __future__ import annotations
 
 import hashlib
-import lzma
 import re
 import shutil
 import subprocess
-import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rig.artifacts import Artifacts, Progress, in_root, run_step, write_cpio
+from rig.artifacts import Artifacts, Progress, write_cpio
 from rig.errors import InfraError, ToolMissing
 from rig.model import KernelArtifacts, KernelSpec
 from rig.paths import BUSYBOX, GUESTS_DIR
@@ -48,12 +46,6 @@ QEMU_TCG = Path("/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so")  # libvirt
 LIBVIRT_QEMU = Path("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so")
 CPU_MAP = Path("/usr/share/libvirt/cpu_map")
 INIT = GUESTS_DIR / "nested/init"
-# insmod order: kvm needs irqbypass, kvm-intel needs kvm
-KVM_MODULES: tuple[tuple[str, str], ...] = (
-    ("irqbypass.ko", "kernel/virt/lib/irqbypass.ko.xz"),
-    ("kvm.ko", "kernel/arch/x86/kvm/kvm.ko.xz"),
-    ("kvm-intel.ko", "kernel/arch/x86/kvm/kvm-intel.ko.xz"),
-)
 KIND = "l1host"
 L1_DATA = "rig-l1"  # directory of L1's own files inside its initramfs
 _LDD_RE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
@@ -103,69 +95,6 @@ class L1Image:
     initrd: Path  # gzip'd cpio: init, busybox, KVM modules, QEMU
 
 
-def installed_version(root: Path, package: str) -> str | None:
-    """The version of `package` installed in a chroot (from its dpkg status), or None."""
-    status = root / "var/lib/dpkg/status"
-    if not status.exists():
-        return None
-    for stanza in status.read_text(errors="replace").split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line[:40])
-        if fields.get("Package") == package and "installed" in fields.get("Status", ""):
-            return fields.get("Version")
-    return None
-
-
-def kvm_modules(kernel: KernelArtifacts, dest: Path, log: Path) -> None:
-    """irqbypass.ko, kvm.ko, kvm-intel.ko of the kernel's own package, decompressed into dest.
-
-    From the toolchain chroot when it has that very package installed; else the package is
-    downloaded into the chroot (the way the kernel's vmlinuz was) and read without installing.
-    """
-    spec, root = kernel.spec, kernel.chroot
-    mods = root / "usr/lib/modules" / spec.abi
-    have = installed_version(root, f"linux-image-{spec.abi}")
-    if have is not None and (not spec.version or have == spec.version):
-        for name, rel in KVM_MODULES:
-            (dest / name).write_bytes(lzma.decompress((mods / rel).read_bytes()))
-        return
-    debs = root / "var/tmp/rig-l1-debs"
-    shutil.rmtree(debs, ignore_errors=True)
-    debs.mkdir(parents=True)
-    pin = f"={spec.version}" if spec.version else ""
-    opts = ["-o", "Acquire::Retries=3"]
-    if not spec.check_valid_until:
-        opts += ["-o", "Acquire::Check-Valid-Until=false"]
-    try:
-        for pkg in (f"linux-image-{spec.abi}", f"linux-binary-{spec.abi}"):
-            run_step(in_root(root, ["apt-get", *opts, "download", f"{pkg}{pin}"],
-                          cwd="/var/tmp/rig-l1-debs"),
-                 log=log, what=f"download {pkg}{pin}")  # fmt: skip
-            deb = next(iter(sorted(debs.glob(f"{pkg}_*.deb"))))
-            if _modules_from_deb(deb, spec.abi, dest):
-                return
-        raise InfraError(f"no KVM modules in the packages of kernel {spec.abi}", where=str(log))
-    finally:
-        shutil.rmtree(debs, ignore_errors=True)
-
-
-def _modules_from_deb(deb: Path, abi: str, dest: Path) -> bool:
-    wanted = {f"usr/lib/modules/{abi}/{rel}": name for name, rel in KVM_MODULES}
-    wanted |= {f"lib/modules/{abi}/{rel}": name for name, rel in KVM_MODULES}
-    found = 0
-    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL) as p:  # fmt: skip
-        assert p.stdout is not None
-        with tarfile.open(fileobj=p.stdout, mode="r|") as tar:
-            for member in tar:
-                name = wanted.get(member.name.lstrip("./"))
-                if name and member.isfile():
-                    src = tar.extractfile(member)
-                    assert src is not None
-                    (dest / name).write_bytes(lzma.decompress(src.read()))
-                    found += 1
-    return found == len(KVM_MODULES)
-
-
 def build_l1(
     artifacts: Artifacts, spec: KernelSpec, progress: Progress, *, libvirt: bool = False
 ) -> L1Image:
@@ -193,7 +122,8 @@ def build_l1(
             shutil.copy2(BUSYBOX, tree / "bin/busybox")
             (tree / "init").write_text(init_text)
             (tree / "init").chmod(0o755)
-            kvm_modules(kernel, tree / L1_DATA / "modules", tmp / "build.log")
+            for ko in sorted(artifacts.kvm_modules(kernel).glob("*.ko")):
+                shutil.copy2(ko, tree / L1_DATA / "modules" / ko.name)
             for path in qemu:
                 target = tree / path.relative_to("/")
                 target.parent.mkdir(parents=True, exist_ok=True)

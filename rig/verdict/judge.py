@@ -114,6 +114,9 @@ def find_trouble(ctx: RunContext, boot: BootResult, judged: dict[str, Judged]) -
         # Every check concluded (or the driver's teardown lines are all there and the agent
         # had gone past rmmod, though its own report of it was lost), then the guest never
         # reached RIG-END: a teardown that wedges the CPU is the driver's.
+        w = ctx.witness
+        if ctx.last and w is not None and not w.ended:
+            detail += f" (in the teardown witness, KVM's use of VMX after it: {w.lines[-1][:120]})"
         return after_teardown(boot, detail, tail, last)
     if boot.end is BootEnd.TIMEOUT:
         detail = detail or f" (timeout {cell.timeout_s} s)"
@@ -162,8 +165,9 @@ def judge_run(
     complete = run.dump_complete or report.end
     last = run is report.runs[-1]
     ctx = RunContext(
-        cell, run, vmx_expected, no_vmx_reason, complete, arranged, last=last, ended=report.end
-    )
+        cell, run, vmx_expected, no_vmx_reason, complete, arranged, last=last, ended=report.end,
+        witness=report.witness,
+    )  # fmt: skip
     judged = judge_records(ctx, run.records)
     trouble = find_trouble(ctx, boot, judged)
     out: dict[str, StageVerdict] = {}

@@ -16,6 +16,7 @@ from rig.guest.protocol import (
     RawRun,
     Step,
     Transcript,
+    Witness,
     complete_lines,
     dump_boundary,
     parse_channels,
@@ -95,6 +96,7 @@ class GuestReport:
     lines: tuple[str, ...] = ()
     preloads: tuple[tuple[str, int | None], ...] = ()  # RIG-PRELOAD module=M rc=N: fixtures
     rebooted: bool = False  # a second RIG-BEGIN: the guest rebooted during the test
+    witness: Witness | None = None  # the teardown witness after the last run
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -153,6 +155,7 @@ def read(t: Transcript) -> GuestReport:
         lines=t.lines,
         preloads=t.preloads,
         rebooted=t.rebooted,
+        witness=t.witness,
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from rig.guest.protocol import Step
+from rig.guest.protocol import Step, Witness
 from rig.model import (
     NOTHING_ARRANGED,
     STAGES,
@@ -36,6 +36,7 @@ from rig.verdict.grammar import (
 )
 from rig.verdict.reading import Run
 from rig.verdict.sdm import EXIT_REASONS, VMCALL_REASON, decode_exit_reason, hex_or_q
+from rig.verdict.witness import judge_witness
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class RunContext:
     arranged: Arranged = NOTHING_ARRANGED  # the refusals this run set up: the right answer
     last: bool = True  # the guest's last run: after it only RIG-END should follow
     ended: bool = True  # the guest printed RIG-END
+    witness: Witness | None = None  # the teardown witness (judged with the last run)
 
 
 Judged = StageVerdict | None  # None: no conclusion yet (the stage did not finish)
@@ -278,7 +280,7 @@ def judge_teardown(ctx: RunContext, attempts: Sequence[Sequence[DriverRecord]]) 
     freed = [r for r in first if r.stage == "freed" and r.result == "ok"]
     unload = [r for r in first if r.stage == "unload" and r.result == "ok"]
     bad = [r for r in first if STAGE_OF.get(r.stage) == "teardown" and r.result == "FAIL"]
-    evidence: list[DriverRecord | Step] = [insmod]
+    evidence: list[DriverRecord | Step | str] = [insmod]
     wrong: list[str] = [decode_failure(r) for r in bad]  # definite failures
     absent: list[str] = []  # lines that should be there by now
     for r in offs:
@@ -321,10 +323,23 @@ def judge_teardown(ctx: RunContext, attempts: Sequence[Sequence[DriverRecord]]) 
                 wrong.append("the second load attempt found VMX busy: the first left VMX on")
                 evidence.append(busy[0])
     evidence.extend([*offs, *freed, *unload, *bad])
+    found = (
+        judge_witness(ctx.witness, ended=ctx.ended) if ctx.last and ctx.arranged.witness else None
+    )
+    if found is not None:
+        evidence.extend(found.evidence)
+        if found.outcome is Outcome.FAILED:
+            wrong.append(found.reason)
     if wrong or (absent and (finished or ctx.complete)):
         return sv("teardown", Outcome.FAILED, "; ".join([*wrong, *absent]), evidence_of(evidence))
     if absent:
         return None
+    if found is not None and found.outcome is Outcome.ERROR:
+        return sv("teardown", Outcome.ERROR, found.reason, evidence_of(evidence))
+    if ctx.last and ctx.arranged.witness and found is None:
+        return None  # the witness has not reported yet
+    if found is not None:
+        ok_reason = f"{ok_reason}; {found.reason}"
     return sv("teardown", Outcome.PASSED, ok_reason, evidence_of(evidence))
 
 

@@ -2,6 +2,8 @@
 
 - a copy of the driver patched to decline without cause FAILS on the bochs lane (exit 1);
 - a guest that hangs right after rmmod fails `teardown` (exit 1);
+- a copy of the driver that leaves VMX on at rmmod and prints `cr4.vmxe=0` anyway fails
+  `teardown` by the teardown witness: KVM cannot enable VMX after it (exit 1);
 - a good driver passes all five stages over 5 load/unload cycles while a preloaded module
   floods the console with whole and split lines;
 - a required kvm lane on a host without nested VMX is an infrastructure error (exit 3);
@@ -47,6 +49,31 @@ def test_a_driver_that_declines_without_cause_fails(rig: RigRunner, tmp_path: Pa
     assert cell["vmxon"].outcome is Outcome.FAILED
     assert "why=vmx_busy" in cell["vmxon"].message or "another hypervisor" in cell["vmxon"].message
     assert "arranged no such condition" in cell["vmxon"].message
+
+
+def test_a_driver_that_lies_about_vmxoff_fails_by_the_witness(
+    rig: RigRunner, tmp_path: Path
+) -> None:
+    """Hold mode (opt-in on 6.12): the release at rmmod skips VMXOFF and reports CR4.VMXE as
+    0. The driver's own lines all say ok; only KVM, loaded after it, can tell."""
+    copy = tmp_path / "driver"
+    shutil.copytree(REPO / "driver", copy, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*"))
+    src = copy / "vml_cpu.c"
+    text = src.read_text()
+    vmxoff = "\trc = vml_vmxoff_clear_vmxe(c, &e);"
+    report = "\tr->vmxe = !!(vml_read_cr4() & X86_CR4_VMXE);"
+    assert text.count(vmxoff) == 1 and text.count(report) == 1, "the hold-mode release moved"
+    text = text.replace(vmxoff, "\trc = VML_RC_OK; /* broken: VMX left on */\n\tc->vmx_on = false;")
+    src.write_text(text.replace(report, "\tr->vmxe = 0; /* broken: a lie */"))
+    run = rig(*BOCHS, "--driver", str(copy), "--param", "hold_vmx=1")
+    assert run.rc == 1, run.output[-3000:]
+    cell = run.cells["bochs-6.12-haswell"]
+    for stage in ("build", "vmxon", "vmlaunch", "vmcall_exit"):
+        assert cell[stage].outcome is Outcome.PASSED, (stage, cell[stage].message)
+    assert cell["teardown"].outcome is Outcome.FAILED
+    message = cell["teardown"].message
+    assert "KVM could not enable VMX on CPU 0" in message and "left VMX on" in message, message
+    assert "vmxoff ok cr4.vmxe=0 at=unload" in cell["teardown"].system_out
 
 
 def test_a_guest_that_hangs_after_rmmod_fails_teardown(rig: RigRunner) -> None:
@@ -97,9 +124,9 @@ def test_a_required_kvm_lane_that_cannot_run_here_is_exit_3(rig: RigRunner, tmp_
     assert str(why)[:40] in doctor.stdout
     # without the requirement the same host skips the lane, saying why (exit 0)
     plain = rig("--lane", "kvm", "--kernel", "6.12", "--cpu", "haswell")
-    assert plain.rc == 0 and {
-        c.outcome for c in plain.cells["kvm-6.12-haswell"].values()
-    } == {Outcome.SKIPPED}
+    assert plain.rc == 0 and {c.outcome for c in plain.cells["kvm-6.12-haswell"].values()} == {
+        Outcome.SKIPPED
+    }
 
 
 def test_dist_load_boots_each_cell_once(tmp_path: Path) -> None:

@@ -78,7 +78,11 @@ def load_case(case: Path) -> tuple[Cell, BootResult, Arranged, dict[str, str]]:
         detail=meta.get("detail", ""),
     )
     arranged_why = meta.get("arranged", {})
-    arranged = Arranged(frozenset(arranged_why), tuple(sorted(arranged_why.items())))
+    arranged = Arranged(
+        frozenset(arranged_why),
+        tuple(sorted(arranged_why.items())),
+        witness=bool(meta.get("witness", False)),
+    )
     return cell, boot, arranged, meta["stages"]
 
 

@@ -1,0 +1,125 @@
+"""KVM as a witness in the guests: a kernel's own KVM modules and the kvm-witness program.
+
+    kvm_modules(cache, kernel, progress) -> Path     irqbypass.ko, kvm.ko, kvm-intel.ko
+    witness_program(cache, progress) -> Path         guests/witness/kvm-witness, static
+
+The modules come out of the kernel's own linux-image package (decompressed: busybox insmod
+reads no .xz), cached by the kernel's key. The program is built on the host with gcc -static,
+cached by its source and the compiler. The nested lane's L1 and the teardown witness of every
+VMX lane use both (docs/contract.md section 2, RIG-WITNESS).
+"""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+from rig.artifacts.cache import Cache, Progress, digest
+from rig.artifacts.steps import in_root, run_step
+from rig.errors import InfraError, ToolMissing
+from rig.model import KernelArtifacts
+from rig.paths import GUESTS_DIR
+
+# insmod order: kvm needs irqbypass, kvm-intel needs kvm
+KVM_MODULES: tuple[tuple[str, str], ...] = (
+    ("irqbypass.ko", "kernel/virt/lib/irqbypass.ko.xz"),
+    ("kvm.ko", "kernel/arch/x86/kvm/kvm.ko.xz"),
+    ("kvm-intel.ko", "kernel/arch/x86/kvm/kvm-intel.ko.xz"),
+)
+WITNESS_SOURCE = GUESTS_DIR / "witness/kvm-witness.c"
+
+
+def installed_version(root: Path, package: str) -> str | None:
+    """The version of `package` installed in a chroot (from its dpkg status), or None."""
+    status = root / "var/lib/dpkg/status"
+    if not status.exists():
+        return None
+    for stanza in status.read_text(errors="replace").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line[:40])
+        if fields.get("Package") == package and "installed" in fields.get("Status", ""):
+            return fields.get("Version")
+    return None
+
+
+def kvm_modules(cache: Cache, kernel: KernelArtifacts, progress: Progress) -> Path:
+    """A cached directory holding the kernel's irqbypass.ko, kvm.ko and kvm-intel.ko."""
+    spec = kernel.spec
+    key = digest("kvm-modules", spec.suite, spec.abi, spec.version, spec.mirror)
+    with cache.building("kvm-modules", f"{spec.name}-{key}") as (final, tmp):
+        if tmp is not None:
+            progress(f"kernel {spec.name}: KVM modules of linux-image-{spec.abi} ...")
+            _extract(kernel, tmp, tmp / "build.log")
+    return final
+
+
+def _extract(kernel: KernelArtifacts, dest: Path, log: Path) -> None:
+    """From the toolchain chroot when it has that very package installed; else the package is
+    downloaded into the chroot (the way the kernel's vmlinuz was) and read without installing."""
+    spec, root = kernel.spec, kernel.chroot
+    mods = root / "usr/lib/modules" / spec.abi
+    have = installed_version(root, f"linux-image-{spec.abi}")
+    if have is not None and (not spec.version or have == spec.version):
+        for name, rel in KVM_MODULES:
+            (dest / name).write_bytes(lzma.decompress((mods / rel).read_bytes()))
+        return
+    debs = root / "var/tmp/rig-kvm-debs"
+    shutil.rmtree(debs, ignore_errors=True)
+    debs.mkdir(parents=True)
+    pin = f"={spec.version}" if spec.version else ""
+    opts = ["-o", "Acquire::Retries=3"]
+    if not spec.check_valid_until:
+        opts += ["-o", "Acquire::Check-Valid-Until=false"]
+    try:
+        for pkg in (f"linux-image-{spec.abi}", f"linux-binary-{spec.abi}"):
+            run_step(in_root(root, ["apt-get", *opts, "download", f"{pkg}{pin}"],
+                          cwd="/var/tmp/rig-kvm-debs"),
+                 log=log, what=f"download {pkg}{pin}")  # fmt: skip
+            deb = next(iter(sorted(debs.glob(f"{pkg}_*.deb"))))
+            if _modules_from_deb(deb, spec.abi, dest):
+                return
+        raise InfraError(f"no KVM modules in the packages of kernel {spec.abi}", where=str(log))
+    finally:
+        shutil.rmtree(debs, ignore_errors=True)
+
+
+def _modules_from_deb(deb: Path, abi: str, dest: Path) -> bool:
+    wanted = {f"usr/lib/modules/{abi}/{rel}": name for name, rel in KVM_MODULES}
+    wanted |= {f"lib/modules/{abi}/{rel}": name for name, rel in KVM_MODULES}
+    found = 0
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL) as p:  # fmt: skip
+        assert p.stdout is not None
+        with tarfile.open(fileobj=p.stdout, mode="r|") as tar:
+            for member in tar:
+                name = wanted.get(member.name.lstrip("./"))
+                if name and member.isfile():
+                    src = tar.extractfile(member)
+                    assert src is not None
+                    (dest / name).write_bytes(lzma.decompress(src.read()))
+                    found += 1
+    return found == len(KVM_MODULES)
+
+
+def _compiler_version(gcc: str) -> str:
+    proc = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=False)
+    return proc.stdout.splitlines()[0] if proc.returncode == 0 and proc.stdout else gcc
+
+
+def witness_program(cache: Cache, progress: Progress) -> Path:
+    """guests/witness/kvm-witness, built static on the host (cached by source and compiler)."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise ToolMissing("gcc", "gcc libc6-dev", "building the teardown witness (kvm-witness)")
+    source = WITNESS_SOURCE.read_text()
+    key = digest("kvm-witness", source, _compiler_version(gcc))
+    with cache.building("witness", key) as (final, tmp):
+        if tmp is not None:
+            progress("building kvm-witness (static) ...")
+            (tmp / "kvm-witness.c").write_text(source)
+            run_step([gcc, "-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror",
+                      "-o", str(tmp / "kvm-witness"), str(tmp / "kvm-witness.c")],
+                     log=tmp / "build.log", what="gcc -static kvm-witness.c")  # fmt: skip
+    return final / "kvm-witness"

@@ -1,0 +1,144 @@
+"""The teardown witness: its program (built and run for real), its lines, and its rule."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rig.artifacts import Artifacts, Cache
+from rig.guest.protocol import Witness, parse_lines
+from rig.model import Outcome
+from rig.verdict.witness import judge_witness
+
+HEAD = ["RIG-BEGIN run=r cell=c kernel=k", "RIG-CPU vmx=1 cpus=1 model=x", "RIG-END"]
+
+
+def witness_of(*lines: str, ended: bool = True) -> Witness | None:
+    body = ["RIG-WITNESS start vmx=1", *lines, *(["RIG-WITNESS end"] if ended else [])]
+    return parse_lines([*HEAD[:2], *body, *(HEAD[2:] if ended else [])]).witness
+
+
+LOADED = [f"RIG-WITNESS load module={m} rc=0 error=" for m in ("irqbypass", "kvm", "kvm-intel")]
+
+
+@pytest.fixture(scope="module")
+def witness_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed (./dev.sh install brings it)")
+    cache = Cache(tmp_path_factory.mktemp("cache"))
+    return Artifacts(cache, progress=lambda _msg: None).witness()
+
+
+def test_the_program_is_static_and_cached(witness_program: Path) -> None:
+    assert (
+        "statically linked"
+        in subprocess.run(
+            ["file", "-L", str(witness_program)], capture_output=True, text=True, check=False
+        ).stdout
+        or b"INTERP" not in witness_program.read_bytes()[:4096]
+    )
+    again = Artifacts(Cache(witness_program.parents[2]), progress=lambda _m: None).witness()
+    assert again == witness_program
+
+
+def test_the_program_runs_a_vm_where_kvm_works(witness_program: Path) -> None:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no /dev/kvm on this host: the failure paths are tested below")
+    out = subprocess.run([str(witness_program)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout == "kvm-witness: ok exits=io,hlt\n"
+
+
+def test_the_program_names_the_step_and_errno_that_failed(witness_program: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to put /dev/null where /dev/kvm is")
+    if not Path("/dev/kvm").exists():
+        pytest.skip("no /dev/kvm node to put /dev/null over")
+    # /dev/null opens, but it is no KVM: the VM creation fails with ENOTTY
+    script = 'mount --bind /dev/null /dev/kvm && exec "$1"'
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+         str(witness_program)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stdout == "kvm-witness: FAIL step=create_vm errno=-25 name=ENOTTY\n"
+
+
+def test_a_vm_that_ran_passes() -> None:
+    w = witness_of(*LOADED, "RIG-WITNESS vm rc=0 kvm-witness: ok exits=io,hlt")
+    found = judge_witness(w, ended=True)
+    assert found is not None and found.outcome is Outcome.PASSED
+    assert "RIG-WITNESS vm rc=0 kvm-witness: ok exits=io,hlt" in found.evidence
+
+
+def test_ebusy_at_vm_creation_is_vmx_left_on() -> None:
+    """Before 6.12 KVM enables VMX when the first VM is created."""
+    w = witness_of(
+        *LOADED,
+        "[   9.1] kvm: enabling virtualization on CPU1 failed",
+        "RIG-WITNESS vm rc=1 kvm-witness: FAIL step=create_vm errno=-16 name=EBUSY",
+    )
+    found = judge_witness(w, ended=True)
+    assert found is not None and found.outcome is Outcome.FAILED
+    assert "could not enable VMX on CPU 1" in found.reason and "left VMX on" in found.reason
+
+
+def test_ebusy_without_kvms_line_is_still_vmx_left_on() -> None:
+    w = witness_of(*LOADED, "RIG-WITNESS vm rc=1 kvm-witness: FAIL step=create_vm errno=-16")
+    found = judge_witness(w, ended=True)
+    assert found is not None and found.outcome is Outcome.FAILED
+    assert "(EBUSY)" in found.reason
+
+
+def test_a_vm_that_failed_entry_fails() -> None:
+    w = witness_of(*LOADED, "RIG-WITNESS vm rc=1 kvm-witness: FAIL step=run wanted=io "
+                   "exit=fail_entry reason=9 hw_entry_failure_reason=0x21")  # fmt: skip
+    found = judge_witness(w, ended=True)
+    assert found is not None and found.outcome is Outcome.FAILED
+    assert "could not run a VM" in found.reason and "fail_entry" in found.reason
+
+
+def test_kvm_core_not_loading_is_infrastructure() -> None:
+    w = witness_of(
+        "RIG-WITNESS load module=irqbypass rc=0 error=",
+        "RIG-WITNESS load module=kvm rc=1 error=Invalid_module_format",
+    )
+    found = judge_witness(w, ended=True)
+    assert found is not None and found.outcome is Outcome.ERROR
+    assert "kvm.ko did not load (Invalid module format)" in found.reason
+
+
+def test_an_oops_in_the_witness_fails() -> None:
+    w = witness_of(*LOADED[:2], "[  9.2] BUG: unable to handle page fault for address: 0",
+                   "RIG-WITNESS load module=kvm-intel rc=137 error=")  # fmt: skip
+    found = judge_witness(w, ended=True)
+    assert found is not None and found.outcome is Outcome.FAILED
+    assert found.reason.startswith("kernel bug in the teardown witness")
+
+
+def test_noise_naming_kvm_inside_another_line_is_no_refusal() -> None:
+    w = witness_of(*LOADED, "[ 1.0] rigflood: kvm: enabling virtualization on CPU0 failed",
+                   "RIG-WITNESS vm rc=0 kvm-witness: ok exits=io,hlt")  # fmt: skip
+    found = judge_witness(w, ended=True)
+    assert found is not None and found.outcome is Outcome.PASSED
+
+
+def test_an_unfinished_witness_waits_and_a_missing_one_is_infrastructure() -> None:
+    assert judge_witness(witness_of(*LOADED[:1], ended=False), ended=False) is None
+    assert judge_witness(None, ended=False) is None
+    missing = judge_witness(None, ended=True)
+    assert missing is not None and missing.outcome is Outcome.ERROR
+    assert "never reported it" in missing.reason
+
+
+def test_a_guest_without_vmx_runs_no_witness() -> None:
+    w = parse_lines([*HEAD[:2], "RIG-WITNESS start vmx=0", "RIG-WITNESS end", "RIG-END"]).witness
+    assert w is not None and w.vmx is False
+    found = judge_witness(w, ended=True)
+    assert found is not None and found.outcome is Outcome.PASSED
+    assert "not run" in found.reason
