@@ -25,9 +25,13 @@ ENABLE_FAILED_RE = re.compile(
 )
 
 
+KVM_LINE_RE = re.compile(r"^\s*(?:<\d>)?\s*(?:\[\s*\d+\.\d+\]\s*)?kvm(?:_intel)?: ")
+
+
 @dataclass(frozen=True)
 class WitnessFinding:
-    outcome: Outcome  # PASSED: KVM ran a VM; FAILED: the driver left VMX on; ERROR: infra
+    outcome: Outcome  # PASSED: KVM ran a VM; FAILED: the driver left VMX on; ERROR: infra;
+    # SKIPPED: KVM refuses this CPU model for reasons of its own (stated in the reason)
     reason: str
     evidence: tuple[str, ...] = ()
 
@@ -68,10 +72,20 @@ def judge_witness(w: Witness | None, *, ended: bool) -> WitnessFinding | None:
             (*evidence, *(m.string for m in refused[:1])),
         )
     if failed is not None and failed.module == "kvm-intel":
+        # KVM's refusal of the CPU itself (a model whose FEATURE_CONTROL or VMX capabilities
+        # it will not use, e.g. Bochs bx_generic): it says so, and it is not the EBUSY above
+        said = next((ln for ln in w.lines if KVM_LINE_RE.match(ln)), "")
+        if said:
+            return WitnessFinding(
+                Outcome.SKIPPED,
+                "teardown witness not applicable: kvm_intel refuses this CPU model "
+                f"('{said.split('] ')[-1].strip()[:160]}')",
+                (*evidence, said),
+            )
         return WitnessFinding(
             Outcome.FAILED,
             f"after the driver's rmmod kvm_intel did not load "
-            f"({failed.error.replace('_', ' ') or f'rc={failed.rc}'})",
+            f"({failed.error.replace('_', ' ') or f'rc={failed.rc}'}) and said nothing",
             evidence,
         )
     if failed is not None:

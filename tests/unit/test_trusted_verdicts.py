@@ -48,6 +48,7 @@ TCG = LaneSpec(name="tcg", backend="libvirt", vmx=False, domain_type="qemu")
 KERNEL = KernelSpec(name="6.12", suite="trixie", abi="6.12.117+deb13-amd64")
 CPUS = {
     "haswell": CpuSpec("haswell", {"bochs": "corei7_haswell_4770", "kvm": "Haswell-noTSX"}),
+    "generic": CpuSpec("generic", {"bochs": "bx_generic"}),
     "penryn": CpuSpec(
         "penryn", {"bochs": "core2_penryn_t9600", "tcg": "Penryn", "nested": "Penryn"}
     ),

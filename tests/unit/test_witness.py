@@ -142,3 +142,21 @@ def test_a_guest_without_vmx_runs_no_witness() -> None:
     found = judge_witness(w, ended=True)
     assert found is not None and found.outcome is Outcome.PASSED
     assert "not run" in found.reason
+
+
+def test_kvm_refusing_the_cpu_model_is_a_stated_non_witness() -> None:
+    w = witness_of(
+        *LOADED[:2],
+        "RIG-WITNESS load module=kvm-intel rc=95 error=Not_supported",
+        "[ 16.8] kvm_intel: VMX not enabled (by BIOS) in MSR_IA32_FEAT_CTL on CPU 0",
+    )
+    found = judge_witness(w, ended=True)
+    assert found is not None and found.outcome is Outcome.SKIPPED
+    assert "not applicable: kvm_intel refuses this CPU model ('kvm_intel: VMX not" in found.reason
+
+
+def test_kvm_intel_failing_silently_fails() -> None:
+    w = witness_of(*LOADED[:2], "RIG-WITNESS load module=kvm-intel rc=5 error=I_O_error")
+    found = judge_witness(w, ended=True)
+    assert found is not None and found.outcome is Outcome.FAILED
+    assert "did not load (I O error) and said nothing" in found.reason
