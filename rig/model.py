@@ -122,6 +122,7 @@ class BootSpec:
     # IA32_FEATURE_CONTROL as the firmware leaves it (lanes with a firmware step: bochs);
     # None: as the lane's own firmware leaves it
     feature_control: int | None = None
+    inject: tuple[str, ...] = ()  # events injected from outside while the driver is loaded
 
 
 @dataclass(frozen=True)

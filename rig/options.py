@@ -22,6 +22,7 @@ from rig.model import Cell
 PARAM_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}=[A-Za-z0-9_.,-]{0,128}$")
 KERNEL_ARG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=/-]{0,127}")
 GUESTS = ("initramfs", "vm")
+INJECTABLE = ("nmi", "mce")
 
 
 def check_kernel_arg(arg: str, what: str = "kernel argument") -> str:
@@ -135,6 +136,15 @@ RUN_OPTIONS: tuple[Option, ...] = (
         metavar="VALUE",
     ),
     Option(
+        "inject",
+        "event injected into the guest from outside while each run's driver is loaded "
+        "(repeatable): nmi = NMIs, mce = action-optional machine checks; the nested lane "
+        "injects them from its L1 QEMU's monitor",
+        repeat=True,
+        choices=INJECTABLE,
+        metavar="EVENT",
+    ),
+    Option(
         "require-lane",
         "a lane that must run on this host: if it cannot, the run is an infrastructure "
         "error (exit 3) instead of a skip (repeatable)",
@@ -165,6 +175,7 @@ class RunSettings:
     preload: tuple[Path, ...] = ()
     kernel_args: tuple[str, ...] = ()
     feature_control: int | None = None
+    inject: tuple[str, ...] = ()  # --inject: events the lane injects (INJECTABLE)
     require_lanes: tuple[str, ...] = ()
     runs_dir: Path = Path(".rig/runs")
     cache: Path | None = None
@@ -194,6 +205,13 @@ def _tree(value: str, what: str, default_driver: Path) -> Path:
     return path
 
 
+def _injectable(event: str) -> str:
+    if event not in INJECTABLE:
+        raise UsageError(f"--inject {event!r}: not an event the rig injects",
+                         fix=f"one of: {', '.join(INJECTABLE)}")  # fmt: skip
+    return event
+
+
 def settings_from(values: Mapping[str, Any], *, default_driver: Path) -> RunSettings:
     """Check every value (UsageError, exit 2) and return the run's settings."""
 
@@ -218,6 +236,7 @@ def settings_from(values: Mapping[str, Any], *, default_driver: Path) -> RunSett
         preload=tuple(_tree(p, "--preload", default_driver) for p in many("preload")),
         kernel_args=tuple(check_kernel_arg(a, "--kernel-arg") for a in many("kernel_arg")),
         feature_control=None if fc in (None, "") else msr_value(str(fc)),
+        inject=tuple(dict.fromkeys(_injectable(e) for e in many("inject"))),
         require_lanes=many("require_lane"),
         runs_dir=Path(values.get("runs_dir") or ".rig/runs").resolve(),
         cache=Path(cache) if cache else None,

@@ -52,6 +52,7 @@ class RunConfig:
     kernel_args: tuple[str, ...] = ()  # appended to the guest kernel's command line
     # IA32_FEATURE_CONTROL as the "firmware" leaves it (written by GRUB: ISO-booted lanes)
     feature_control: int | None = None
+    inject: tuple[str, ...] = ()
     keep_images: bool = False
     # lanes that must run here: one that cannot is an infrastructure ERROR, not a skip
     required_lanes: tuple[str, ...] = ()
@@ -70,6 +71,7 @@ class RunConfig:
             preload=s.preload,
             kernel_args=s.kernel_args,
             feature_control=s.feature_control,
+            inject=s.inject,
             required_lanes=s.require_lanes,
         )
 
@@ -206,6 +208,7 @@ class CellRunner:
             preload=self.config.preload,
             kernel_args=self.config.kernel_args,
             feature_control=self.config.feature_control,
+            inject=self.config.inject,
             witness=plans_witness(self.config, cell),
             mark_boot=lambda: log_boot(workdir),
         )

@@ -23,12 +23,19 @@ from rig.errors import InfraError, ToolMissing
 from rig.model import KernelArtifacts
 from rig.paths import GUESTS_DIR
 
-# insmod order: kvm needs irqbypass, kvm-intel needs kvm
+# insmod order: kvm needs irqbypass, kvm-intel needs kvm. Paths under the modules directory,
+# without the .xz that Debian's packages add from 6.12 on (5.10 and 6.1 ship them plain).
 KVM_MODULES: tuple[tuple[str, str], ...] = (
-    ("irqbypass.ko", "kernel/virt/lib/irqbypass.ko.xz"),
-    ("kvm.ko", "kernel/arch/x86/kvm/kvm.ko.xz"),
-    ("kvm-intel.ko", "kernel/arch/x86/kvm/kvm-intel.ko.xz"),
+    ("irqbypass.ko", "kernel/virt/lib/irqbypass.ko"),
+    ("kvm.ko", "kernel/arch/x86/kvm/kvm.ko"),
+    ("kvm-intel.ko", "kernel/arch/x86/kvm/kvm-intel.ko"),
 )
+
+
+def _plain(data: bytes, name: str) -> bytes:
+    return lzma.decompress(data) if name.endswith(".xz") else data
+
+
 WITNESS_SOURCE = GUESTS_DIR / "witness/kvm-witness.c"
 
 
@@ -63,7 +70,10 @@ def _extract(kernel: KernelArtifacts, dest: Path, log: Path) -> None:
     have = installed_version(root, f"linux-image-{spec.abi}")
     if have is not None and (not spec.version or have == spec.version):
         for name, rel in KVM_MODULES:
-            (dest / name).write_bytes(lzma.decompress((mods / rel).read_bytes()))
+            src = next((p for p in (mods / f"{rel}.xz", mods / rel) if p.exists()), None)
+            if src is None:
+                raise InfraError(f"{mods / rel}[.xz] missing from linux-image-{spec.abi}")
+            (dest / name).write_bytes(_plain(src.read_bytes(), src.name))
         return
     debs = root / "var/tmp/rig-kvm-debs"
     shutil.rmtree(debs, ignore_errors=True)
@@ -73,7 +83,8 @@ def _extract(kernel: KernelArtifacts, dest: Path, log: Path) -> None:
     if not spec.check_valid_until:
         opts += ["-o", "Acquire::Check-Valid-Until=false"]
     try:
-        for pkg in (f"linux-image-{spec.abi}", f"linux-binary-{spec.abi}"):
+        # up to 6.x linux-image-<abi> holds the modules; from 7.x linux-modules-<abi> does
+        for pkg in (f"linux-image-{spec.abi}", f"linux-modules-{spec.abi}"):
             run_step(in_root(root, ["apt-get", *opts, "download", f"{pkg}{pin}"],
                           cwd="/var/tmp/rig-kvm-debs"),
                  log=log, what=f"download {pkg}{pin}")  # fmt: skip
@@ -86,8 +97,12 @@ def _extract(kernel: KernelArtifacts, dest: Path, log: Path) -> None:
 
 
 def _modules_from_deb(deb: Path, abi: str, dest: Path) -> bool:
-    wanted = {f"usr/lib/modules/{abi}/{rel}": name for name, rel in KVM_MODULES}
-    wanted |= {f"lib/modules/{abi}/{rel}": name for name, rel in KVM_MODULES}
+    wanted = {
+        f"{top}/modules/{abi}/{rel}{xz}": name
+        for name, rel in KVM_MODULES
+        for top in ("usr/lib", "lib")
+        for xz in ("", ".xz")
+    }
     found = 0
     with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL) as p:  # fmt: skip
@@ -98,7 +113,7 @@ def _modules_from_deb(deb: Path, abi: str, dest: Path) -> bool:
                 if name and member.isfile():
                     src = tar.extractfile(member)
                     assert src is not None
-                    (dest / name).write_bytes(lzma.decompress(src.read()))
+                    (dest / name).write_bytes(_plain(src.read(), member.name))
                     found += 1
     return found == len(KVM_MODULES)
 

@@ -107,6 +107,12 @@ class InitramfsFlavour:
                 f"lane {lane.name} boots the kernel directly, with no firmware step: "
                 "--feature-control needs a lane that boots through a boot loader (bochs)"
             )
+        missing = [e for e in job.inject if e not in lane.injects]
+        if missing:
+            return (
+                f"lane {lane.name} cannot inject {', '.join(missing)} into its guest "
+                "(--inject): the nested lane's L1 QEMU can, from its monitor"
+            )
         return None
 
     def run(self, job: GuestJob, lane: Backend) -> GuestRun:
@@ -143,6 +149,7 @@ class InitramfsFlavour:
                 timeout_s=job.timeout_s,
                 workdir=job.workdir,
                 feature_control=job.feature_control,
+                inject=job.inject,
             )
             t0 = time.monotonic()
             job.mark_boot()

@@ -41,6 +41,11 @@ class Backend(Protocol):
         """True when the lane can set MSRs as a firmware would (BootSpec.feature_control)."""
         ...
 
+    @property
+    def injects(self) -> frozenset[str]:
+        """The events (BootSpec.inject) the lane can inject into its guest from outside."""
+        ...
+
     def unavailable(self) -> str | None:
         """Why this host cannot run the lane (None when it can). Cheap; no side effects."""
         ...

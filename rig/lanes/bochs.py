@@ -73,6 +73,7 @@ def bochsrc(spec: BootSpec, iso: Path, console: Path, agent: Path, log: Path) ->
 class BochsBackend:
     name: str = "bochs"
     firmware_step: bool = True  # GRUB on the boot ISO writes MSRs before the kernel
+    injects: frozenset[str] = frozenset()  # Bochs delivers no NMI or #MC from outside
 
     def unavailable(self) -> str | None:
         if shutil.which(BOCHS_BIN) is None:

@@ -226,6 +226,7 @@ class LibvirtBackend:
     uri: str = EMBED
     require_vmx: bool = False
     firmware_step: bool = False  # direct kernel boot: no firmware step of ours
+    injects: frozenset[str] = frozenset()
     embed_pool: Path = Path("/var/tmp/vmlaunch-rig-embed")
 
     def unavailable(self) -> str | None:

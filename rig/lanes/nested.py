@@ -64,9 +64,15 @@ def l0_model(l0_cpus: tuple[tuple[str, str], ...], l2_model: str) -> str | None:
     return table.get(l2_model) or table.get("") or None
 
 
-def qemu_args(l2_model: str, cmdline: str, memory_mib: int = L2_MEMORY_MIB) -> list[str]:
+def qemu_args(
+    l2_model: str, cmdline: str, memory_mib: int = L2_MEMORY_MIB, *, inject: bool = False
+) -> list[str]:
     """L1's QEMU command for L2: KVM, the kvm lane's CPU model with VMX required, the cell's
-    kernel/initrd/cmdline, L2's two serial ports on L1's ttyS1 and ttyS2, exit on reboot."""
+    kernel/initrd/cmdline, L2's two serial ports on L1's ttyS1 and ttyS2, exit on reboot.
+
+    With `inject`, L2's agent channel goes to a FIFO that L1's init copies to ttyS2 (it
+    watches it for each run's start and end), and QEMU's monitor reads commands from a FIFO
+    (guests/nested/init sends `nmi` and `mce` there)."""
     if not _QEMU_MODEL_RE.match(l2_model) or l2_model.startswith("host"):
         raise InfraError(f"not a QEMU CPU model name for the nested lane: {l2_model!r}")
     for word in cmdline.split():
@@ -77,11 +83,17 @@ def qemu_args(l2_model: str, cmdline: str, memory_mib: int = L2_MEMORY_MIB) -> l
         "-kernel", "/l2/vmlinuz", "-initrd", "/l2/initrd.gz", "-append", cmdline,
         "-display", "none", "-nodefaults", "-no-reboot", "-msg", "timestamp=off",
         "-chardev", "serial,id=l2con,path=/dev/ttyS1", "-serial", "chardev:l2con",
-        "-chardev", "serial,id=l2agent,path=/dev/ttyS2", "-serial", "chardev:l2agent",
+        *(["-chardev", f"pipe,id=l2agent,path={L1_AGENT_FIFO}", "-serial", "chardev:l2agent",
+            "-chardev", f"pipe,id=l2mon,path={L1_MONITOR_FIFO}", "-mon", "chardev=l2mon"]
+          if inject else
+          ["-chardev", "serial,id=l2agent,path=/dev/ttyS2", "-serial", "chardev:l2agent"]),
     ]  # fmt: skip
 
 
 L2_DOMAIN = "rig-l2"
+L1_AGENT_FIFO = "/tmp/l2agent"  # QEMU's pipe chardevs: PATH.in and PATH.out, made by L1's init
+L1_MONITOR_FIFO = "/tmp/l2mon"
+INJECT_FILE = "inject"  # /l2/inject in the cell's cpio: the events to inject, one a line
 
 
 def l2_domain_xml(l2_model: str, cmdline: str, memory_mib: int = L2_MEMORY_MIB) -> str:
@@ -186,6 +198,11 @@ class NestedBackend:
     launcher: str = "qemu"  # "qemu": QEMU's command line; "libvirt": the kvm lane's domain
     firmware_step: bool = False  # L2 boots its kernel directly (QEMU in L1); L0's ISO is ours
 
+    @property
+    def injects(self) -> frozenset[str]:
+        """L1's QEMU monitor injects NMIs and machine checks into L2 (not through libvirt)."""
+        return frozenset({"nmi", "mce"}) if self.launcher == "qemu" else frozenset()
+
     def unavailable(self) -> str | None:
         why = BochsBackend(name=self.name).unavailable()
         if why is not None:
@@ -215,19 +232,19 @@ class NestedBackend:
         model = l0_model(self.l0_cpus, spec.cpu_model)
         if model is None:
             raise InfraError(f"nested lane: no L0 Bochs model for {spec.cpu_model!r}")
+        if spec.inject and not set(spec.inject) <= self.injects:
+            raise InfraError(f"nested lane {self.name}: cannot inject {', '.join(spec.inject)}")
         if self.launcher == "libvirt":
             plan = ("domain.xml", l2_domain_xml(spec.cpu_model, spec.image.cmdline))
         else:
-            plan = (
-                "qemu-args",
-                "".join(a + "\n" for a in qemu_args(spec.cpu_model, spec.image.cmdline)),
-            )
+            args = qemu_args(spec.cpu_model, spec.image.cmdline, inject=bool(spec.inject))
+            plan = ("qemu-args", "".join(a + "\n" for a in args))
         libvirt = self.launcher == "libvirt"
         l1 = build_l1(Artifacts(Cache(self.cache_root)), self.l1_kernel, stderr_progress,
                       libvirt=libvirt)  # fmt: skip
         wd = spec.workdir
         try:
-            iso = self._l0_iso(l1, spec.image, plan, wd)
+            iso = self._l0_iso(l1, spec.image, plan, wd, spec.inject)
             return self._run_l0(replace(spec, cpu_model=model, feature_control=None), iso)
         finally:
             for name in SCRATCH:
@@ -238,13 +255,17 @@ class NestedBackend:
                     p.unlink(missing_ok=True)
 
     @staticmethod
-    def _l0_iso(l1: L1Image, l2: GuestImage, plan: tuple[str, str], wd: Path) -> Path:
+    def _l0_iso(
+        l1: L1Image, l2: GuestImage, plan: tuple[str, str], wd: Path, inject: tuple[str, ...]
+    ) -> Path:
         """The El Torito ISO Bochs boots: GRUB, L1's kernel, L1's image and the cell's cpio."""
         cell = wd / "l2-cpio"
         (cell / "l2").mkdir(parents=True)
         shutil.copyfile(l2.kernel, cell / "l2/vmlinuz")
         shutil.copyfile(l2.initrd, cell / "l2/initrd.gz")
         (cell / "l2" / plan[0]).write_text(plan[1])  # qemu-args, or libvirt's domain.xml
+        if inject:
+            (cell / "l2" / INJECT_FILE).write_text("".join(e + "\n" for e in inject))
         tree = wd / "l0-iso"
         (tree / "boot/grub").mkdir(parents=True)
         write_cpio(cell, tree / "boot/l2.cpio", compress=False)

@@ -49,7 +49,15 @@ def judge_witness(w: Witness | None, *, ended: bool) -> WitnessFinding | None:
     if not w.ended:
         return None  # the guest is in it, or died in it: the hang/crash rules say which
     evidence = tuple(ln for ln in w.lines if "RIG-WITNESS" in ln)
-    oopses = find_oopses(w.lines, 0)
+    # A kernel warning meanwhile is noted; KVM's result says whether VMX was left (Bochs'
+    # Ice Lake and Tiger Lake models: 'CPA detected W^X violation' loading any module).
+    found = find_oopses(w.lines, 0)
+    warned = [o for o in found if o.kind == "warning"]
+    oopses = [o for o in found if o.kind != "warning"]
+    note = ""
+    if warned:
+        note = f"; the kernel warned meanwhile: {warned[0].first.split('] ')[-1][:120]}"
+        evidence = (*evidence, warned[0].first)
     if oopses:
         return WitnessFinding(
             Outcome.FAILED,
@@ -113,5 +121,6 @@ def judge_witness(w: Witness | None, *, ended: bool) -> WitnessFinding | None:
             evidence,
         )
     return WitnessFinding(
-        Outcome.PASSED, "KVM loaded and ran a VM after the rmmod (teardown witness)", evidence
-    )
+        Outcome.PASSED, f"KVM loaded and ran a VM after the rmmod (teardown witness){note}",
+        evidence,
+    )  # fmt: skip

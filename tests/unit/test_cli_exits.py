@@ -50,6 +50,7 @@ def test_a_bad_module_parameter_is_exit_2_before_anything_is_built(tmp_path: Pat
         (["--repeat", "1001"], "--repeat"),
         (["--feature-control", "0x1ffffffff"], "32-bit"),
         (["--require-lane", "nosuch"], "no such lane"),
+        (["--inject", "smi"], "invalid choice: 'smi'"),
     ],
 )
 def test_every_option_is_checked_first(tmp_path: Path, args: list[str], words: str) -> None:

@@ -4,15 +4,18 @@ guest's), and the matrix keys of the lane."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from rig.artifacts import installed_version
+from rig.artifacts import Artifacts, Cache, installed_version
 from rig.errors import InfraError, UsageError
+from rig.guest.base import GuestJob
+from rig.guest.initramfs import InitramfsFlavour
 from rig.lanes import NestedBackend, backend_for
 from rig.lanes.base import ConsoleWatch
-from rig.lanes.bochs import bochsrc
+from rig.lanes.bochs import BochsBackend, bochsrc
 from rig.lanes.nested import facts, grub_cfg, judge_levels, l0_model, qemu_args
 from rig.lanes.nested_l1 import l1_key, ldd_paths
 from rig.matrix import load_matrix, parse_matrix
@@ -43,6 +46,37 @@ def test_qemu_args_require_vmx_and_wire_both_serial_ports() -> None:
     assert serials == ["chardev:l2con", "chardev:l2agent"]  # L2 ttyS0, then ttyS1
     assert "-no-reboot" in argv and "-nodefaults" in argv
     assert all("\n" not in a for a in argv)  # one argument a line in /l2/qemu-args
+
+
+def test_qemu_args_with_injection_pass_the_agent_through_l1_and_open_the_monitor() -> None:
+    argv = qemu_args("Penryn", CMDLINE, inject=True)
+    chardevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-chardev"]
+    assert chardevs == ["serial,id=l2con,path=/dev/ttyS1", "pipe,id=l2agent,path=/tmp/l2agent",
+                        "pipe,id=l2mon,path=/tmp/l2mon"]  # fmt: skip
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-serial"] == [
+        "chardev:l2con", "chardev:l2agent"]  # fmt: skip
+    assert argv[argv.index("-mon") + 1] == "chardev=l2mon"
+    init = (REPO / "guests/nested/init").read_text()
+    assert "/tmp/l2agent.out" in init and "/tmp/l2mon.in" in init  # the FIFOs init makes
+
+
+def test_only_the_qemu_launcher_injects() -> None:
+    qemu = NestedBackend(name="nested", l1_kernel=None, l0_cpus=L0, cache_root=Path("/x"))
+    assert qemu.injects == {"nmi", "mce"}
+    virt = NestedBackend(name="nv", l1_kernel=None, l0_cpus=L0, cache_root=Path("/x"),
+                         launcher="libvirt")  # fmt: skip
+    assert virt.injects == frozenset()
+
+
+def test_a_lane_that_cannot_inject_is_a_stated_skip(tmp_path: Path) -> None:
+    matrix = load_matrix(REPO / "matrix.yaml")
+    cell = next(c for c in matrix.select(lanes=["bochs"], everything=True))
+    job = GuestJob(cell=cell, cpu_model="corei7_haswell_4770", workdir=tmp_path, run_id="r",
+                   driver=tmp_path, artifacts=Artifacts(Cache(tmp_path)), timeout_s=1,
+                   inject=("nmi",))  # fmt: skip
+    why = InitramfsFlavour().unsupported(job, BochsBackend(name="bochs"))
+    assert why is not None and "cannot inject nmi" in why and "nested lane" in why
+    assert InitramfsFlavour().unsupported(replace(job, inject=()), BochsBackend("bochs")) is None
 
 
 @pytest.mark.parametrize("model", ["host", "host-passthrough", "Penryn,-vmx", "a b", "x;y"])

@@ -47,8 +47,12 @@ BOCHS = LaneSpec(name="bochs", backend="bochs", vmx=True)
 TCG = LaneSpec(name="tcg", backend="libvirt", vmx=False, domain_type="qemu")
 KERNEL = KernelSpec(name="6.12", suite="trixie", abi="6.12.117+deb13-amd64")
 CPUS = {
-    "haswell": CpuSpec("haswell", {"bochs": "corei7_haswell_4770", "kvm": "Haswell-noTSX"}),
+    "haswell": CpuSpec(
+        "haswell",
+        {"bochs": "corei7_haswell_4770", "kvm": "Haswell-noTSX", "nested": "Haswell-noTSX"},
+    ),
     "generic": CpuSpec("generic", {"bochs": "bx_generic"}),
+    "icelake": CpuSpec("icelake", {"bochs": "corei7_icelake_u"}),
     "penryn": CpuSpec(
         "penryn", {"bochs": "core2_penryn_t9600", "tcg": "Penryn", "nested": "Penryn"}
     ),

@@ -20,10 +20,10 @@ class VmFlavour:
     def unsupported(self, job: GuestJob, lane: Backend) -> str | None:
         if not isinstance(lane, DomainLane):
             return f"lane {lane.name} cannot run full-VM guests (they need disks and a network)"
-        if job.preload or job.kernel_args or job.feature_control is not None:
+        if job.preload or job.kernel_args or job.feature_control is not None or job.inject:
             return (
-                "--preload, --kernel-arg and --feature-control apply to initramfs guests only "
-                "(not --guest vm)"
+                "--preload, --kernel-arg, --feature-control and --inject apply to initramfs "
+                "guests only (not --guest vm)"
             )
         return None
 
