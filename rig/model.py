@@ -188,6 +188,7 @@ class Arranged:
     declines: frozenset[str] = frozenset()  # e.g. {"vmx_busy"}: a fixture holds VMX
     why: tuple[tuple[str, str], ...] = ()  # decline -> what arranged it (for the reason)
     witness: bool = False  # the guest runs the teardown witness after its last run
+    beside: str = ""  # "kvm": KVM holds VMX with a VM open while the driver runs
 
     def because(self, decline: str) -> str:
         return dict(self.why).get(decline, "")

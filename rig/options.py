@@ -23,6 +23,7 @@ PARAM_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}=[A-Za-z0-9_.,-]{0,128}$")
 KERNEL_ARG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=/-]{0,127}")
 GUESTS = ("initramfs", "vm")
 INJECTABLE = ("nmi", "mce")
+BESIDE = ("kvm",)
 
 
 def check_kernel_arg(arg: str, what: str = "kernel argument") -> str:
@@ -136,6 +137,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
         metavar="VALUE",
     ),
     Option(
+        "beside",
+        "another hypervisor loaded before the driver, holding VMX while it runs: kvm = the "
+        "guest kernel's own kvm_intel with a VM open (arranges the vmx_busy refusal; the "
+        "VM must outlive the driver's runs; VMX lanes, initramfs guests)",
+        choices=BESIDE,
+    ),
+    Option(
         "inject",
         "event injected into the guest from outside while each run's driver is loaded "
         "(repeatable): nmi = NMIs, mce = action-optional machine checks; the nested lane "
@@ -176,6 +184,7 @@ class RunSettings:
     kernel_args: tuple[str, ...] = ()
     feature_control: int | None = None
     inject: tuple[str, ...] = ()  # --inject: events the lane injects (INJECTABLE)
+    beside: str | None = None  # --beside: a hypervisor holding VMX beside the driver (BESIDE)
     require_lanes: tuple[str, ...] = ()
     runs_dir: Path = Path(".rig/runs")
     cache: Path | None = None
@@ -203,6 +212,14 @@ def _tree(value: str, what: str, default_driver: Path) -> Path:
             fix="pass a directory holding a module's sources and its Kbuild",
         )
     return path
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], what: str) -> str | None:
+    if value in (None, ""):
+        return None
+    if value not in allowed:
+        raise UsageError(f"{what} {value!r}: not one of {', '.join(allowed)}")
+    return str(value)
 
 
 def _injectable(event: str) -> str:
@@ -237,6 +254,7 @@ def settings_from(values: Mapping[str, Any], *, default_driver: Path) -> RunSett
         kernel_args=tuple(check_kernel_arg(a, "--kernel-arg") for a in many("kernel_arg")),
         feature_control=None if fc in (None, "") else msr_value(str(fc)),
         inject=tuple(dict.fromkeys(_injectable(e) for e in many("inject"))),
+        beside=_one_of(values.get("beside"), BESIDE, "--beside"),
         require_lanes=many("require_lane"),
         runs_dir=Path(values.get("runs_dir") or ".rig/runs").resolve(),
         cache=Path(cache) if cache else None,

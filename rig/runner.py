@@ -53,6 +53,7 @@ class RunConfig:
     # IA32_FEATURE_CONTROL as the "firmware" leaves it (written by GRUB: ISO-booted lanes)
     feature_control: int | None = None
     inject: tuple[str, ...] = ()
+    beside: str | None = None
     keep_images: bool = False
     # lanes that must run here: one that cannot is an infrastructure ERROR, not a skip
     required_lanes: tuple[str, ...] = ()
@@ -72,6 +73,7 @@ class RunConfig:
             kernel_args=s.kernel_args,
             feature_control=s.feature_control,
             inject=s.inject,
+            beside=s.beside,
             required_lanes=s.require_lanes,
         )
 
@@ -119,7 +121,9 @@ def arrangements(config: RunConfig) -> Arranged:
         name, _, value = arg.partition("=")
         if name == "clearcpuid" and "vmx" in value.split(","):
             why["vmx_disabled_by_kernel"] = f"--kernel-arg {arg}"
-    return Arranged(frozenset(why), tuple(sorted(why.items())))
+    if config.beside == "kvm":
+        why["vmx_busy"] = "--beside kvm: kvm_intel holds VMX with a VM open"
+    return Arranged(frozenset(why), tuple(sorted(why.items())), beside=config.beside or "")
 
 
 def plans_witness(config: RunConfig, cell: Cell) -> bool:
@@ -209,6 +213,7 @@ class CellRunner:
             kernel_args=self.config.kernel_args,
             feature_control=self.config.feature_control,
             inject=self.config.inject,
+            beside=self.config.beside,
             witness=plans_witness(self.config, cell),
             mark_boot=lambda: log_boot(workdir),
         )
@@ -225,5 +230,7 @@ class CellRunner:
         if ran.boot is not None:
             record_boot(workdir, ran.boot)
         arranged = replace(arrangements(self.config), witness=ran.witness)
+        if not ran.witness:
+            arranged = replace(arranged, beside="")  # the flavour could not set it up
         verdict = judge(cell, ran.build, ran.boot, arranged)
         return replace(verdict, timings={**ran.timings, **verdict.timings})

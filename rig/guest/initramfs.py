@@ -64,6 +64,7 @@ def initramfs_image(
     preload: Sequence[Path] = (),
     kernel_args: Sequence[str] = (),
     witness: Sequence[Path] = (),
+    beside: str | None = None,
 ) -> GuestImage:
     """The appliance: loads each (ko, repeat, params) in turn, dumps dmesg after each run.
 
@@ -89,6 +90,8 @@ def initramfs_image(
         (root / "rig/witness").mkdir()
         for path in witness:
             shutil.copy2(path, root / "rig/witness" / path.name)
+    if beside:
+        (root / "rig/beside").write_text(beside + "\n")
     initrd = workdir / "initrd.gz"
     write_cpio(root, initrd, compress=True)
     shutil.rmtree(root)
@@ -107,6 +110,8 @@ class InitramfsFlavour:
                 f"lane {lane.name} boots the kernel directly, with no firmware step: "
                 "--feature-control needs a lane that boots through a boot loader (bochs)"
             )
+        if job.beside and not job.cell.lane.vmx:
+            return f"--beside {job.beside} needs a VMX lane: lane {lane.name} has no VMX"
         missing = [e for e in job.inject if e not in lane.injects]
         if missing:
             return (
@@ -128,7 +133,8 @@ class InitramfsFlavour:
             return GuestRun(build, None, timings)
         try:
             preload = [_fixture(job.artifacts, kernel, src) for src in job.preload]
-            witness = witness_files(job.artifacts, kernel) if job.witness else []
+            wanted = job.witness or job.beside == "kvm"
+            witness = witness_files(job.artifacts, kernel) if wanted else []
             t0 = time.monotonic()
             image = initramfs_image(
                 kernel,
@@ -139,6 +145,7 @@ class InitramfsFlavour:
                 preload=preload,
                 kernel_args=job.kernel_args,
                 witness=witness,
+                beside=job.beside,
             )
             timings["image"] = time.monotonic() - t0
             spec = BootSpec(

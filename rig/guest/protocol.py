@@ -113,6 +113,7 @@ class Transcript:
     prelude: tuple[str, ...] = ()  # before RIG-BEGIN: the boot, never the driver's
     lines: tuple[str, ...] = ()
     preloads: tuple[tuple[str, int | None], ...] = ()  # RIG-PRELOAD module=M rc=N: fixtures
+    beside: tuple[str, ...] = ()  # RIG-BESIDE lines: KVM loaded before the runs (--beside kvm)
     rebooted: bool = False  # a second RIG-BEGIN: the guest rebooted during the test
     witness: Witness | None = None  # RIG-WITNESS: the teardown witness, when the host planned it
 
@@ -233,6 +234,7 @@ def parse_lines(lines: Sequence[str]) -> Transcript:
     cpus: int | None = None
     prelude: list[str] = []
     preloads: list[tuple[str, int | None]] = []
+    beside: list[str] = []
     runs: list[_RunBuilder] = []
     dump_open = False
     witness: _WitnessBuilder | None = None
@@ -265,6 +267,9 @@ def parse_lines(lines: Sequence[str]) -> Transcript:
                     run_id, cell_id = bm["run"], bm["cell"] or ""
             else:
                 prelude.append(line)
+            continue
+        if line.lstrip().startswith("RIG-BESIDE "):
+            beside.append(line.strip())
             continue
         pm = PRELOAD_RE.match(line)
         if pm:
@@ -318,6 +323,7 @@ def parse_lines(lines: Sequence[str]) -> Transcript:
         prelude=tuple(prelude),
         lines=tuple(lines),
         preloads=tuple(preloads),
+        beside=tuple(beside),
         rebooted=rebooted,
         witness=witness.build() if witness is not None else None,
     )

@@ -58,6 +58,7 @@ from rig.verdict.stages import (
     judge_records,
     sv,
 )
+from rig.verdict.witness import beside_setup_failure
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def judge_run(
     last = run is report.runs[-1]
     ctx = RunContext(
         cell, run, vmx_expected, no_vmx_reason, complete, arranged, last=last, ended=report.end,
-        witness=report.witness,
+        witness=report.witness, beside=report.beside,
     )  # fmt: skip
     judged = judge_records(ctx, run.records)
     trouble = find_trouble(ctx, boot, judged)
@@ -194,6 +195,10 @@ def judge_guest(
             "what it printed belongs to two boots"
         )
         return all_stages(Outcome.ERROR, reason, report.tail(), GUEST_STAGES)
+    if arranged.beside:
+        why = beside_setup_failure(report.beside)
+        if why is not None:  # the arrangement failed: the run proves nothing about the driver
+            return all_stages(Outcome.ERROR, why, report.tail(), GUEST_STAGES)
     broken = [(m, rc) for m, rc in report.preloads if rc != 0]
     if broken:
         # A fixture of the test did not load: the run proves nothing about the driver.

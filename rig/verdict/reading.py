@@ -95,6 +95,7 @@ class GuestReport:
     boot_oopses: tuple[Oops, ...] = ()  # before RIG-BEGIN: never the driver's
     lines: tuple[str, ...] = ()
     preloads: tuple[tuple[str, int | None], ...] = ()  # RIG-PRELOAD module=M rc=N: fixtures
+    beside: tuple[str, ...] = ()  # RIG-BESIDE lines (--beside kvm)
     rebooted: bool = False  # a second RIG-BEGIN: the guest rebooted during the test
     witness: Witness | None = None  # the teardown witness after the last run
 
@@ -154,6 +155,7 @@ def read(t: Transcript) -> GuestReport:
         boot_oopses=tuple(find_oopses(t.prelude, 0)),
         lines=t.lines,
         preloads=t.preloads,
+        beside=t.beside,
         rebooted=t.rebooted,
         witness=t.witness,
     )

@@ -36,7 +36,7 @@ from rig.verdict.grammar import (
 )
 from rig.verdict.reading import Run
 from rig.verdict.sdm import EXIT_REASONS, VMCALL_REASON, decode_exit_reason, hex_or_q
-from rig.verdict.witness import judge_witness
+from rig.verdict.witness import beside_outlived, judge_witness
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class RunContext:
     last: bool = True  # the guest's last run: after it only RIG-END should follow
     ended: bool = True  # the guest printed RIG-END
     witness: Witness | None = None  # the teardown witness (judged with the last run)
+    beside: tuple[str, ...] = ()  # RIG-BESIDE lines (--beside kvm)
 
 
 Judged = StageVerdict | None  # None: no conclusion yet (the stage did not finish)
@@ -345,6 +346,15 @@ def judge_teardown(ctx: RunContext, attempts: Sequence[Sequence[DriverRecord]]) 
         evidence.extend(found.evidence)
         if found.outcome is Outcome.FAILED:
             wrong.append(found.reason)
+    if ctx.last and ctx.arranged.beside and ctx.ended:
+        outlived = beside_outlived(ctx.beside)
+        evidence.extend(ln for ln in ctx.beside if ln.startswith("RIG-BESIDE end"))
+        if outlived is False:
+            wrong.append("the VM that KVM held before the driver loaded did not outlive its runs")
+        elif outlived is None:
+            absent.append("no 'RIG-BESIDE end' line: whether KVM's VM outlived the runs")
+        else:
+            ok_reason += "; KVM's VM, open before the driver loaded, outlived its runs"
     if wrong or (absent and (finished or ctx.complete)):
         return sv("teardown", Outcome.FAILED, "; ".join([*wrong, *absent]), evidence_of(evidence))
     if absent:

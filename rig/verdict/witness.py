@@ -120,7 +120,27 @@ def judge_witness(w: Witness | None, *, ended: bool) -> WitnessFinding | None:
             f"after the driver's rmmod KVM could not run a VM: {w.vm_result or f'rc={w.vm_rc}'}",
             evidence,
         )
+    kept = bool(w.loads) and all(ld.error == "already_loaded" for ld in w.loads)
+    what = "KVM, still loaded, ran another VM" if kept else "KVM loaded and ran a VM"
     return WitnessFinding(
-        Outcome.PASSED, f"KVM loaded and ran a VM after the rmmod (teardown witness){note}",
-        evidence,
+        Outcome.PASSED, f"{what} after the rmmod (teardown witness){note}", evidence
     )  # fmt: skip
+
+
+def beside_setup_failure(lines: tuple[str, ...]) -> str | None:
+    """--beside kvm: why KVM did not come to hold VMX before the runs (None: it did)."""
+    held = [ln for ln in lines if ln.split()[:2] == ["RIG-BESIDE", "kvm"]]
+    if held and " ok " in f" {held[0]} " and held[0].endswith("holding"):
+        return None
+    failed = next((ln for ln in lines if " load " in ln and " rc=0 " not in ln), "")
+    said = failed or (held[0] if held else "no 'RIG-BESIDE kvm' line")
+    return (
+        "infrastructure: the run set KVM beside the driver (--beside kvm), but KVM did not "
+        f"come to hold VMX before the runs: {said}"
+    )
+
+
+def beside_outlived(lines: tuple[str, ...]) -> bool | None:
+    """Did KVM's VM outlive the driver's runs (RIG-BESIDE end alive=1)? None: not said."""
+    end = next((ln for ln in lines if ln.startswith("RIG-BESIDE end ")), None)
+    return None if end is None else end.endswith("alive=1")

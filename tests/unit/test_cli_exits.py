@@ -51,6 +51,7 @@ def test_a_bad_module_parameter_is_exit_2_before_anything_is_built(tmp_path: Pat
         (["--feature-control", "0x1ffffffff"], "32-bit"),
         (["--require-lane", "nosuch"], "no such lane"),
         (["--inject", "smi"], "invalid choice: 'smi'"),
+        (["--beside", "xen"], "invalid choice: 'xen'"),
     ],
 )
 def test_every_option_is_checked_first(tmp_path: Path, args: list[str], words: str) -> None:

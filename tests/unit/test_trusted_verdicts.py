@@ -87,6 +87,7 @@ def load_case(case: Path) -> tuple[Cell, BootResult, Arranged, dict[str, str]]:
         frozenset(arranged_why),
         tuple(sorted(arranged_why.items())),
         witness=bool(meta.get("witness", False)),
+        beside=str(meta.get("beside", "")),
     )
     return cell, boot, arranged, meta["stages"]
 

@@ -12,7 +12,7 @@ import pytest
 from rig.artifacts import Artifacts, Cache
 from rig.guest.protocol import Witness, parse_lines
 from rig.model import Outcome
-from rig.verdict.witness import judge_witness
+from rig.verdict.witness import beside_outlived, beside_setup_failure, judge_witness
 
 HEAD = ["RIG-BEGIN run=r cell=c kernel=k", "RIG-CPU vmx=1 cpus=1 model=x", "RIG-END"]
 
@@ -160,3 +160,16 @@ def test_kvm_intel_failing_silently_fails() -> None:
     found = judge_witness(w, ended=True)
     assert found is not None and found.outcome is Outcome.FAILED
     assert "did not load (I O error) and said nothing" in found.reason
+
+
+def test_beside_kvm_must_hold_vmx_before_the_runs() -> None:
+    held = ("RIG-BESIDE load module=kvm-intel rc=0 error=",
+            "RIG-BESIDE kvm kvm-witness: ok exits=io,hlt holding")  # fmt: skip
+    assert beside_setup_failure(held) is None
+    refused = ("RIG-BESIDE load module=kvm-intel rc=95 error=Not_supported", "RIG-BESIDE kvm")
+    why = beside_setup_failure(refused)
+    assert why is not None and why.startswith("infrastructure:") and "rc=95" in why
+    assert "no 'RIG-BESIDE kvm' line" in (beside_setup_failure(()) or "")
+    assert beside_outlived(("RIG-BESIDE end alive=1",)) is True
+    assert beside_outlived(("RIG-BESIDE end alive=0",)) is False
+    assert beside_outlived(()) is None

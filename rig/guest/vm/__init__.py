@@ -20,10 +20,16 @@ class VmFlavour:
     def unsupported(self, job: GuestJob, lane: Backend) -> str | None:
         if not isinstance(lane, DomainLane):
             return f"lane {lane.name} cannot run full-VM guests (they need disks and a network)"
-        if job.preload or job.kernel_args or job.feature_control is not None or job.inject:
+        if (
+            job.preload
+            or job.kernel_args
+            or job.feature_control is not None
+            or job.inject
+            or (job.beside)
+        ):
             return (
-                "--preload, --kernel-arg, --feature-control and --inject apply to initramfs "
-                "guests only (not --guest vm)"
+                "--preload, --kernel-arg, --feature-control, --inject and --beside apply to "
+                "initramfs guests only (not --guest vm)"
             )
         return None
 

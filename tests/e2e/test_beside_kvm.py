@@ -1,0 +1,61 @@
+"""Living beside KVM, for real (the driver issue's coexistence tests), on the bochs lane.
+
+The guest kernel's own kvm_intel is loaded before the driver and holds VMX with a VM open
+(`--beside kvm`: on 6.12 kvm_intel enables VMX at load, before 6.12 when a VM exists):
+- the driver declines `vmx_busy` (arranged: SKIPPED), KVM's VM outlives the driver's runs,
+  and KVM runs a second VM after the rmmod: the driver changed nothing;
+- a copy of the driver whose CR4.VMXE check is removed goes on to use VMX that is KVM's, and
+  the judge fails it.
+After the last rmmod of a plain run every VMX lane loads kvm_intel and runs a VM (the teardown
+witness, tests/e2e/test_judge_boots.py has the driver that fails it).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rig.model import Outcome
+from tests.e2e.conftest import RigRunner
+
+REPO = Path(__file__).resolve().parents[2]
+BUSY_DECLINE = re.compile(r"if \((?P<cond>[^\n]*)\)\n(?P<ret>\s*return [^\n]*\"vmx_busy\"[^\n]*;)")
+
+
+@pytest.mark.parametrize("kernel", ["6.12", "5.10"])
+def test_kvm_holding_vmx_makes_the_driver_decline_and_change_nothing(
+    rig: RigRunner, kernel: str
+) -> None:
+    run = rig("--lane", "bochs", "--kernel", kernel, "--cpu", "haswell", "--beside", "kvm")
+    assert run.rc == 0, run.output[-3000:]
+    cell = run.cells[f"bochs-{kernel}-haswell"]
+    assert cell["build"].outcome is Outcome.PASSED
+    for stage in ("vmxon", "vmlaunch", "vmcall_exit"):
+        assert cell[stage].outcome is Outcome.SKIPPED, (stage, cell[stage].message)
+    assert "declined as arranged" in cell["vmxon"].message
+    assert "--beside kvm" in cell["vmxon"].message
+    teardown = cell["teardown"]
+    assert teardown.outcome is Outcome.PASSED, teardown.message
+    assert "outlived its runs" in teardown.message
+    assert "ran another VM after the rmmod" in teardown.message
+
+
+def test_a_driver_that_ignores_kvms_vmx_fails(rig: RigRunner, tmp_path: Path) -> None:
+    copy = tmp_path / "driver"
+    shutil.copytree(REPO / "driver", copy, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*"))
+    patched = 0
+    for src in copy.glob("*.c"):
+        text, n = BUSY_DECLINE.subn(r"if (0)\n\g<ret>", src.read_text())
+        if n:
+            src.write_text(text)
+            patched += n
+    assert patched == 1, "the driver's vmx_busy refusal was not found where the test looks"
+    run = rig("--lane", "bochs", "--kernel", "6.12", "--cpu", "haswell", "--beside", "kvm",
+              "--driver", str(copy))  # fmt: skip
+    assert run.rc == 1, run.output[-3000:]
+    cell = run.cells["bochs-6.12-haswell"]
+    assert cell["vmxon"].outcome is Outcome.FAILED, cell["vmxon"].message
+    assert "did not decline" in cell["vmxon"].message, cell["vmxon"].message
