@@ -17,6 +17,8 @@ APT_PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   # guest images: suite chroots, kernel packages, initramfs, boot ISO
   debootstrap dpkg busybox-static cpio kmod grub-pc-bin grub-common xorriso mtools
+  # the crash-path run (--crash): kexec -p in the guest
+  kexec-tools
   # full-VM guests (--guest vm): image (mmdebstrap, mke2fs -d), per-cell key and seed disk
   mmdebstrap e2fsprogs openssh-client
   # util-linux gives unshare and setpriv; python3-venv for the .venv

@@ -123,6 +123,7 @@ class BootSpec:
     # None: as the lane's own firmware leaves it
     feature_control: int | None = None
     inject: tuple[str, ...] = ()  # events injected from outside while the driver is loaded
+    expect_crash: bool = False  # the guest panics on purpose: a panic does not end the boot
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ class Arranged:
     why: tuple[tuple[str, str], ...] = ()  # decline -> what arranged it (for the reason)
     witness: bool = False  # the guest runs the teardown witness after its last run
     beside: str = ""  # "kvm": KVM holds VMX with a VM open while the driver runs
+    crash: bool = False  # the guest is crashed with the driver loaded (kexec -p, sysrq c)
 
     def because(self, decline: str) -> str:
         return dict(self.why).get(decline, "")

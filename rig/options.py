@@ -144,6 +144,14 @@ RUN_OPTIONS: tuple[Option, ...] = (
         choices=BESIDE,
     ),
     Option(
+        "crash",
+        "the crash path: load the driver (with --param, e.g. hold_vmx=1), load the cell's "
+        "kernel as a kdump kernel (kexec -p, crashkernel=), crash the guest (sysrq c): the "
+        "crash kernel must boot and find a vmcore (teardown); initramfs guests",
+        flag=True,
+        default=False,
+    ),
+    Option(
         "inject",
         "event injected into the guest from outside while each run's driver is loaded "
         "(repeatable): nmi = NMIs, mce = action-optional machine checks; the nested lane "
@@ -185,6 +193,7 @@ class RunSettings:
     feature_control: int | None = None
     inject: tuple[str, ...] = ()  # --inject: events the lane injects (INJECTABLE)
     beside: str | None = None  # --beside: a hypervisor holding VMX beside the driver (BESIDE)
+    crash: bool = False  # --crash: the kdump path with the driver loaded
     require_lanes: tuple[str, ...] = ()
     runs_dir: Path = Path(".rig/runs")
     cache: Path | None = None
@@ -255,6 +264,7 @@ def settings_from(values: Mapping[str, Any], *, default_driver: Path) -> RunSett
         feature_control=None if fc in (None, "") else msr_value(str(fc)),
         inject=tuple(dict.fromkeys(_injectable(e) for e in many("inject"))),
         beside=_one_of(values.get("beside"), BESIDE, "--beside"),
+        crash=bool(values.get("crash")),
         require_lanes=many("require_lane"),
         runs_dir=Path(values.get("runs_dir") or ".rig/runs").resolve(),
         cache=Path(cache) if cache else None,

@@ -54,6 +54,7 @@ class RunConfig:
     feature_control: int | None = None
     inject: tuple[str, ...] = ()
     beside: str | None = None
+    crash: bool = False
     keep_images: bool = False
     # lanes that must run here: one that cannot is an infrastructure ERROR, not a skip
     required_lanes: tuple[str, ...] = ()
@@ -74,6 +75,7 @@ class RunConfig:
             feature_control=s.feature_control,
             inject=s.inject,
             beside=s.beside,
+            crash=s.crash,
             required_lanes=s.require_lanes,
         )
 
@@ -123,14 +125,18 @@ def arrangements(config: RunConfig) -> Arranged:
             why["vmx_disabled_by_kernel"] = f"--kernel-arg {arg}"
     if config.beside == "kvm":
         why["vmx_busy"] = "--beside kvm: kvm_intel holds VMX with a VM open"
-    return Arranged(frozenset(why), tuple(sorted(why.items())), beside=config.beside or "")
+    return Arranged(
+        frozenset(why), tuple(sorted(why.items())), beside=config.beside or "", crash=config.crash
+    )
 
 
 def plans_witness(config: RunConfig, cell: Cell) -> bool:
     """The teardown witness runs on every VMX lane, unless the run set up something that uses
     or forbids VMX itself (a fixture, a FEATURE_CONTROL value): then KVM's word is not the
-    driver's."""
-    return cell.lane.vmx and not config.preload and config.feature_control is None
+    driver's. A crash run has no rmmod: its crash kernel is the witness."""
+    return (
+        cell.lane.vmx and not config.preload and config.feature_control is None and not config.crash
+    )
 
 
 BOOTS_LOG = "boots.log"
@@ -214,6 +220,7 @@ class CellRunner:
             feature_control=self.config.feature_control,
             inject=self.config.inject,
             beside=self.config.beside,
+            crash=self.config.crash,
             witness=plans_witness(self.config, cell),
             mark_boot=lambda: log_boot(workdir),
         )

@@ -30,7 +30,15 @@ from rig.artifacts.module import (
     source_tarball,
     tree_digest,
 )
-from rig.artifacts.steps import HOST_TOOLS, in_root, require_tool, run_step, write_cpio
+from rig.artifacts.steps import (
+    HOST_TOOLS,
+    in_root,
+    ldd_paths,
+    require_tool,
+    run_step,
+    with_libraries,
+    write_cpio,
+)
 from rig.model import KernelArtifacts, KernelSpec, ModuleBuild
 
 
@@ -64,6 +72,7 @@ __all__ = [
     "digest",
     "in_root",
     "installed_version",
+    "ldd_paths",
     "module_name",
     "module_sources",
     "require_tool",
@@ -72,5 +81,6 @@ __all__ = [
     "source_tarball",
     "stderr_progress",
     "tree_digest",
+    "with_libraries",
     "write_cpio",
 ]

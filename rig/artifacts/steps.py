@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -74,3 +75,27 @@ def write_cpio(root: Path, out: Path, *, compress: bool) -> None:
         check=True,
     )
     out.write_bytes(gzip.compress(proc.stdout, compresslevel=1) if compress else proc.stdout)
+
+
+_LDD_RE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
+
+
+def ldd_paths(ldd_output: str) -> list[Path]:
+    """The absolute library paths in `ldd` output (the loader included, vdso left out)."""
+    out: list[Path] = []
+    for line in ldd_output.splitlines():
+        m = _LDD_RE.search(line)
+        if m and m[1] not in {str(p) for p in out}:
+            out.append(Path(m[1]))
+    return out
+
+
+def with_libraries(*binaries: Path) -> list[Path]:
+    """The binaries and every shared library they load (InfraError when ldd cannot say)."""
+    out = list(binaries)
+    for binary in binaries:
+        proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or "not found" in proc.stdout:
+            raise InfraError(f"ldd {binary} failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
+        out += [p for p in ldd_paths(proc.stdout) if p not in out]
+    return out

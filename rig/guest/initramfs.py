@@ -17,6 +17,7 @@ from pathlib import Path
 from rig.artifacts import KVM_MODULES, Artifacts, require_tool, write_cpio
 from rig.errors import InfraError, RigError, ToolMissing
 from rig.guest.base import GuestJob, GuestRun
+from rig.guest.crash import CRASH_KERNEL_MIB, DRAIN, DRAIN_AT, add_crash_kernel
 from rig.lanes import Backend
 from rig.lanes.base import tail
 from rig.model import BootSpec, GuestImage, KernelArtifacts
@@ -36,8 +37,10 @@ def write_plan(
     run_id: str,
     cell_id: str,
     preload: Sequence[Path] = (),
+    crash: bool = False,
 ) -> None:
-    """What the agent reads (guests/agent/rig-agent): ids, modules/, and the plan."""
+    """What the agent reads (guests/agent/rig-agent): ids, modules/, and the plan (`crash`:
+    each module is loaded once and the guest crashed with it loaded)."""
     (rig_dir / "modules").mkdir(parents=True, exist_ok=True)
     (rig_dir / "run-id").write_text(run_id + "\n")
     (rig_dir / "cell-id").write_text(cell_id + "\n")
@@ -49,7 +52,7 @@ def write_plan(
         for p in params:
             check_param(p)
         shutil.copy2(ko, rig_dir / "modules" / ko.name)
-        plan.append(" ".join([ko.name, str(int(repeat)), *params]))
+        plan.append(" ".join([ko.name, "crash" if crash else str(int(repeat)), *params]))
     (rig_dir / "plan").write_text("\n".join(plan) + "\n")
     shutil.copy2(GUESTS_DIR / "agent/rig-agent", rig_dir / "rig-agent")
 
@@ -65,6 +68,7 @@ def initramfs_image(
     kernel_args: Sequence[str] = (),
     witness: Sequence[Path] = (),
     beside: str | None = None,
+    crash: KernelArtifacts | None = None,
 ) -> GuestImage:
     """The appliance: loads each (ko, repeat, params) in turn, dumps dmesg after each run.
 
@@ -80,12 +84,17 @@ def initramfs_image(
     root = workdir / "initramfs"
     shutil.rmtree(root, ignore_errors=True)
     (root / "bin").mkdir(parents=True)
-    for d in ("proc", "sys", "dev"):
-        (root / d).mkdir()
+    for d in ("proc", "sys", "dev", "lib"):
+        (root / d).mkdir(exist_ok=True)
     shutil.copy2(BUSYBOX, root / "bin/busybox")
+    shutil.copy2(DRAIN, root / DRAIN_AT)
     shutil.copy2(GUESTS_DIR / "initramfs/init", root / "init")
     (root / "init").chmod(0o755)
-    write_plan(root / "rig", modules, run_id=run_id, cell_id=cell_id, preload=preload)
+    write_plan(root / "rig", modules, run_id=run_id, cell_id=cell_id, preload=preload,
+               crash=crash is not None)  # fmt: skip
+    if crash is not None:
+        add_crash_kernel(root, crash, workdir)
+        kernel_args = [*kernel_args, f"crashkernel={CRASH_KERNEL_MIB}M"]
     if witness:
         (root / "rig/witness").mkdir()
         for path in witness:
@@ -146,6 +155,7 @@ class InitramfsFlavour:
                 kernel_args=job.kernel_args,
                 witness=witness,
                 beside=job.beside,
+                crash=kernel if job.crash else None,
             )
             timings["image"] = time.monotonic() - t0
             spec = BootSpec(
@@ -157,6 +167,7 @@ class InitramfsFlavour:
                 workdir=job.workdir,
                 feature_control=job.feature_control,
                 inject=job.inject,
+                expect_crash=job.crash,
             )
             t0 = time.monotonic()
             job.mark_boot()
@@ -165,6 +176,7 @@ class InitramfsFlavour:
         except (RigError, OSError) as exc:
             return GuestRun(build, None, timings, error=exc)
         finally:
+            shutil.rmtree(job.workdir / "crash-initramfs", ignore_errors=True)
             for scratch in ("boot.iso", "initrd.gz"):
                 (job.workdir / scratch).unlink(missing_ok=True)
             shutil.rmtree(job.workdir / "initramfs", ignore_errors=True)

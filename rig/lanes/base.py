@@ -78,8 +78,10 @@ def watch_console(
     timeout_s: float,
     poll_s: float = 0.25,
     boot_oops_stall_s: float = BOOT_OOPS_STALL_S,
+    panic_ends: bool = True,
 ) -> ConsoleWatch:
-    """Follow `console` until poweroff, panic, the emulator exits, or the timeout."""
+    """Follow `console` until poweroff, panic, the emulator exits, or the timeout (a panic
+    does not end it when not `panic_ends`: a crash kernel is to boot after it)."""
     start = time.monotonic()
     panic_at: float | None = None
     panic_line = ""
@@ -89,7 +91,7 @@ def watch_console(
         text = console.read_text(errors="replace") if console.exists() else ""
         if len(text) != seen:
             seen, changed_at = len(text), now
-        if panic_at is None:
+        if panic_at is None and panic_ends:
             m = PANIC_RE.search(text)
             if m:
                 panic_at = now

@@ -103,7 +103,10 @@ class BochsBackend:
         cmds.write_text("c\n")  # bochs-bin has the debugger built in: continue at once
         argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", "-f", str(rc), "-rc", str(cmds)]
         with owned_process(argv, cwd=wd, stdout=wd / "bochs.out", pidfile=wd / "emulator.pid") as p:
-            watch = watch_console(console, alive=lambda: p.poll() is None, timeout_s=spec.timeout_s)
+            alive = lambda: p.poll() is None  # noqa: E731
+            watch = watch_console(
+                console, alive=alive, timeout_s=spec.timeout_s, panic_ends=not spec.expect_crash
+            )
         bochs_log = log.read_text(errors="replace") if log.exists() else ""
         kept = "\n".join(line for line in bochs_log.splitlines() if _LOG_KEEP.search(line))
         detail = ""

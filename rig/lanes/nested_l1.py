@@ -22,15 +22,13 @@ version), the init script, and the contents of busybox, QEMU, its libraries and 
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rig.artifacts import Artifacts, Progress, write_cpio
-from rig.errors import InfraError, ToolMissing
+from rig.artifacts import Artifacts, Progress, with_libraries, write_cpio
+from rig.errors import ToolMissing
 from rig.model import KernelArtifacts, KernelSpec
 from rig.paths import BUSYBOX, GUESTS_DIR
 
@@ -48,28 +46,6 @@ CPU_MAP = Path("/usr/share/libvirt/cpu_map")
 INIT = GUESTS_DIR / "nested/init"
 KIND = "l1host"
 L1_DATA = "rig-l1"  # directory of L1's own files inside its initramfs
-_LDD_RE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
-
-
-def ldd_paths(ldd_output: str) -> list[Path]:
-    """The absolute library paths in `ldd` output (the loader included, vdso left out)."""
-    out: list[Path] = []
-    for line in ldd_output.splitlines():
-        m = _LDD_RE.search(line)
-        if m and m[1] not in {str(p) for p in out}:
-            out.append(Path(m[1]))
-    return out
-
-
-def with_libraries(*binaries: Path) -> list[Path]:
-    """The binaries and every shared library they load (InfraError when ldd cannot say)."""
-    out = list(binaries)
-    for binary in binaries:
-        proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
-        if proc.returncode != 0 or "not found" in proc.stdout:
-            raise InfraError(f"ldd {binary} failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
-        out += [p for p in ldd_paths(proc.stdout) if p not in out]
-    return out
 
 
 def _file_digest(paths: Iterable[Path]) -> str:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from rig.guest.protocol import CONSOLE_MARK_RE, transcript_text
+from rig.guest.protocol import CONSOLE_MARK_RE, parse_lines, transcript_text
 from rig.model import (
     NOTHING_ARRANGED,
     SEVERITY,
@@ -48,7 +48,8 @@ from rig.model import (
     Outcome,
     StageVerdict,
 )
-from rig.verdict.reading import TAIL_LINES, GuestReport, Run, parse_guest
+from rig.verdict.crash import crash_teardown, split_at_crash
+from rig.verdict.reading import TAIL_LINES, GuestReport, Run, parse_guest, read
 from rig.verdict.stages import (
     GUEST_STAGES,
     Judged,
@@ -199,6 +200,14 @@ def judge_guest(
         why = beside_setup_failure(report.beside)
         if why is not None:  # the arrangement failed: the run proves nothing about the driver
             return all_stages(Outcome.ERROR, why, report.tail(), GUEST_STAGES)
+    if arranged.crash and (split := split_at_crash(report.lines)) is not None:
+        # the first kernel's part is a finished run; its teardown is the crash kernel's word
+        first = replace(read(parse_lines(split.before)), end=True)
+        calm = replace(boot, end=BootEnd.POWEROFF, detail="", triple_fault=False)
+        stages = judge_run(cell, calm, first, first.runs[-1], arranged)
+        if stages["vmcall_exit"].outcome in (Outcome.PASSED, Outcome.SKIPPED):
+            stages["teardown"] = crash_teardown(split, boot)
+        return stages
     broken = [(m, rc) for m, rc in report.preloads if rc != 0]
     if broken:
         # A fixture of the test did not load: the run proves nothing about the driver.

@@ -153,3 +153,29 @@ def test_dist_load_boots_each_cell_once(tmp_path: Path) -> None:
     for worker, cell_id in re.findall(r"\[(gw\d)\] \[[ \d]+%\] \w+ \S*::(tcg-[\w.-]+)::", out):
         ran_on.setdefault(cell_id, set()).add(worker)
     assert any(len(w) == 2 for w in ran_on.values()), (ran_on, out[-2000:])
+
+
+def test_the_crash_path_boots_the_kdump_kernel_in_window_mode(rig: RigRunner) -> None:
+    """6.12's default: VMX is off between the driver's windows, so kexec's jump works."""
+    run = rig(*BOCHS, "--crash")
+    assert run.rc == 0, run.output[-3000:]
+    cell = run.cells["bochs-6.12-haswell"]
+    assert {s: c.outcome for s, c in cell.items()} == dict.fromkeys(STAGES, Outcome.PASSED)
+    message = cell["teardown"].message
+    assert "(hold=0, emergency=kvm_callback_only) the crash kernel booted" in message, message
+    assert re.search(r"found a vmcore of \d+ MiB", message), message
+
+
+def test_the_crash_path_fails_in_hold_mode_on_6_12(rig: RigRunner) -> None:
+    """Hold mode (opt-in on 6.12): 6.6-7.1 leave VMX in a crash only through KVM's callback,
+    so relocate_kernel clears CR4.VMXE in VMX operation: #GP, and no kdump kernel. This is
+    why hold mode is not the default there (driver/README.md)."""
+    run = rig(*BOCHS, "--crash", "--param", "hold_vmx=1", "--timeout", "300")
+    assert run.rc == 1, run.output[-3000:]
+    cell = run.cells["bochs-6.12-haswell"]
+    for stage in ("build", "vmxon", "vmlaunch", "vmcall_exit"):
+        assert cell[stage].outcome is Outcome.PASSED, (stage, cell[stage].message)
+    assert cell["teardown"].outcome is Outcome.FAILED
+    message = cell["teardown"].message
+    assert "(hold=1, emergency=kvm_callback_only)" in message, message
+    assert "instead of booting the crash kernel" in message, message

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rig.artifacts import Artifacts, Cache, installed_version
+from rig.artifacts import Artifacts, Cache, installed_version, ldd_paths
 from rig.errors import InfraError, UsageError
 from rig.guest.base import GuestJob
 from rig.guest.initramfs import InitramfsFlavour
@@ -17,7 +17,7 @@ from rig.lanes import NestedBackend, backend_for
 from rig.lanes.base import ConsoleWatch
 from rig.lanes.bochs import BochsBackend, bochsrc
 from rig.lanes.nested import facts, grub_cfg, judge_levels, l0_model, qemu_args
-from rig.lanes.nested_l1 import l1_key, ldd_paths
+from rig.lanes.nested_l1 import l1_key
 from rig.matrix import load_matrix, parse_matrix
 from rig.matrix.source import MatrixFileError
 from rig.model import BootEnd, BootSpec, GuestImage, KernelSpec

@@ -81,6 +81,7 @@ def load_case(case: Path) -> tuple[Cell, BootResult, Arranged, dict[str, str]]:
         end=BootEnd(meta.get("end", "poweroff")),
         duration_s=1.0,
         detail=meta.get("detail", ""),
+        triple_fault=bool(meta.get("triple_fault", False)),
     )
     arranged_why = meta.get("arranged", {})
     arranged = Arranged(
@@ -88,6 +89,7 @@ def load_case(case: Path) -> tuple[Cell, BootResult, Arranged, dict[str, str]]:
         tuple(sorted(arranged_why.items())),
         witness=bool(meta.get("witness", False)),
         beside=str(meta.get("beside", "")),
+        crash=bool(meta.get("crash", False)),
     )
     return cell, boot, arranged, meta["stages"]
 

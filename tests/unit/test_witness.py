@@ -11,7 +11,8 @@ import pytest
 
 from rig.artifacts import Artifacts, Cache
 from rig.guest.protocol import Witness, parse_lines
-from rig.model import Outcome
+from rig.model import BootEnd, BootResult, Outcome
+from rig.verdict.crash import TRIGGER, CrashSplit, crash_teardown, split_at_crash
 from rig.verdict.witness import beside_outlived, beside_setup_failure, judge_witness
 
 HEAD = ["RIG-BEGIN run=r cell=c kernel=k", "RIG-CPU vmx=1 cpus=1 model=x", "RIG-END"]
@@ -173,3 +174,37 @@ def test_beside_kvm_must_hold_vmx_before_the_runs() -> None:
     assert beside_outlived(("RIG-BESIDE end alive=1",)) is True
     assert beside_outlived(("RIG-BESIDE end alive=0",)) is False
     assert beside_outlived(()) is None
+
+
+# --------------------------------------------------------------------------- crash path
+def test_the_crash_run_splits_at_the_agents_trigger_else_the_kernels_marker() -> None:
+    lines = ["RIG-RUN 0 module=vmlaunch iter=0", "RIG-CRASH load rc=0 ", TRIGGER,
+             "RIG-CRASH up kernel=k vmcore=4096", "[ 1.0] rig: run=0 step=crash"]  # fmt: skip
+    split = split_at_crash(lines)
+    assert split is not None and split.before[-1] == TRIGGER
+    assert split.after[0].startswith("RIG-CRASH up")
+    lost = split_at_crash(["RIG-RUN 0 module=vmlaunch iter=0", "[ 1.0] rig: run=0 step=crash",
+                           "[ 1.1] sysrq: Trigger a crash"])  # fmt: skip
+    assert lost is not None and lost.after == ("[ 1.1] sysrq: Trigger a crash",)
+    assert split_at_crash(["RIG-RUN 0 module=vmlaunch iter=0"]) is None
+
+
+def _boot(end: BootEnd = BootEnd.POWEROFF) -> BootResult:
+    return BootResult(console="", agent="", end=end, duration_s=1.0, detail="x")
+
+
+def test_the_crash_kernel_must_come_up_with_a_vmcore() -> None:
+    load = "[ 1.0] vmlaunch: cpu=- load info version=1 hold=1 emergency=generic_vmxoff -- x"
+    ok = crash_teardown(CrashSplit((load, TRIGGER), ("RIG-CRASH up kernel=k vmcore=8388608",)),
+                        _boot())  # fmt: skip
+    assert ok.outcome is Outcome.PASSED and "vmcore of 8 MiB" in ok.reason
+    assert "hold=1, emergency=generic_vmxoff" in ok.reason
+    empty = crash_teardown(CrashSplit((TRIGGER,), ("RIG-CRASH up kernel=k vmcore=none",)), _boot())
+    assert empty.outcome is Outcome.FAILED and "no /proc/vmcore" in empty.reason
+    reset = crash_teardown(CrashSplit((TRIGGER,), ("RIG-BEGIN run=r cell=c kernel=k",)), _boot())
+    assert reset.outcome is Outcome.FAILED and "started over" in reset.reason
+    panic = "[ 2.0] Kernel panic - not syncing: sysrq triggered crash"
+    hung = crash_teardown(CrashSplit((TRIGGER,), (panic,)), _boot(BootEnd.TIMEOUT))
+    assert hung.outcome is Outcome.FAILED and "never came up" in hung.reason
+    refused = crash_teardown(CrashSplit(("RIG-CRASH load rc=1 Cannot load vmlinuz",), ()), _boot())
+    assert refused.outcome is Outcome.ERROR and "Cannot load vmlinuz" in refused.reason

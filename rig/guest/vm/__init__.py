@@ -25,11 +25,12 @@ class VmFlavour:
             or job.kernel_args
             or job.feature_control is not None
             or job.inject
-            or (job.beside)
+            or job.beside
+            or job.crash
         ):
             return (
-                "--preload, --kernel-arg, --feature-control, --inject and --beside apply to "
-                "initramfs guests only (not --guest vm)"
+                "--preload, --kernel-arg, --feature-control, --inject, --beside and --crash "
+                "apply to initramfs guests only (not --guest vm)"
             )
         return None
 
