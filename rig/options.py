@@ -23,7 +23,7 @@ PARAM_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}=[A-Za-z0-9_.,-]{0,128}$")
 KERNEL_ARG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=/-]{0,127}")
 GUESTS = ("initramfs", "vm")
 INJECTABLE = ("nmi", "mce")
-BESIDE = ("kvm",)
+BESIDE = ("kvm", "kvm-during")
 
 
 def check_kernel_arg(arg: str, what: str = "kernel argument") -> str:
@@ -138,9 +138,10 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "beside",
-        "another hypervisor loaded before the driver, holding VMX while it runs: kvm = the "
-        "guest kernel's own kvm_intel with a VM open (arranges the vmx_busy refusal; the "
-        "VM must outlive the driver's runs; VMX lanes, initramfs guests)",
+        "another hypervisor beside the driver (VMX lanes, initramfs guests): kvm = the guest "
+        "kernel's own kvm_intel loaded first with a VM open (arranges the vmx_busy refusal; "
+        "the VM must outlive the driver's runs); kvm-during = kvm_intel loaded while the "
+        "driver is, running a VM: refused in hold mode, allowed in window mode",
         choices=BESIDE,
     ),
     Option(

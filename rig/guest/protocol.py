@@ -159,8 +159,9 @@ def merge_channels(agent: str, console: str) -> list[str]:
 
     The channels share no wire, so no kernel line is ever spliced into a protocol line. The
     kernel's lines are placed by the agent's kmsg markers (`rig: run=N step=S` on the console):
-    boot lines before RIG-BEGIN, run N's insmod lines after its RIG-RUN, its rmmod lines
-    before its `RIG-STEP rmmod`, what followed the rmmod before its dump. Lines of a run the
+    boot lines before RIG-BEGIN, run N's insmod lines after its RIG-RUN, the lines of KVM's
+    visit while it was loaded (`--beside kvm-during`) and its rmmod lines before its
+    `RIG-STEP rmmod`, what followed the rmmod before its dump. Lines of a run the
     agent never announced (its output was lost) come last, in console order.
     """
     prelude: list[str] = []
@@ -193,18 +194,18 @@ def merge_channels(agent: str, console: str) -> list[str]:
             for key in [k for k in order if k[1] == "witness"]:
                 out.extend(segments.pop(key, []))
         if kind in ("RUN", "END"):
-            take("insmod", "rmmod", "dump")
+            take("insmod", "during", "rmmod", "dump")
             run = None
         if kind == "STEP" and (m["rest"] or "").startswith("rmmod"):  # type: ignore[index]
-            take("insmod", "rmmod")
+            take("insmod", "during", "rmmod")
         elif kind == "DMESG-BEGIN":
-            take("insmod", "rmmod", "dump")
+            take("insmod", "during", "rmmod", "dump")
         out.append(line)
         if kind == "RUN":
             rm = RUN_RE.match((m["rest"] or "") if m else "")
             run = int(rm["n"]) if rm and rm["n"] else None
             take("insmod")
-    take("insmod", "rmmod", "dump")
+    take("insmod", "during", "rmmod", "dump")
     for key in order:
         out.extend(segments.pop(key, []))
     return out

@@ -196,7 +196,7 @@ def judge_guest(
             "what it printed belongs to two boots"
         )
         return all_stages(Outcome.ERROR, reason, report.tail(), GUEST_STAGES)
-    if arranged.beside:
+    if arranged.beside == "kvm":
         why = beside_setup_failure(report.beside)
         if why is not None:  # the arrangement failed: the run proves nothing about the driver
             return all_stages(Outcome.ERROR, why, report.tail(), GUEST_STAGES)

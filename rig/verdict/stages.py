@@ -36,7 +36,7 @@ from rig.verdict.grammar import (
 )
 from rig.verdict.reading import Run
 from rig.verdict.sdm import EXIT_REASONS, VMCALL_REASON, decode_exit_reason, hex_or_q
-from rig.verdict.witness import beside_outlived, judge_witness
+from rig.verdict.witness import beside_outlived, judge_during, judge_witness
 
 
 @dataclass(frozen=True)
@@ -346,7 +346,17 @@ def judge_teardown(ctx: RunContext, attempts: Sequence[Sequence[DriverRecord]]) 
         evidence.extend(found.evidence)
         if found.outcome is Outcome.FAILED:
             wrong.append(found.reason)
-    if ctx.last and ctx.arranged.beside and ctx.ended:
+    if ctx.arranged.beside == "kvm-during" and insmod.rc == 0 and (finished or ctx.complete):
+        load = next((r for r in first if r.stage == "load"), None)
+        during = judge_during(ctx.run.console.lines, load.get("hold") if load else None)
+        evidence.extend(during.evidence)
+        if during.outcome is Outcome.FAILED:
+            wrong.append(during.reason)
+        elif during.outcome is Outcome.ERROR:
+            absent.append(during.reason)
+        else:
+            ok_reason += f"; {during.reason}"
+    if ctx.last and ctx.arranged.beside == "kvm" and ctx.ended:
         outlived = beside_outlived(ctx.beside)
         evidence.extend(ln for ln in ctx.beside if ln.startswith("RIG-BESIDE end"))
         if outlived is False:

@@ -59,3 +59,26 @@ def test_a_driver_that_ignores_kvms_vmx_fails(rig: RigRunner, tmp_path: Path) ->
     cell = run.cells["bochs-6.12-haswell"]
     assert cell["vmxon"].outcome is Outcome.FAILED, cell["vmxon"].message
     assert "did not decline" in cell["vmxon"].message, cell["vmxon"].message
+
+
+@pytest.mark.parametrize(
+    ("kernel", "params", "words"),
+    [
+        ("6.12", (), "while the driver was loaded (window mode, hold=0) KVM loaded and ran a VM"),
+        ("6.12", ("--param", "hold_vmx=1"), "while the driver held VMX (hold=1) KVM was refused"),
+        ("5.10", (), "while the driver held VMX (hold=1) KVM was refused"),
+    ],
+)
+def test_what_kvm_does_while_the_driver_is_loaded(
+    rig: RigRunner, kernel: str, params: tuple[str, ...], words: str
+) -> None:
+    """kvm_intel loaded between the driver's insmod and rmmod: in window mode VMX is free
+    outside the launch window and KVM runs its VM; in hold mode the driver is in VMX
+    operation on every CPU and KVM is refused (6.12: at load, 5.10: at VM creation)."""
+    run = rig("--lane", "bochs", "--kernel", kernel, "--cpu", "haswell",
+              "--beside", "kvm-during", *params)  # fmt: skip
+    assert run.rc == 0, run.output[-3000:]
+    cell = run.cells[f"bochs-{kernel}-haswell"]
+    for stage in ("vmxon", "vmlaunch", "vmcall_exit", "teardown"):
+        assert cell[stage].outcome is Outcome.PASSED, (stage, cell[stage].message)
+    assert words in cell["teardown"].message, cell["teardown"].message

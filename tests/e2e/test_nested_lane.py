@@ -27,7 +27,35 @@ def test_nested_haswell_passes_under_kvm_nested_vmx(rig: RigRunner) -> None:
     assert revs, out[-2000:]
     assert "0x2b" not in revs, revs  # Bochs' own revision: the driver ran on Bochs, not KVM
     assert re.search(r"exit ok reason=0x12", out)
+    # the teardown witness ran in L2: its kvm_intel under L1's nested KVM, and a VM (L3)
+    assert "KVM loaded and ran a VM after the rmmod" in cell["teardown"].message
     # the cell's scratch (L0's ISO, the cell's cpio) is gone, and no emulator is left
     assert not any((cell_dir / n).exists() for n in ("l0.iso", "l0-iso", "l2-cpio", "initrd.gz"))
     assert (cell_dir / "l1-console.txt").exists()
     assert processes_mentioning(str(cell_dir)) == []
+
+
+def test_nmis_and_machine_checks_from_l1_reach_the_driver_and_it_goes_on(rig: RigRunner) -> None:
+    """L1's QEMU monitor sends NMIs and action-optional machine checks into L2 while the driver
+    loops 10000 VMCALL round trips with NMI exiting and #MC intercepted: the driver handles
+    the exits (re-delivers the NMI to the host, hands the #MC to the kernel), the guest goes
+    on, and the exits are counted in the verdict."""
+    run = rig(*NESTED, "--cpu", "haswell", "--inject", "nmi", "--inject", "mce",
+              "--param", "roundtrips=10000", "--repeat", "2")  # fmt: skip
+    assert run.rc == 0, run.output[-3000:]
+    cell = run.cells["nested-6.12-haswell"]
+    assert [s for s in STAGES if cell[s].outcome is not Outcome.PASSED] == [], {
+        s: cell[s].message for s in STAGES
+    }
+    cell_dir = next(run.runs_dir.glob("*/cells/nested-6.12-haswell"))
+    l1 = (cell_dir / "l1-console.txt").read_text()
+    sent = re.search(r"RIG-L1 inject sent nmi=(\d+) mce=(\d+)", l1)
+    assert sent and int(sent[1]) > 0 and int(sent[2]) > 0, l1[-2000:]
+    out = (cell_dir / "console.txt").read_text()
+    assert "NMI received for unknown reason" in out  # L2's kernel got them
+    assert "mce: [Hardware Error]: Machine check events logged" in out
+    counts = [
+        (int(a), int(b)) for a, b in re.findall(r"exit ok reason=0x12 .*nmis=(\d+) mces=(\d+)", out)
+    ]
+    assert len(counts) == 2 and sum(n for n, _ in counts) > 0, counts  # NMI exits handled
+    assert "NMI exit" in cell["vmcall_exit"].message

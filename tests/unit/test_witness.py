@@ -13,7 +13,12 @@ from rig.artifacts import Artifacts, Cache
 from rig.guest.protocol import Witness, parse_lines
 from rig.model import BootEnd, BootResult, Outcome
 from rig.verdict.crash import TRIGGER, CrashSplit, crash_teardown, split_at_crash
-from rig.verdict.witness import beside_outlived, beside_setup_failure, judge_witness
+from rig.verdict.witness import (
+    beside_outlived,
+    beside_setup_failure,
+    judge_during,
+    judge_witness,
+)
 
 HEAD = ["RIG-BEGIN run=r cell=c kernel=k", "RIG-CPU vmx=1 cpus=1 model=x", "RIG-END"]
 
@@ -208,3 +213,35 @@ def test_the_crash_kernel_must_come_up_with_a_vmcore() -> None:
     assert hung.outcome is Outcome.FAILED and "never came up" in hung.reason
     refused = crash_teardown(CrashSplit(("RIG-CRASH load rc=1 Cannot load vmlinuz",), ()), _boot())
     assert refused.outcome is Outcome.ERROR and "Cannot load vmlinuz" in refused.reason
+
+
+# --------------------------------------------------------------------------- kvm-during
+MARK = "[ 5.0] rig: run=0 step=during"
+RAN = "RIG-DURING vm rc=0 kvm-witness: ok exits=io,hlt"
+REFUSED = ["[ 5.1] kvm: enabling virtualization on CPU0 failed",
+           "RIG-DURING load module=kvm-intel rc=5 error=Input_output_error"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("hold", "lines", "outcome", "words"),
+    [
+        ("1", REFUSED, Outcome.PASSED, "KVM was refused, as it must be"),
+        ("1", [RAN], Outcome.FAILED, "KVM ran a VM while the driver said it held VMX"),
+        ("0", [RAN], Outcome.PASSED, "window mode, hold=0) KVM loaded and ran a VM"),
+        ("0", REFUSED, Outcome.FAILED, "VMX was left on outside the launch window"),
+        ("0", ["[ 5.1] kvm_intel: VMX not enabled (by BIOS) in MSR_IA32_FEAT_CTL on CPU 0",
+               "RIG-DURING load module=kvm-intel rc=95 error=Not_supported"],
+         Outcome.SKIPPED, "not conclusive"),
+    ],
+)  # fmt: skip
+def test_kvm_during_the_driver_is_judged_by_the_drivers_mode(
+    hold: str, lines: list[str], outcome: Outcome, words: str
+) -> None:
+    found = judge_during([MARK, *lines, "RIG-DURING end"], hold)
+    assert found.outcome is outcome, found.reason
+    assert words in found.reason
+
+
+def test_kvm_during_without_its_report_is_infrastructure() -> None:
+    assert judge_during([MARK, RAN], "0").outcome is Outcome.ERROR
+    assert judge_during([], "0").outcome is Outcome.ERROR
