@@ -48,6 +48,7 @@ from rig.model import (
     Outcome,
     StageVerdict,
 )
+from rig.verdict.beside import beside_setup_failure
 from rig.verdict.crash import crash_teardown, split_at_crash
 from rig.verdict.reading import TAIL_LINES, GuestReport, Run, parse_guest, read
 from rig.verdict.stages import (
@@ -59,7 +60,6 @@ from rig.verdict.stages import (
     judge_records,
     sv,
 )
-from rig.verdict.witness import beside_setup_failure
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from rig.model import (
     Outcome,
     StageVerdict,
 )
+from rig.verdict.beside import kvm_findings
 from rig.verdict.grammar import (
     DECLINES,
     KERNEL_FLAG_OFF,
@@ -36,7 +37,6 @@ from rig.verdict.grammar import (
 )
 from rig.verdict.reading import Run
 from rig.verdict.sdm import EXIT_REASONS, VMCALL_REASON, decode_exit_reason, hex_or_q
-from rig.verdict.witness import beside_outlived, judge_during, judge_witness
 
 
 @dataclass(frozen=True)
@@ -339,42 +339,21 @@ def judge_teardown(ctx: RunContext, attempts: Sequence[Sequence[DriverRecord]]) 
                 wrong.append("the second load attempt found VMX busy: the first left VMX on")
                 evidence.append(busy[0])
     evidence.extend([*offs, *freed, *unload, *bad])
-    found = (
-        judge_witness(ctx.witness, ended=ctx.ended) if ctx.last and ctx.arranged.witness else None
-    )
-    if found is not None:
-        evidence.extend(found.evidence)
-        if found.outcome is Outcome.FAILED:
-            wrong.append(found.reason)
-    if ctx.arranged.beside == "kvm-during" and insmod.rc == 0 and (finished or ctx.complete):
-        load = next((r for r in first if r.stage == "load"), None)
-        during = judge_during(ctx.run.console.lines, load.get("hold") if load else None)
-        evidence.extend(during.evidence)
-        if during.outcome is Outcome.FAILED:
-            wrong.append(during.reason)
-        elif during.outcome is Outcome.ERROR:
-            absent.append(during.reason)
-        else:
-            ok_reason += f"; {during.reason}"
-    if ctx.last and ctx.arranged.beside == "kvm" and ctx.ended:
-        outlived = beside_outlived(ctx.beside)
-        evidence.extend(ln for ln in ctx.beside if ln.startswith("RIG-BESIDE end"))
-        if outlived is False:
-            wrong.append("the VM that KVM held before the driver loaded did not outlive its runs")
-        elif outlived is None:
-            absent.append("no 'RIG-BESIDE end' line: whether KVM's VM outlived the runs")
-        else:
-            ok_reason += "; KVM's VM, open before the driver loaded, outlived its runs"
+    load = next((r for r in first if r.stage == "load"), None)
+    kvm = kvm_findings(
+        ctx.arranged, witness=ctx.witness, beside=ctx.beside, console=ctx.run.console.lines,
+        hold=load.get("hold") if load else None, last=ctx.last, ended=ctx.ended,
+        loaded_and_done=insmod.rc == 0 and (finished or ctx.complete),
+    )  # fmt: skip
+    evidence.extend(kvm.evidence)
+    wrong.extend(kvm.failed)
     if wrong or (absent and (finished or ctx.complete)):
         return sv("teardown", Outcome.FAILED, "; ".join([*wrong, *absent]), evidence_of(evidence))
-    if absent:
-        return None
-    if found is not None and found.outcome is Outcome.ERROR:
-        return sv("teardown", Outcome.ERROR, found.reason, evidence_of(evidence))
-    if ctx.last and ctx.arranged.witness and found is None:
-        return None  # the witness has not reported yet
-    if found is not None:
-        ok_reason = f"{ok_reason}; {found.reason}"
+    if absent or kvm.waiting:
+        return None  # lines that should come, or the witness, have not come yet
+    if kvm.errors:
+        return sv("teardown", Outcome.ERROR, "; ".join(kvm.errors), evidence_of(evidence))
+    ok_reason = "; ".join([ok_reason, *kvm.notes])
     return sv("teardown", Outcome.PASSED, ok_reason, evidence_of(evidence))
 
 

@@ -11,7 +11,6 @@ lines: docs/contract.md section 2 (RIG-WITNESS).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rig.guest.protocol import Witness
@@ -126,80 +125,3 @@ def judge_witness(w: Witness | None, *, ended: bool) -> WitnessFinding | None:
     return WitnessFinding(
         Outcome.PASSED, f"{what} after the rmmod (teardown witness){note}", evidence
     )  # fmt: skip
-
-
-def beside_setup_failure(lines: tuple[str, ...]) -> str | None:
-    """--beside kvm: why KVM did not come to hold VMX before the runs (None: it did)."""
-    held = [ln for ln in lines if ln.split()[:2] == ["RIG-BESIDE", "kvm"]]
-    if held and " ok " in f" {held[0]} " and held[0].endswith("holding"):
-        return None
-    failed = next((ln for ln in lines if " load " in ln and " rc=0 " not in ln), "")
-    said = failed or (held[0] if held else "no 'RIG-BESIDE kvm' line")
-    return (
-        "infrastructure: the run set KVM beside the driver (--beside kvm), but KVM did not "
-        f"come to hold VMX before the runs: {said}"
-    )
-
-
-def beside_outlived(lines: tuple[str, ...]) -> bool | None:
-    """Did KVM's VM outlive the driver's runs (RIG-BESIDE end alive=1)? None: not said."""
-    end = next((ln for ln in lines if ln.startswith("RIG-BESIDE end ")), None)
-    return None if end is None else end.endswith("alive=1")
-
-
-DURING_MARK_RE = re.compile(r"rig: run=\d{1,6} step=during\b")
-
-
-def judge_during(lines: Sequence[str], hold: str | None) -> WitnessFinding:
-    """--beside kvm-during: what kvm_intel did while the driver was loaded, against the mode.
-
-    Hold mode (`hold=1`): the driver is in VMX operation on every CPU, so KVM must be refused
-    (`enabling virtualization ... failed`, EBUSY). Window mode (`hold=0`): VMX is off outside
-    the launch's IRQs-off window, so KVM must load and run its VM."""
-    start = next((i for i, ln in enumerate(lines) if DURING_MARK_RE.search(ln)), None)
-    mine = [ln for ln in lines[start or 0 :] if "RIG-DURING" in ln or ENABLE_FAILED_RE.match(ln)
-            or KVM_LINE_RE.match(ln)]  # fmt: skip
-    if start is None or not any("RIG-DURING end" in ln for ln in mine):
-        return WitnessFinding(
-            Outcome.ERROR, "infrastructure: --beside kvm-during: no RIG-DURING report from KVM"
-        )
-    vm = next((ln for ln in mine if "RIG-DURING vm rc=" in ln), "")
-    ran = "RIG-DURING vm rc=0 " in vm and " ok " in f"{vm} "
-    refused = [ln for ln in mine if ENABLE_FAILED_RE.match(ln)]
-    busy = refused or EBUSY in vm.split() or any(BUSY in ln for ln in mine)
-    said = (refused[0].split("] ")[-1] if refused else vm.split(" ", 3)[-1]).strip()
-    evidence = tuple(mine)
-    if hold == "1":
-        if ran:
-            return WitnessFinding(
-                Outcome.FAILED,
-                "KVM ran a VM while the driver said it held VMX on every CPU (hold=1)",
-                evidence,
-            )
-        if busy:
-            return WitnessFinding(
-                Outcome.PASSED,
-                f"while the driver held VMX (hold=1) KVM was refused, as it must be ('{said}')",
-                evidence,
-            )
-    elif hold == "0":
-        if ran:
-            return WitnessFinding(
-                Outcome.PASSED,
-                "while the driver was loaded (window mode, hold=0) KVM loaded and ran a VM",
-                evidence,
-            )
-        if busy:
-            return WitnessFinding(
-                Outcome.FAILED,
-                f"while the driver was loaded in window mode (hold=0) KVM could not enable "
-                f"VMX ('{said}'): VMX was left on outside the launch window",
-                evidence,
-            )
-    other = next((ln for ln in mine if KVM_LINE_RE.match(ln)), vm or "nothing")
-    return WitnessFinding(
-        Outcome.SKIPPED,
-        f"--beside kvm-during not conclusive (driver hold={hold}): KVM said "
-        f"'{other.split('] ')[-1].strip()[:140]}'",
-        evidence,
-    )

@@ -12,13 +12,9 @@ import pytest
 from rig.artifacts import Artifacts, Cache
 from rig.guest.protocol import Witness, parse_lines
 from rig.model import BootEnd, BootResult, Outcome
+from rig.verdict.beside import beside_outlived, beside_setup_failure, judge_during
 from rig.verdict.crash import TRIGGER, CrashSplit, crash_teardown, split_at_crash
-from rig.verdict.witness import (
-    beside_outlived,
-    beside_setup_failure,
-    judge_during,
-    judge_witness,
-)
+from rig.verdict.witness import judge_witness
 
 HEAD = ["RIG-BEGIN run=r cell=c kernel=k", "RIG-CPU vmx=1 cpus=1 model=x", "RIG-END"]
 
