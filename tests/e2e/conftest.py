@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -60,3 +62,21 @@ def rig(tmp_path: Path) -> RigRunner:
         return RigRun(proc.returncode, out, cells, junit, runs, dt)
 
     return run
+
+
+BUSY_DECLINE = re.compile(r"if \((?P<cond>[^\n]*)\)\n(?P<ret>\s*return [^\n]*\"vmx_busy\"[^\n]*;)")
+
+
+def driver_with_busy_check(tmp_path: Path, condition: str) -> Path:
+    """A copy of driver/ whose vmx_busy refusal tests `condition` instead (1: always
+    refuse, 0: never)."""
+    copy = tmp_path / "driver"
+    shutil.copytree(REPO / "driver", copy, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*"))
+    patched = 0
+    for src in copy.glob("*.c"):
+        text, n = BUSY_DECLINE.subn(rf"if ({condition})\n\g<ret>", src.read_text())
+        if n:
+            src.write_text(text)
+            patched += n
+    assert patched == 1, "the driver's vmx_busy refusal was not found where the test looks"
+    return copy

@@ -12,17 +12,14 @@ witness, tests/e2e/test_judge_boots.py has the driver that fails it).
 
 from __future__ import annotations
 
-import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from rig.model import Outcome
-from tests.e2e.conftest import RigRunner
+from tests.e2e.conftest import RigRunner, driver_with_busy_check
 
 REPO = Path(__file__).resolve().parents[2]
-BUSY_DECLINE = re.compile(r"if \((?P<cond>[^\n]*)\)\n(?P<ret>\s*return [^\n]*\"vmx_busy\"[^\n]*;)")
 
 
 @pytest.mark.parametrize("kernel", ["6.12", "5.10"])
@@ -44,15 +41,7 @@ def test_kvm_holding_vmx_makes_the_driver_decline_and_change_nothing(
 
 
 def test_a_driver_that_ignores_kvms_vmx_fails(rig: RigRunner, tmp_path: Path) -> None:
-    copy = tmp_path / "driver"
-    shutil.copytree(REPO / "driver", copy, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*"))
-    patched = 0
-    for src in copy.glob("*.c"):
-        text, n = BUSY_DECLINE.subn(r"if (0)\n\g<ret>", src.read_text())
-        if n:
-            src.write_text(text)
-            patched += n
-    assert patched == 1, "the driver's vmx_busy refusal was not found where the test looks"
+    copy = driver_with_busy_check(tmp_path, "0")
     run = rig("--lane", "bochs", "--kernel", "6.12", "--cpu", "haswell", "--beside", "kvm",
               "--driver", str(copy))  # fmt: skip
     assert run.rc == 1, run.output[-3000:]

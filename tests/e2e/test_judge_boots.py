@@ -23,25 +23,16 @@ import pytest
 from rig.hostcheck import kvm_usable
 from rig.model import STAGES, Outcome
 from rig.runner import BOOTS_LOG
-from tests.e2e.conftest import RigRunner
+from tests.e2e.conftest import RigRunner, driver_with_busy_check
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVERS = REPO / "tests" / "drivers"
 BOCHS = ("--lane", "bochs", "--kernel", "6.12", "--cpu", "haswell")
-BUSY_DECLINE = re.compile(r"if \((?P<cond>[^\n]*)\)\n(?P<ret>\s*return [^\n]*\"vmx_busy\"[^\n]*;)")
 
 
 def test_a_driver_that_declines_without_cause_fails(rig: RigRunner, tmp_path: Path) -> None:
     """The driver's own vmx_busy refusal, forced: nothing in the run holds VMX."""
-    copy = tmp_path / "driver"
-    shutil.copytree(REPO / "driver", copy)
-    patched = 0
-    for src in copy.glob("*.c"):
-        text, n = BUSY_DECLINE.subn(r"if (1)\n\g<ret>", src.read_text())
-        if n:
-            src.write_text(text)
-            patched += n
-    assert patched == 1, "the driver's vmx_busy refusal was not found where the test looks"
+    copy = driver_with_busy_check(tmp_path, "1")
     run = rig(*BOCHS, "--driver", str(copy))
     assert run.rc == 1, run.output[-3000:]
     cell = run.cells["bochs-6.12-haswell"]
