@@ -9,7 +9,6 @@ The agent's lines: docs/contract.md section 2 (RIG-BESIDE, RIG-DURING, RIG-WITNE
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -44,19 +43,16 @@ def beside_outlived(lines: Sequence[str]) -> bool | None:
     return None if end is None else end.endswith("alive=1")
 
 
-DURING_MARK_RE = re.compile(r"rig: run=\d{1,6} step=during\b")
-
-
 def judge_during(lines: Sequence[str], hold: str | None) -> WitnessFinding:
     """--beside kvm-during: what kvm_intel did while the driver was loaded, against the mode.
 
     Hold mode (`hold=1`): the driver is in VMX operation on every CPU, so KVM must be refused
     (`enabling virtualization ... failed`, EBUSY). Window mode (`hold=0`): VMX is off outside
     the launch's IRQs-off window, so KVM must load and run its VM."""
-    start = next((i for i, ln in enumerate(lines) if DURING_MARK_RE.search(ln)), None)
-    mine = [ln for ln in lines[start or 0 :] if "RIG-DURING" in ln or ENABLE_FAILED_RE.match(ln)
+    # `lines`: all of the run's (KVM is loaded in a kvm-during run only for its visit)
+    mine = [ln for ln in lines if "RIG-DURING" in ln or ENABLE_FAILED_RE.match(ln)
             or KVM_LINE_RE.match(ln)]  # fmt: skip
-    if start is None or not any("RIG-DURING end" in ln for ln in mine):
+    if not any("RIG-DURING end" in ln for ln in mine):
         return WitnessFinding(
             Outcome.ERROR, "infrastructure: --beside kvm-during: no RIG-DURING report from KVM"
         )
@@ -131,7 +127,8 @@ def kvm_findings(
     ended: bool,
     loaded_and_done: bool,
 ) -> Findings:
-    """`loaded_and_done`: the driver's insmod succeeded and its run is over (kvm-during);
+    """`console`: all the run's lines; `loaded_and_done`: the driver's insmod succeeded and its
+    run is over (kvm-during);
     `last`/`ended`: the guest's last run, and it printed RIG-END (the witness, kvm)."""
     out = Findings()
     if arranged.beside == "kvm-during" and loaded_and_done:

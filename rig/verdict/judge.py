@@ -56,6 +56,7 @@ from rig.verdict.stages import (
     Judged,
     RunContext,
     all_stages,
+    events_note,
     judge_build,
     judge_records,
     sv,
@@ -225,7 +226,12 @@ def judge_guest(
         worst = max(range(len(per_run)), key=lambda i: (SEVERITY[per_run[i][stage].outcome], -i))
         v = per_run[worst][stage]
         if v.outcome is Outcome.PASSED and all(r[stage].outcome is v.outcome for r in per_run):
-            reason = f"{v.reason} (all {len(per_run)} runs)"
+            v = per_run[-1][stage]  # the last run's words: what came after the last rmmod too
+            words = v.reason
+            if stage == "vmcall_exit":  # the NMI/#MC exits of every run, not the last one's
+                exits = [r for r in report.records if r.stage == "exit" and r.result == "ok"]
+                words = f"VM exit with reason 0x12 (VMCALL){events_note(exits)}"
+            reason = f"{words} (all {len(per_run)} runs)"
         else:
             reason = f"run {report.runs[worst].number}: {v.reason}"
         out[stage] = sv(stage, v.outcome, reason, v.evidence)

@@ -341,7 +341,8 @@ def judge_teardown(ctx: RunContext, attempts: Sequence[Sequence[DriverRecord]]) 
     evidence.extend([*offs, *freed, *unload, *bad])
     load = next((r for r in first if r.stage == "load"), None)
     kvm = kvm_findings(
-        ctx.arranged, witness=ctx.witness, beside=ctx.beside, console=ctx.run.console.lines,
+        ctx.arranged, witness=ctx.witness, beside=ctx.beside,
+        console=(*ctx.run.console.lines, *(ctx.run.dump.lines if ctx.run.dump else ())),
         hold=load.get("hold") if load else None, last=ctx.last, ended=ctx.ended,
         loaded_and_done=insmod.rc == 0 and (finished or ctx.complete),
     )  # fmt: skip

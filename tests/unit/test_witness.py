@@ -240,4 +240,6 @@ def test_kvm_during_the_driver_is_judged_by_the_drivers_mode(
 
 def test_kvm_during_without_its_report_is_infrastructure() -> None:
     assert judge_during([MARK, RAN], "0").outcome is Outcome.ERROR
+    # the agent's lines come before the kernel's marker in the merged transcript
+    assert judge_during([RAN, "RIG-DURING end", MARK], "0").outcome is Outcome.PASSED
     assert judge_during([], "0").outcome is Outcome.ERROR
