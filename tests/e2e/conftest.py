@@ -67,9 +67,12 @@ def rig(tmp_path: Path) -> RigRunner:
 BUSY_DECLINE = re.compile(r"if \((?P<cond>[^\n]*)\)\n(?P<ret>\s*return [^\n]*\"vmx_busy\"[^\n]*;)")
 
 
+WINDOW_RECHECK = "if (cr4 & X86_CR4_VMXE) {"  # vml_window.c: the same check with IRQs off
+
+
 def driver_with_busy_check(tmp_path: Path, condition: str) -> Path:
     """A copy of driver/ whose vmx_busy refusal tests `condition` instead (1: always
-    refuse, 0: never)."""
+    refuse, 0: never; then its re-check inside the IRQs-off window goes too)."""
     copy = tmp_path / "driver"
     shutil.copytree(REPO / "driver", copy, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*"))
     patched = 0
@@ -79,4 +82,9 @@ def driver_with_busy_check(tmp_path: Path, condition: str) -> Path:
             src.write_text(text)
             patched += n
     assert patched == 1, "the driver's vmx_busy refusal was not found where the test looks"
+    if condition == "0":
+        window = copy / "vml_window.c"
+        text = window.read_text()
+        assert text.count(WINDOW_RECHECK) == 1, "the window's re-check moved"
+        window.write_text(text.replace(WINDOW_RECHECK, "if (0) {"))
     return copy
