@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from typing import IO
 import pytest
 
 from rig.artifacts import Cache, source_tarball
-from rig.guest.vm.cell import VmCellPlan, finish_vm, run_agent, started_domain
+from rig.guest.vm.cell import VmCellPlan, agent_tarball, finish_vm, run_agent, started_domain
 from rig.guest.vm.image import image_key, recipe_digest, vm_cmdline, vm_packages
 from rig.guest.vm.resources import (
     cell_key,
@@ -716,3 +717,18 @@ def test_build_in_guest_reports_a_compile_error_as_a_result(tmp_path: Path) -> N
     assert v.stages["teardown"].outcome is Outcome.SKIPPED
     no_ko = build_in_guest(BuildGuest(ko_exists=False), _driver(tmp_path), "vmlaunch", tmp_path)
     assert not no_ko.ok and "was not produced" in no_ko.log
+
+
+def test_the_vm_agent_gets_the_teardown_witness_when_planned(tmp_path: Path) -> None:
+    ko = tmp_path / "vmlaunch.ko"
+    ko.write_bytes(b"\x7fELF fake")
+    files = []
+    for name in ("irqbypass.ko", "kvm.ko", "kvm-intel.ko", "kvm-witness"):
+        (tmp_path / name).write_bytes(name.encode())
+        files.append(tmp_path / name)
+    with tarfile.open(fileobj=io.BytesIO(agent_tarball(_plan(tmp_path), ko))) as tar:
+        assert not any("witness" in n for n in tar.getnames())
+    planned = replace(_plan(tmp_path), witness=tuple(files))
+    with tarfile.open(fileobj=io.BytesIO(agent_tarball(planned, ko))) as tar:
+        names = tar.getnames()
+    assert {"./witness/kvm.ko", "./witness/kvm-intel.ko", "./witness/kvm-witness"} <= set(names)

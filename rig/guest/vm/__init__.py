@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from rig.errors import RigError
 from rig.guest.base import GuestJob, GuestRun
+from rig.guest.initramfs import witness_files
 from rig.guest.vm.cell import VmCellPlan, run_vm_cell
 from rig.guest.vm.image import VmImages
 from rig.lanes import Backend
@@ -49,6 +51,9 @@ class VmFlavour:
             repeat=job.repeat,
         )
         try:
+            if job.witness:  # the VM boots the cell's kernel package: its own KVM modules
+                kernel = job.artifacts.kernel(job.cell.kernel)
+                plan = replace(plan, witness=tuple(witness_files(job.artifacts, kernel)))
             t0 = time.monotonic()
             image = VmImages(job.artifacts.cache, job.artifacts.progress).image(job.cell.kernel)
             image_s = time.monotonic() - t0
@@ -56,4 +61,6 @@ class VmFlavour:
             vm = run_vm_cell(plan, image, lane, progress=job.artifacts.progress)
         except (RigError, OSError) as exc:
             return GuestRun(None, None, {}, error=exc)
-        return GuestRun(vm.build, vm.boot, {"image": image_s, **vm.timings})
+        return GuestRun(
+            vm.build, vm.boot, {"image": image_s, **vm.timings}, witness=bool(plan.witness)
+        )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shlex
+import shutil
 import tarfile
 import tempfile
 import time
@@ -84,6 +85,7 @@ class VmCellPlan:
     module_params: tuple[str, ...] = ()
     repeat: int = 1
     boot_to_ssh_s: float = BOOT_TO_SSH_CAP_S  # from starting the domain to sshd's banner
+    witness: tuple[Path, ...] = ()  # the teardown witness's files (the kernel's KVM modules)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,10 @@ def agent_tarball(plan: VmCellPlan, ko: Path) -> bytes:
             run_id=plan.run_id,
             cell_id=plan.cell_id,
         )
+        if plan.witness:  # the same witness as the initramfs guest's (the VM's own kernel)
+            (root / "witness").mkdir()
+            for path in plan.witness:
+                shutil.copy2(path, root / "witness" / path.name)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             tar.add(str(root), arcname=".")
