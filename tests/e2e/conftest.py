@@ -14,6 +14,7 @@ from typing import Protocol
 import pytest
 
 from rig.report import CaseResult, by_cell, read_junit
+from rig.runs import read_verdict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,6 +33,13 @@ class RigRun:
     junit: Path
     runs_dir: Path
     duration_s: float
+
+    def reasons(self, cell_id: str) -> dict[str, str]:
+        """Each stage's reason, from the cell's stored verdict (the JUnit carries a reason
+        only for a stage that did not pass)."""
+        verdict = read_verdict(next(self.runs_dir.glob(f"*/cells/{cell_id}")))
+        assert verdict is not None, f"no verdict.json for {cell_id}"
+        return {stage: v.reason for stage, v in verdict.stages.items()}
 
 
 class RigRunner(Protocol):
