@@ -57,6 +57,7 @@ def test_a_driver_that_ignores_kvms_vmx_fails(rig: RigRunner, tmp_path: Path) ->
         ("6.12", ("--param", "hold_vmx=1"), "while the driver held VMX (hold=1) KVM was refused"),
         ("5.10", (), "while the driver held VMX (hold=1) KVM was refused"),
     ],
+    ids=["6.12-window", "6.12-hold", "5.10-hold"],
 )
 def test_what_kvm_does_while_the_driver_is_loaded(
     rig: RigRunner, kernel: str, params: tuple[str, ...], words: str
