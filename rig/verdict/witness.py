@@ -15,17 +15,17 @@ from dataclasses import dataclass
 
 from rig.guest.protocol import Witness
 from rig.model import Outcome
-from rig.verdict.oops import find_oopses
+from rig.verdict.oops import KERNEL_PREFIX_RE, find_oopses
 
 BUSY = "Device_or_resource_busy"
 EBUSY = "errno=-16"
 # KVM's own word for a CPU it could not enable: vmx_hardware_enable() found CR4.VMXE set
 ENABLE_FAILED_RE = re.compile(
-    r"^\s*(?:<\d>)?\s*(?:\[\s*\d+\.\d+\]\s*)?kvm: enabling virtualization on CPU(?P<cpu>\d+) failed"
+    KERNEL_PREFIX_RE.pattern + r"kvm: enabling virtualization on CPU(?P<cpu>\d+) failed"
 )
 
 
-KVM_LINE_RE = re.compile(r"^\s*(?:<\d>)?\s*(?:\[\s*\d+\.\d+\]\s*)?kvm(?:_intel)?: ")
+KVM_LINE_RE = re.compile(KERNEL_PREFIX_RE.pattern + r"kvm(?:_intel)?: ")
 
 
 @dataclass(frozen=True)
