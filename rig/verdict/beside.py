@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from rig.guest.protocol import Witness
 from rig.model import Arranged, Outcome
+from rig.verdict.oops import kernel_message
 from rig.verdict.witness import (
     BUSY,
     EBUSY,
@@ -60,7 +61,7 @@ def judge_during(lines: Sequence[str], hold: str | None) -> WitnessFinding:
     ran = "RIG-DURING vm rc=0 " in vm and " ok " in f"{vm} "
     refused = [ln for ln in mine if ENABLE_FAILED_RE.match(ln)]
     busy = refused or EBUSY in vm.split() or any(BUSY in ln for ln in mine)
-    said = (refused[0].split("] ")[-1] if refused else vm.split(" ", 3)[-1]).strip()
+    said = kernel_message(refused[0]) if refused else vm.split(" ", 3)[-1].strip()
     evidence = tuple(mine)
     if hold == "1":
         if ran:
@@ -93,7 +94,7 @@ def judge_during(lines: Sequence[str], hold: str | None) -> WitnessFinding:
     return WitnessFinding(
         Outcome.SKIPPED,
         f"--beside kvm-during not conclusive (driver hold={hold}): KVM said "
-        f"'{other.split('] ')[-1].strip()[:140]}'",
+        f"'{kernel_message(other)[:140]}'",
         evidence,
     )
 

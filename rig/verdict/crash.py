@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from rig.model import BootEnd, BootResult, Outcome, StageVerdict
 from rig.verdict.grammar import parse_driver_line
-from rig.verdict.oops import find_oopses
+from rig.verdict.oops import find_oopses, kernel_message
 
 CRASH_MARK_RE = re.compile(r"rig: run=\d{1,6} step=crash\b")
 TRIGGER = "RIG-CRASH trigger"
@@ -84,6 +84,6 @@ def crash_teardown(split: CrashSplit, boot: BootResult) -> StageVerdict:
     return StageVerdict(
         "teardown", Outcome.FAILED,
         f"after sysrq c with the driver loaded ({mode}) {why}"
-        + (f": {seen[0].split('] ')[-1][:140]}" if seen else ""),
+        + (f": {kernel_message(seen[0])[:140]}" if seen else ""),
         evidence,
     )  # fmt: skip

@@ -29,6 +29,12 @@ OOPS_TRIGGERS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+def kernel_message(line: str) -> str:
+    """A kernel line's message: without its `<level>`, its `[timestamp]` and outer blanks."""
+    start = KERNEL_PREFIX_RE.match(line)
+    return line[start.end() if start else 0 :].strip()
+
+
 def oops_kind(line: str) -> str | None:
     """The kind of kernel trouble a line starts, or None."""
     start = KERNEL_PREFIX_RE.match(line)

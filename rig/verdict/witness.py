@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from rig.guest.protocol import Witness
 from rig.model import Outcome
-from rig.verdict.oops import KERNEL_PREFIX_RE, find_oopses
+from rig.verdict.oops import KERNEL_PREFIX_RE, find_oopses, kernel_message
 
 BUSY = "Device_or_resource_busy"
 EBUSY = "errno=-16"
@@ -56,7 +56,7 @@ def judge_witness(w: Witness | None, *, ended: bool) -> WitnessFinding | None:
     oopses = [o for o in found if o.kind != "warning"]
     note = ""
     if warned:
-        note = f"; the kernel warned meanwhile: {warned[0].first.split('] ')[-1][:120]}"
+        note = f"; the kernel warned meanwhile: {kernel_message(warned[0].first)[:120]}"
         evidence = (*evidence, warned[0].first)
     if oopses:
         return WitnessFinding(
@@ -71,7 +71,7 @@ def judge_witness(w: Witness | None, *, ended: bool) -> WitnessFinding | None:
     refused = [m for ln in w.lines if (m := ENABLE_FAILED_RE.match(ln))]
     if refused or (failed is not None and failed.module == "kvm-intel" and failed.error == BUSY):
         cpus = sorted({int(m["cpu"]) for m in refused})
-        said = f"'{refused[0].string.split('] ')[-1]}'" if refused else "Device or resource busy"
+        said = f"'{kernel_message(refused[0].string)}'" if refused else "Device or resource busy"
         where = f" on CPU {', '.join(map(str, cpus))}" if cpus else ""
         return WitnessFinding(
             Outcome.FAILED,
@@ -87,7 +87,7 @@ def judge_witness(w: Witness | None, *, ended: bool) -> WitnessFinding | None:
             return WitnessFinding(
                 Outcome.SKIPPED,
                 "teardown witness not applicable: kvm_intel refuses this CPU model "
-                f"('{said.split('] ')[-1].strip()[:160]}')",
+                f"('{kernel_message(said)[:160]}')",
                 (*evidence, said),
             )
         return WitnessFinding(

@@ -361,3 +361,18 @@ def test_kernel_trouble_words_inside_a_modules_chatter_are_no_oops() -> None:
     assert oops_kind("[    3.1] general protection fault, probably for non-canonical") == "gpf"
     assert oops_kind("<4>[   20.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s!") == "bug"
     assert oops_kind("[   20.0] Oops: 0000 [#1] PREEMPT SMP NOPTI") == "oops"
+
+
+@given(
+    level=st.sampled_from(["", "<4>", "<6> "]),
+    stamp=st.floats(min_value=0, max_value=99999, allow_nan=False).map(lambda t: f"[{t:12.6f}] "),
+    message=st.text(st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=60),
+)
+def test_a_kernel_message_is_the_line_without_its_level_and_timestamp(
+    level: str, stamp: str, message: str
+) -> None:
+    """Reasons quote KVM's and the kernel's words; a message that itself holds '] ' (e.g.
+    'Oops: 0000 [#1] SMP') is quoted whole, not cut at its own bracket."""
+    from rig.verdict.oops import kernel_message
+
+    assert kernel_message(f"{level}{stamp}{message}") == message.strip()
