@@ -176,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rig: interrupted", file=sys.stderr)
         return int(ExitCode.INFRA)
+    except BrokenPipeError:  # the reader went away (`rig doctor | head`): as a SIGPIPE death
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except Exception:  # a bug of the rig or an unforeseen environment: never "a check failed"
         traceback.print_exc()
         print("rig: internal error (the traceback above); this is not a verdict on the driver",

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from rig.artifacts import EMBED_KIND, HOST_TOOLS, Artifacts, Cache, default_cache_root
+from rig.artifacts import EMBED_KIND, HOST_FILES, HOST_TOOLS, Artifacts, Cache, default_cache_root
 from rig.errors import ExitCode, UsageError
 from rig.hostcheck import kvm_usable
 from rig.lanes import backend_for
@@ -145,9 +145,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print("host:")
     kvm = kvm_usable()
     print(f"  usable KVM with nested VMX: {'yes' if kvm is None else 'no: ' + kvm}")
-    for tool, (package, purpose) in sorted(HOST_TOOLS.items()):
-        where = shutil.which(tool)
-        print(f"  {tool:14} {'ok' if where else 'MISSING (apt-get install ' + package + ')'}"
+    found = [(tool, shutil.which(tool) is not None, *what) for tool, what in HOST_TOOLS.items()]
+    found += [(str(path), path.exists(), *what) for path, what in HOST_FILES.items()]
+    for name, ok, package, purpose in sorted(found):
+        print(f"  {name:14} {'ok' if ok else 'MISSING (apt-get install ' + package + ')'}"
               f"  [{purpose}]")  # fmt: skip
     for name in args.lane:
         if name not in matrix.lanes:

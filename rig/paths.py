@@ -33,6 +33,7 @@ GUESTS_DIR = PROJECT_ROOT / "guests"
 DEFAULT_DRIVER = PROJECT_ROOT / "driver"
 DEFAULT_MATRIX = PROJECT_ROOT / "matrix.yaml"
 BUSYBOX = Path("/bin/busybox")  # busybox-static: the initramfs guests' userland
+KEXEC = Path("/usr/sbin/kexec")  # kexec-tools: the crash path's kexec -p, run in the guest
 
 
 def version() -> str:

@@ -31,9 +31,11 @@ from rig.artifacts.module import (
     tree_digest,
 )
 from rig.artifacts.steps import (
+    HOST_FILES,
     HOST_TOOLS,
     in_root,
     ldd_paths,
+    require_file,
     require_tool,
     run_step,
     with_libraries,
@@ -62,6 +64,7 @@ class Artifacts:
 
 __all__ = [
     "EMBED_KIND",
+    "HOST_FILES",
     "HOST_TOOLS",
     "KVM_MODULES",
     "Artifacts",
@@ -75,6 +78,7 @@ __all__ = [
     "ldd_paths",
     "module_name",
     "module_sources",
+    "require_file",
     "require_tool",
     "run_step",
     "slot_in_use",

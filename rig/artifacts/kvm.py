@@ -18,8 +18,8 @@ import tarfile
 from pathlib import Path
 
 from rig.artifacts.cache import Cache, Progress, digest
-from rig.artifacts.steps import in_root, run_step
-from rig.errors import InfraError, ToolMissing
+from rig.artifacts.steps import in_root, require_tool, run_step
+from rig.errors import InfraError
 from rig.model import KernelArtifacts
 from rig.paths import GUESTS_DIR
 
@@ -125,9 +125,7 @@ def _compiler_version(gcc: str) -> str:
 
 def witness_program(cache: Cache, progress: Progress) -> Path:
     """guests/witness/kvm-witness, built static on the host (cached by source and compiler)."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise ToolMissing("gcc", "gcc libc6-dev", "building the teardown witness (kvm-witness)")
+    gcc = require_tool("gcc")
     source = WITNESS_SOURCE.read_text()
     key = digest("kvm-witness", source, _compiler_version(gcc))
     with cache.building("witness", key) as (final, tmp):

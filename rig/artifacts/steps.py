@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rig.errors import InfraError, ToolMissing
+from rig.paths import BUSYBOX, KEXEC
 
 HOST_TOOLS: dict[str, tuple[str, str]] = {
     # tool: (Debian package, what for)
@@ -19,6 +20,12 @@ HOST_TOOLS: dict[str, tuple[str, str]] = {
     "unshare": ("util-linux", "isolating builds and emulators"),
     "grub-mkrescue": ("grub-common grub-pc-bin xorriso mtools", "making the Bochs boot ISO"),
     "xorriso": ("xorriso", "making the Bochs boot ISO"),
+    "gcc": ("gcc libc6-dev", "building the teardown witness (kvm-witness, static)"),
+}
+# Host files copied into guests, at fixed paths (they are not looked up in PATH)
+HOST_FILES: dict[Path, tuple[str, str]] = {
+    BUSYBOX: ("busybox-static", "the initramfs guests' and the nested lane's L1 userland"),
+    KEXEC: ("kexec-tools", "the crash-path run (--crash)"),
 }
 
 
@@ -27,6 +34,14 @@ def require_tool(tool: str) -> str:
     if path is None:
         package, purpose = HOST_TOOLS.get(tool, (tool, "the rig"))
         raise ToolMissing(tool, package, purpose)
+    return path
+
+
+def require_file(path: Path) -> Path:
+    """A host file of HOST_FILES that a guest gets a copy of; ToolMissing when absent."""
+    if not path.exists():
+        package, purpose = HOST_FILES.get(path, (path.name, "the rig"))
+        raise ToolMissing(path.name, package, purpose)
     return path
 
 

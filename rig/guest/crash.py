@@ -14,12 +14,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from rig.artifacts import with_libraries, write_cpio
-from rig.errors import ToolMissing
+from rig.artifacts import require_file, with_libraries, write_cpio
 from rig.model import KernelArtifacts
-from rig.paths import BUSYBOX, GUESTS_DIR
+from rig.paths import BUSYBOX, GUESTS_DIR, KEXEC
 
-KEXEC = Path("/usr/sbin/kexec")
 CRASH_KERNEL_MIB = 160  # crashkernel= of the first kernel: the crash kernel runs in it
 CRASH_CMDLINE = "console=ttyS0,115200 loglevel=4 panic=-1 nr_cpus=1 reset_devices irqpoll"
 DRAIN = GUESTS_DIR / "lib/drain.sh"
@@ -28,9 +26,7 @@ DRAIN_AT = "lib/rig-drain.sh"  # where the guests' /init scripts source it
 
 def add_crash_kernel(root: Path, kernel: KernelArtifacts, workdir: Path) -> None:
     """Put kexec (with its libraries, at their own paths) and the crash kernel into root."""
-    if not KEXEC.exists():
-        raise ToolMissing("kexec", "kexec-tools", "the crash-path run (--crash)")
-    for path in with_libraries(KEXEC):
+    for path in with_libraries(require_file(KEXEC)):
         target = root / path.relative_to("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)  # the file a symlink names, under the link's name

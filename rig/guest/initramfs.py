@@ -14,8 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rig.artifacts import KVM_MODULES, Artifacts, require_tool, write_cpio
-from rig.errors import InfraError, RigError, ToolMissing
+from rig.artifacts import KVM_MODULES, Artifacts, require_file, require_tool, write_cpio
+from rig.errors import InfraError, RigError
 from rig.guest.base import GuestJob, GuestRun
 from rig.guest.crash import CRASH_KERNEL_MIB, DRAIN, DRAIN_AT, add_crash_kernel
 from rig.lanes import Backend
@@ -77,8 +77,7 @@ def initramfs_image(
     kernel's KVM modules and kvm-witness) make the agent run the teardown witness.
     """
     require_tool("cpio")
-    if not BUSYBOX.exists():
-        raise ToolMissing("busybox", "busybox-static", "the initramfs guest")
+    require_file(BUSYBOX)
     for arg in kernel_args:
         check_kernel_arg(arg)
     root = workdir / "initramfs"

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rig.artifacts import Artifacts, Progress, with_libraries, write_cpio
+from rig.artifacts import Artifacts, Progress, require_file, with_libraries, write_cpio
 from rig.errors import ToolMissing
 from rig.model import KernelArtifacts, KernelSpec
 from rig.paths import BUSYBOX, GUESTS_DIR
@@ -76,8 +76,7 @@ def build_l1(
 ) -> L1Image:
     """The cached L1 image for kernel `spec` (built under the key's lock when missing); with
     `libvirt`, it also holds virsh and libvirt's embedded QEMU driver."""
-    if not BUSYBOX.exists():
-        raise ToolMissing("busybox", "busybox-static", "the nested lane's L1")
+    require_file(BUSYBOX)
     for rom in ROMS.values():
         if not rom.exists():
             raise ToolMissing(str(rom), "qemu-system-x86 seabios", "the nested lane's L2")

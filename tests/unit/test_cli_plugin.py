@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from rig.artifacts import HOST_FILES, HOST_TOOLS, require_file
+from rig.errors import ExitCode, ToolMissing
 from rig.model import Outcome
 from rig.report import by_cell, read_junit
 
@@ -76,6 +81,38 @@ def test_doctor_reports_every_lane(tmp_path: Path) -> None:
     p = rig("doctor", cwd=tmp_path)
     assert "bochs" in p.stdout and "tcg" in p.stdout
     assert "usable KVM" in p.stdout
+    for tool, (package, _purpose) in HOST_TOOLS.items():
+        assert re.search(rf"^  {re.escape(tool)} +ok  \[", p.stdout, re.M) or (
+            f"MISSING (apt-get install {package})" in p.stdout
+        ), tool
+    for path in HOST_FILES:
+        assert f"  {path} " in p.stdout, path
+
+
+def test_a_missing_host_file_names_its_package_and_purpose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ToolMissing) as raised:
+        require_file(tmp_path / "kexec")
+    assert raised.value.exit_code is ExitCode.INFRA and "kexec" in raised.value.render()
+    for path, (package, purpose) in list(HOST_FILES.items()):
+        gone = tmp_path / path.name  # the same entry, at a path that does not exist
+        monkeypatch.setitem(HOST_FILES, gone, (package, purpose))
+        with pytest.raises(ToolMissing) as raised:
+            require_file(gone)
+        said = raised.value.render()
+        assert package in said and purpose in said, said
+
+
+def test_a_reader_that_goes_away_is_a_sigpipe_exit_not_an_internal_error(tmp_path: Path) -> None:
+    (tmp_path / "matrix.yaml").write_text(SKIP_ONLY)
+    proc = subprocess.Popen([sys.executable, "-m", "rig", "doctor"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the rig has printed anything (it is still importing)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "internal error" not in err and "Traceback" not in err
 
 
 def test_html_report_escapes_and_covers_every_cell(tmp_path: Path) -> None:
