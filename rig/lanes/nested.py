@@ -179,7 +179,7 @@ def judge_levels(watch: ConsoleWatch, l1_console: str, l2_console: str, bochs_lo
         return Ending(BootEnd.POWEROFF, f"guest powered off (L2, under KVM in L1{lost})")
     qemu_said = [f[len("qemu: ") :] for f in said if f.startswith("qemu: ")]
     if not l2_console.strip():
-        # QEMU refused to start L2 at all: a missing CPU feature (enforce), KVM, ROMs
+        # QEMU refused to start L2 at all: an unknown model, KVM, the ROMs
         return Ending(BootEnd.EMULATOR, f"nested: QEMU in L1 did not start L2 ({exited}): "
                                         + " | ".join(qemu_said[-4:]))  # fmt: skip
     # A reset L2's kernel did not ask for (KVM's shutdown exit) and QEMU failing look alike
