@@ -30,6 +30,8 @@ LOG_FILES: dict[str, str] = {
     "build": "build.log",  # the driver's build
     "bochs": "bochs.log",  # the Bochs emulator's log
     "libvirt": "libvirt-child.log",  # the libvirt child's log (libvirt lanes)
+    "l1_console": "l1-console.txt",  # the nested lanes' L1 (the KVM host inside Bochs): its console
+    "l1_facts": "nested-facts.txt",  # its RIG-L1 facts: preflight, QEMU's dropped features
     "verdict": "verdict.json",  # the cell's judged verdict, every stage with its evidence
 }
 """The per-cell files of `runs/<run-id>/cells/<cell-id>/` that reports link and CI uploads."""

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rig.report.shape import LOG_FILES
+
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 
@@ -117,3 +119,14 @@ def test_workflow_hygiene() -> None:
             for step in job.get("steps", []):
                 if "actions/checkout@" in step.get("uses", ""):
                     assert step["with"]["persist-credentials"] is False, (wf.name, name)
+
+
+def test_the_nightly_uploads_every_log_a_report_links() -> None:
+    """A triager opens the page's links in the shard's artifact: each kind of cell log the
+    report knows (rig/report/shape.py LOG_FILES) must be among the uploaded paths."""
+    nightly = yaml.safe_load((REPO / ".github" / "workflows" / "nightly.yml").read_text())
+    upload = next(s for s in nightly["jobs"]["shard"]["steps"]
+                  if "upload-artifact@" in s.get("uses", ""))  # fmt: skip
+    paths = set(upload["with"]["path"].split())
+    for kind, name in LOG_FILES.items():
+        assert f"rig-runs/*/cells/*/{name}" in paths, (kind, name)
