@@ -148,7 +148,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     found = [(tool, shutil.which(tool) is not None, *what) for tool, what in HOST_TOOLS.items()]
     found += [(str(path), path.exists(), *what) for path, what in HOST_FILES.items()]
     for name, ok, package, purpose in sorted(found):
-        print(f"  {name:14} {'ok' if ok else 'MISSING (apt-get install ' + package + ')'}"
+        print(f"  {name:16} {'ok' if ok else 'MISSING (apt-get install ' + package + ')'}"
               f"  [{purpose}]")  # fmt: skip
     for name in args.lane:
         if name not in matrix.lanes:
