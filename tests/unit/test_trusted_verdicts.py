@@ -53,6 +53,9 @@ CPUS = {
     ),
     "generic": CpuSpec("generic", {"bochs": "bx_generic"}),
     "icelake": CpuSpec("icelake", {"bochs": "corei7_icelake_u"}),
+    "skylake": CpuSpec(
+        "skylake", {"bochs": "corei7_skylake_x", "nested": "Skylake-Server-noTSX-IBRS"}
+    ),
     "penryn": CpuSpec(
         "penryn", {"bochs": "core2_penryn_t9600", "tcg": "Penryn", "nested": "Penryn"}
     ),
