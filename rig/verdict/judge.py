@@ -56,7 +56,7 @@ from rig.verdict.stages import (
     Judged,
     RunContext,
     all_stages,
-    events_note,
+    exit_reason,
     judge_build,
     judge_records,
     sv,
@@ -230,7 +230,7 @@ def judge_guest(
             words = v.reason
             if stage == "vmcall_exit":  # the NMI/#MC exits of every run, not the last one's
                 exits = [r for r in report.records if r.stage == "exit" and r.result == "ok"]
-                words = f"VM exit with reason 0x12 (VMCALL){events_note(exits)}"
+                words = exit_reason(exits)
             reason = f"{words} (all {len(per_run)} runs)"
         else:
             reason = f"run {report.runs[worst].number}: {v.reason}"

@@ -263,11 +263,16 @@ def judge_exit(ctx: RunContext, first: Sequence[DriverRecord], vmlaunch: Judged)
                 r.raw,
             )
     if exits:
-        return sv("vmcall_exit", Outcome.PASSED, "VM exit with reason 0x12 (VMCALL)" +
-                  events_note(exits), evidence_of([*exits, *infos]))  # fmt: skip
+        return sv("vmcall_exit", Outcome.PASSED, exit_reason(exits),
+                  evidence_of([*exits, *infos]))  # fmt: skip
     if ctx.complete:
         return sv("vmcall_exit", Outcome.FAILED, "the driver printed no 'exit' line")
     return None
+
+
+def exit_reason(exits: Sequence[DriverRecord]) -> str:
+    """The passing vmcall_exit reason for these `exit ok` lines (of one run or of several)."""
+    return "VM exit with reason 0x12 (VMCALL)" + events_note(exits)
 
 
 def events_note(exits: Sequence[DriverRecord]) -> str:
