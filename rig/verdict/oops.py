@@ -29,16 +29,20 @@ OOPS_TRIGGERS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+def _message_at(line: str) -> int:
+    """Where a kernel line's message starts: after its `<level>` and `[timestamp]`."""
+    start = KERNEL_PREFIX_RE.match(line)
+    return start.end() if start else 0
+
+
 def kernel_message(line: str) -> str:
     """A kernel line's message: without its `<level>`, its `[timestamp]` and outer blanks."""
-    start = KERNEL_PREFIX_RE.match(line)
-    return line[start.end() if start else 0 :].strip()
+    return line[_message_at(line) :].strip()
 
 
 def oops_kind(line: str) -> str | None:
     """The kind of kernel trouble a line starts, or None."""
-    start = KERNEL_PREFIX_RE.match(line)
-    at = start.end() if start else 0
+    at = _message_at(line)
     return next((k for k, rx in OOPS_TRIGGERS if rx.match(line, at)), None)
 
 
