@@ -19,7 +19,8 @@ from rig.errors import UsageError
 from rig.matrix.select import Matrix, parse_shard, shard
 from rig.model import Cell
 
-PARAM_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}=[A-Za-z0-9_.,-]{0,128}$")
+# Validators use fullmatch: `$` after re.match also accepts a trailing "\n" (a second line).
+PARAM_RE = re.compile(r"[a-z][a-z0-9_]{0,63}=[A-Za-z0-9_.,-]{0,128}")
 KERNEL_ARG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=/-]{0,127}")
 GUESTS = ("initramfs", "vm")
 INJECTABLE = ("nmi", "mce")
@@ -38,7 +39,7 @@ def check_kernel_arg(arg: str, what: str = "kernel argument") -> str:
 
 def check_param(param: str) -> str:
     """A module parameter `name=value` (letters, digits, _ . , - only)."""
-    if not PARAM_RE.match(param):
+    if not PARAM_RE.fullmatch(param):
         raise UsageError(
             f"module parameter {param!r} is not of the form name=value",
             fix="e.g. --param break_field=host_addr_space_size (letters, digits, _ . , - only)",

@@ -34,13 +34,13 @@ BOCHS_BIN = "bochs-bin"
 BIOS = Path("/usr/share/bochs/BIOS-bochs-latest")
 VGABIOS = Path("/usr/share/bochs/VGABIOS-lgpl-latest")
 SEABIOS = Path("/usr/share/seabios/bios.bin")  # leaves IA32_FEATURE_CONTROL unlocked
-_MODEL_RE = re.compile(r"^[a-z0-9_]{1,40}$")
+_MODEL_RE = re.compile(r"[a-z0-9_]{1,40}")  # fullmatch: no trailing newline
 _LOG_KEEP = re.compile(r"VMFAIL|VMENTER|VMEXIT FAIL|PANIC|triple fault|>>PANIC<<|\[CPU0  \] e")
 
 
 def bochsrc(spec: BootSpec, iso: Path, console: Path, agent: Path, log: Path) -> str:
     """The Bochs configuration for one boot. Every value is checked, nothing user-typed leaks."""
-    if not _MODEL_RE.match(spec.cpu_model):
+    if not _MODEL_RE.fullmatch(spec.cpu_model):
         raise InfraError(f"not a Bochs CPU model name: {spec.cpu_model!r}")
     for p in (iso, console, agent, log):
         if '"' in str(p) or "\n" in str(p):

@@ -26,21 +26,22 @@ from pydantic import (
 
 from rig.matrix.source import Document, Path_, describe
 
+# Every pattern is used with fullmatch (`$` after match would accept a trailing newline).
 # Lane and CPU names are plain identifiers (no '-'), so that the cell id
 # "<lane>-<kernel>-<cpu>" splits back unambiguously and two cells never share an id.
-_IDENT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
-_KERNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
-_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_SUITE_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
-_ABI_RE = re.compile(r"^[a-z0-9][a-z0-9.+~-]{0,127}$")
-_DEBVER_RE = re.compile(r"^(?:[0-9]{1,5}:)?[0-9][A-Za-z0-9.+~-]{0,127}$")
-_MIRROR_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?$")
-_URI_RE = re.compile(r"^[a-z+]+://[^\s'\"`$;&|<>\\]*$")
+_IDENT_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+_KERNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SUITE_RE = re.compile(r"[a-z][a-z0-9-]{0,63}")
+_ABI_RE = re.compile(r"[a-z0-9][a-z0-9.+~-]{0,127}")
+_DEBVER_RE = re.compile(r"(?:[0-9]{1,5}:)?[0-9][A-Za-z0-9.+~-]{0,127}")
+_MIRROR_RE = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?")
+_URI_RE = re.compile(r"[a-z+]+://[^\s'\"`$;&|<>\\]*")
 
 
 def _checker(regex: re.Pattern[str], what: str, expected: str) -> AfterValidator:
     def check(value: str) -> str:
-        if not regex.match(value):
+        if not regex.fullmatch(value):
             raise ValueError(f"{what} {value!r} is not valid; expected {expected}")
         return value
 
@@ -66,7 +67,7 @@ Reason = Annotated[str, AfterValidator(lambda v: _reason(v))]
 
 
 def _model_name(value: str) -> str:
-    if value and not _MODEL_RE.match(value):
+    if value and not _MODEL_RE.fullmatch(value):
         raise ValueError(
             f"CPU model {value!r} is not valid; expected a model name of letters, digits, "
             "'.', '_', '-' (or \"\" for none)"
@@ -75,7 +76,7 @@ def _model_name(value: str) -> str:
 
 
 def _deb_version(value: str) -> str:
-    if value and not _DEBVER_RE.match(value):
+    if value and not _DEBVER_RE.fullmatch(value):
         raise ValueError(
             f"version {value!r} is not valid; expected a Debian version like 6.12.117-1 "
             '(or "" for the newest)'
@@ -84,7 +85,7 @@ def _deb_version(value: str) -> str:
 
 
 def _uri(value: str) -> str:
-    if value and not _URI_RE.match(value):
+    if value and not _URI_RE.fullmatch(value):
         raise ValueError(f"uri {value!r} is not valid; expected a libvirt URI like qemu:///system")
     return value
 

@@ -157,7 +157,7 @@ class Matrix:
 
 
 # --------------------------------------------------------------------------- shards
-_SHARD_RE = re.compile(r"^\s*(\d{1,6})\s*/\s*(\d{1,6})\s*$")
+_SHARD_RE = re.compile(r"\s*(\d{1,6})\s*/\s*(\d{1,6})\s*")
 _SHARD_FIX = "write the shard as I/N with 1 <= I <= N, e.g. 1/4 for the first of four"
 
 
@@ -171,7 +171,7 @@ def _check_shard(index: int, count: int, spec: str) -> None:
 
 def parse_shard(spec: str) -> tuple[int, int]:
     """'2/4' -> (2, 4): the second of four shards. UsageError (exit 2) for anything else."""
-    m = _SHARD_RE.match(spec)
+    m = _SHARD_RE.fullmatch(spec)
     if m is None:
         raise UsageError(f"shard {spec!r} is not of the form I/N", fix=_SHARD_FIX)
     index, count = int(m[1]), int(m[2])

@@ -62,6 +62,39 @@ def test_every_option_is_checked_first(tmp_path: Path, args: list[str], words: s
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ('"6.12": {suite', '"6.12\\n": {suite', "kernel name '6.12\\n' is not valid"),
+        ("{bochs: corei7_haswell_4770}", '{bochs: "corei7_haswell_4770\\n"}',
+         "CPU model 'corei7_haswell_4770\\n' is not valid"),
+    ],
+)  # fmt: skip
+def test_a_name_with_a_trailing_newline_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, words: str
+) -> None:
+    """L3: such a model once reached `rig matrix --json` (and would split the bochsrc's cpu:)."""
+    assert old in SKIP_ONLY
+    (tmp_path / "m.yaml").write_text(SKIP_ONLY.replace(old, new))
+    assert cli.main(["matrix", "--matrix", str(tmp_path / "m.yaml"), "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert words in err and "m.yaml:" in err, err
+    assert "corei7_haswell_4770\\n" not in out
+
+
+def test_a_module_parameter_with_a_trailing_newline_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """L3: `hold_vmx=1\\n` once passed and wrote a second line into the agent's plan."""
+    cache = tmp_path / "cache"
+    got = cli.main(["run", "--lane", "bochs", "--kernel", "6.12", "--cpu", "haswell",
+                    "--param", "hold_vmx=1\n", "--cache", str(cache),
+                    "--runs-dir", str(tmp_path / "r")])  # fmt: skip
+    assert got == 2
+    assert "'hold_vmx=1\\n' is not of the form name=value" in capsys.readouterr().err
+    assert not cache.exists()
+
+
 def test_a_required_lane_the_selection_does_not_run_is_exit_2(tmp_path: Path) -> None:
     p = rig("run", "--lane", "bochs", "--require-lane", "tcg", "--runs-dir", str(tmp_path),
             cwd=REPO)  # fmt: skip

@@ -187,6 +187,28 @@ def test_names_must_be_plain(bad: str, where: str, words: str) -> None:
     assert any(p.startswith(f"{where}: {words} is not valid") for p in found), found
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ('"6.1": {', '"6.1\\n": {', "kernel name '6.1\\n' is not valid"),
+        ("bochs: corei7_haswell_4770", 'bochs: "corei7_haswell_4770\\n"',
+         "CPU model 'corei7_haswell_4770\\n' is not valid"),
+        ("abi: \"6.1.0-44-amd64\"", 'abi: "6.1.0-44-amd64\\n"', "abi '6.1.0-44-amd64\\n'"),
+        ("suite: trixie", 'suite: "trixie\\n"', "suite 'trixie\\n' is not valid"),
+        ("penryn: {", '"penryn\\n": {', "CPU name 'penryn\\n' is not valid"),
+        ("domain_type: qemu}", 'domain_type: qemu, uri: "qemu:///system\\n"}',
+         "uri 'qemu:///system\\n' is not valid"),
+    ],
+)  # fmt: skip
+def test_a_trailing_newline_is_not_part_of_a_name(old: str, new: str, words: str) -> None:
+    """L3: `^...$` with re.match took "6.1\\n"; the schema uses fullmatch (exit 2, located)."""
+    assert old in GOOD
+    with pytest.raises(MatrixFileError) as info:
+        parse_matrix(GOOD.replace(old, new, 1), "m.yaml")
+    assert info.value.exit_code == ExitCode.USAGE
+    assert any(words in p.render() for p in info.value.problems), info.value.problems
+
+
 def test_duplicate_keys_are_detected_on_the_node_tree() -> None:
     text = GOOD.replace(
         "  haswell: {bochs: corei7_haswell_4770}\n",
