@@ -15,7 +15,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -227,7 +227,9 @@ class LibvirtBackend:
     require_vmx: bool = False
     firmware_step: bool = False  # direct kernel boot: no firmware step of ours
     injects: frozenset[str] = frozenset()
-    embed_pool: Path = Path("/var/tmp/vmlaunch-rig-embed")
+    # the embedded libvirt roots: required (every caller passes <cache>/libvirt-embed); no
+    # shared default under /var/tmp that another user could prepare
+    embed_pool: Path = field(kw_only=True)
 
     def unavailable(self) -> str | None:
         try:

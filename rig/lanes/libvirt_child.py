@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from rig.errors import InfraError
 from rig.lanes.base import ConsoleWatch, watch_console
 from rig.model import BootEnd
 
@@ -77,6 +78,38 @@ def event_loop(libvirt: Any) -> Iterator[None]:
         stop.set()
 
 
+def _refuse_symlink(path: Path) -> None:
+    """A slot (or its etc/, its qemu.conf) that is a symlink: never write through it."""
+    if path.is_symlink():
+        raise InfraError(
+            f"embedded libvirt root: {path} is a symlink; the rig never writes through one "
+            f"(remove the link: rm {path})"
+        )
+
+
+def _open_nofollow(path: Path, flags: int) -> int:
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if path.is_symlink():
+            _refuse_symlink(path)
+        raise InfraError(f"embedded libvirt root: cannot open {path}: {exc}") from exc
+
+
+def _write_conf(root: Path) -> None:
+    """root/etc/qemu.conf, written only as a real file in a real directory of the slot."""
+    etc = root / "etc"
+    _refuse_symlink(etc)
+    with contextlib.suppress(FileExistsError):
+        etc.mkdir()
+    _refuse_symlink(etc)
+    conf = etc / "qemu.conf"
+    _refuse_symlink(conf)
+    fd = _open_nofollow(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(qemu_conf())
+
+
 @contextlib.contextmanager
 def embed_slot(pool: Path, slots: int = 64) -> Iterator[Path]:
     """Lock one embedded-driver root of the pool (one process per root at a time).
@@ -86,8 +119,11 @@ def embed_slot(pool: Path, slots: int = 64) -> Iterator[Path]:
     pool.mkdir(parents=True, exist_ok=True)
     for i in range(slots):
         root = pool / f"slot-{i}"
-        root.mkdir(exist_ok=True)
-        fd = os.open(root / "rig.lock", os.O_WRONLY | os.O_CREAT, 0o644)
+        _refuse_symlink(root)
+        with contextlib.suppress(FileExistsError):
+            root.mkdir()
+        _refuse_symlink(root)
+        fd = _open_nofollow(root / "rig.lock", os.O_WRONLY | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -98,8 +134,11 @@ def embed_slot(pool: Path, slots: int = 64) -> Iterator[Path]:
         # then. This process is one boot's child: its exit releases both at once (a slot let go
         # earlier was taken by the next child while the driver still held it: "Failed to
         # acquire pid file", seen when a worker was killed mid-boot).
-        (root / "etc").mkdir(exist_ok=True)
-        (root / "etc/qemu.conf").write_text(qemu_conf())
+        try:
+            _write_conf(root)
+        except BaseException:
+            os.close(fd)
+            raise
         yield root
         return
     raise RuntimeError(f"all {slots} embedded libvirt roots under {pool} are busy")

@@ -94,3 +94,41 @@ def test_whatever_is_accepted_never_ends_a_line(
     if accepts(validator, value):
         assert "\n" not in value and "\r" not in value, (name, value)
         assert not accepts(validator, value + "\n"), (name, value)
+
+
+# --------------------------------------------------------------------------- L5: embed pool
+def test_the_embedded_pool_has_no_default_under_var_tmp() -> None:
+    from rig.lanes.libvirt import LibvirtBackend
+
+    with pytest.raises(TypeError, match="embed_pool"):
+        LibvirtBackend(name="tcg")  # type: ignore[call-arg]
+    pool = Path("/cache/libvirt-embed")
+    assert LibvirtBackend(name="tcg", embed_pool=pool).embed_pool == pool
+
+
+def test_embed_slot_writes_its_config_into_a_real_slot(tmp_path: Path) -> None:
+    from rig.lanes.libvirt_child import embed_slot, qemu_conf
+
+    with embed_slot(tmp_path / "pool") as root:
+        assert root == tmp_path / "pool" / "slot-0"
+        assert (root / "etc" / "qemu.conf").read_text() == qemu_conf()
+
+
+@pytest.mark.parametrize(
+    "link", ["slot-0", "slot-0/etc", "slot-0/etc/qemu.conf", "slot-0/rig.lock"]
+)
+def test_embed_slot_never_writes_through_a_symlink(tmp_path: Path, link: str) -> None:
+    from rig.lanes.libvirt_child import embed_slot
+
+    pool, victim = tmp_path / "pool", tmp_path / "victim"
+    victim.mkdir()
+    (victim / "qemu.conf").write_text("the victim's own\n")
+    target = victim / "qemu.conf" if link.endswith("qemu.conf") else victim
+    target = victim / "planted.lock" if link.endswith("rig.lock") else target
+    (pool / link).parent.mkdir(parents=True, exist_ok=True)
+    (pool / link).symlink_to(target)
+    refused = pytest.raises(InfraError, match="is a symlink; the rig never writes through one")
+    with refused, embed_slot(pool):
+        pass
+    assert sorted(p.name for p in victim.iterdir()) == ["qemu.conf"]
+    assert (victim / "qemu.conf").read_text() == "the victim's own\n"
