@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rig.errors import ExitCode, UsageError
 from rig.model import SEVERITY, Outcome
-from rig.report.bundle import attach_logs
+from rig.report.bundle import DEFAULT_RUNS_DIR, attach_logs
 from rig.report.cells import BAD, CellReport, Status, cells_of, missing_cell
 from rig.report.compare import Delta, Snapshot, compare, counts, snapshots
 from rig.report.history import Night, dump, flakiness, load
@@ -88,6 +88,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-copy-logs",
         action="store_true",
         help="link the logs where they are (file:// URIs) instead of copying them",
+    )
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=DEFAULT_RUNS_DIR,
+        metavar="DIR",
+        help="`rig run --runs-dir`: cell logs are read from under it or under the JUnit "
+        "file's directory, nowhere else (default: .rig/runs)",
     )
 
 
@@ -190,7 +198,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         dump([*nights, tonight], args.history_out)
     out_dir = args.html.resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    copied = attach_logs(ordered, out_dir, copy=not args.no_copy_logs)
+    copied = attach_logs(ordered, out_dir, copy=not args.no_copy_logs, runs_dir=args.runs_dir)
     page = render_html(
         ordered,
         title=args.title,

@@ -41,6 +41,6 @@ def render_markdown(
     ]
     ordered = sorted(cells, key=lambda c: (c.status not in BAD, c.id))
     for c in ordered:
-        times = [c.properties.get(f"time_{t}_s", "") for t in TIMES]
+        times = [esc(c.properties.get(f"time_{t}_s", "")) for t in TIMES]
         lines.append(f"| {esc(c.id)} | {esc(c.summary)} | " + " | ".join(times) + " |")
     return "\n".join(lines) + "\n"
