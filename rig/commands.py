@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from rig.artifacts import EMBED_KIND, HOST_FILES, HOST_TOOLS, Artifacts, Cache, default_cache_root
+from rig.bisect import Mark
 from rig.errors import ExitCode, UsageError
 from rig.hostcheck import kvm_usable
 from rig.lanes import backend_for
 from rig.matrix import load_matrix
-from rig.model import Outcome, worst
+from rig.model import CellVerdict, Outcome, worst
 from rig.options import (
     check_param,
     pytest_words,
@@ -30,6 +31,7 @@ from rig.options import (
 )
 from rig.paths import DEFAULT_DRIVER, DEFAULT_MATRIX
 from rig.runner import RunConfig, arrangements, check_required
+from rig.textsafe import shown
 
 
 def _default_matrix() -> Path:
@@ -221,8 +223,26 @@ def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(p) if p.isdigit() else -1 for p in re.split(r"[.\-+~]", name))
 
 
+def bisect_case(
+    suite: ET.Element, lane: str, name: str, verdict: CellVerdict, mark: Mark, seconds: float
+) -> str:
+    """One probe of `rig bisect`: its testcase in `suite`, and its line for the terminal. The
+    reasons quote guest lines: the JUnit gets them XML-1.0-safe (finish_suite), the terminal
+    with control characters shown as `\\xNN`, never raw (an ANSI escape, a carriage return)."""
+    reasons = "; ".join(f"{s}: {v.outcome.value} ({v.reason})" for s, v in verdict.stages.items())
+    case = ET.SubElement(suite, "testcase", classname=f"vmlaunch-rig-bisect.{lane}", name=name,
+                         time=f"{seconds:.3f}")  # fmt: skip
+    if worst(v.outcome for v in verdict.stages.values()) is Outcome.ERROR:
+        ET.SubElement(case, "error", message="infrastructure: cannot judge").text = reasons
+    elif mark is Mark.BAD:
+        ET.SubElement(case, "failure", message="bad").text = reasons
+    elif mark is Mark.SKIP:
+        ET.SubElement(case, "skipped", message="skip: cannot judge").text = reasons
+    return shown(reasons[:160])
+
+
 def cmd_bisect(args: argparse.Namespace) -> int:
-    from rig.bisect import Mark, bisect, mark_of
+    from rig.bisect import bisect, mark_of
     from rig.runner import CellRunner, RunConfig
     from rig.runs import new_run_id, run_lock, sweep
 
@@ -262,21 +282,11 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             t = time.monotonic()
             verdict = runner.run(matrix.cell(args.lane, kernel, args.cpu))
             mark = mark_of(verdict)
-            broken = worst(v.outcome for v in verdict.stages.values()) is Outcome.ERROR
-            if broken:
+            if worst(v.outcome for v in verdict.stages.values()) is Outcome.ERROR:
                 infra.append(kernel)
-            reasons = "; ".join(f"{s}: {v.outcome.value} ({v.reason})"
-                                for s, v in verdict.stages.items())  # fmt: skip
-            print(f"  {kernel:8} try {attempt:3}: {mark.value:4}  {reasons[:160]}")
-            case = ET.SubElement(cases, "testcase", classname=f"vmlaunch-rig-bisect.{args.lane}",
-                                 name=f"{args.lane}-{kernel}-{args.cpu}::try{attempt}",
-                                 time=f"{time.monotonic() - t:.3f}")  # fmt: skip
-            if broken:
-                ET.SubElement(case, "error", message="infrastructure: cannot judge").text = reasons
-            elif mark is Mark.BAD:
-                ET.SubElement(case, "failure", message="bad").text = reasons
-            elif mark is Mark.SKIP:
-                ET.SubElement(case, "skipped", message="skip: cannot judge").text = reasons
+            name = f"{args.lane}-{kernel}-{args.cpu}::try{attempt}"
+            line = bisect_case(cases, args.lane, name, verdict, mark, time.monotonic() - t)
+            print(f"  {kernel:8} try {attempt:3}: {mark.value:4}  {line}")
             return mark
 
         try:

@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 
 from rig.model import SEVERITY, STAGES, Outcome
+from rig.textsafe import xml_safe
 
 SUITE = "vmlaunch-rig"
 SEP = "::"
@@ -95,7 +96,14 @@ def dead(outcomes: Mapping[str, Outcome], reasons: Mapping[str, str]) -> bool:
 
 def finish_suite(suite: ET.Element, seconds: float) -> ET.ElementTree[ET.Element]:
     """A hand-built <testsuite> with its counts, inside <testsuites> with the totals: what
-    JUnit schemas (Jenkins') and the GitHub reporters require."""
+    JUnit schemas (Jenkins') and the GitHub reporters require. Every text and attribute value
+    is made XML-1.0-safe (rig.textsafe.xml_safe): reasons quote guest lines, and ElementTree
+    escapes markup but writes a control character raw, which no XML parser then reads."""
+    for node in suite.iter():
+        node.text = None if node.text is None else xml_safe(node.text)
+        node.tail = None if node.tail is None else xml_safe(node.tail)
+        for key, value in list(node.attrib.items()):
+            node.set(key, xml_safe(value))
     cases = suite.findall("testcase")
     tally = {
         "tests": len(cases),
