@@ -27,6 +27,7 @@ from rig.paths import PROJECT_ROOT
 from rig.report.shape import LOG_FILES, NOT_REACHED, carrier, case_name, dead
 from rig.runner import CellRunner, RunConfig, check_required
 from rig.runs import new_run_id, run_lock, sweep, sweep_embed_pool, verdict_for
+from rig.textsafe import no_markers
 
 VERDICTS = pytest.StashKey[dict[str, CellVerdict]]()
 RUNNER = pytest.StashKey[CellRunner]()
@@ -221,8 +222,9 @@ class StageItem(pytest.Item):
             return
         attach = "".join(f"[[ATTACHMENT|{path}]]\n" for _, path in logs)
         if verdict.console or attach:
+            # no_markers: a guest line cannot add an attachment marker of its own (a host file)
             self.add_report_section(
-                "setup", "stdout", attach + "guest console:\n" + verdict.console
+                "setup", "stdout", attach + "guest console:\n" + no_markers(verdict.console)
             )
         if verdict.emulator_log:
             self.add_report_section("setup", "stderr", "emulator:\n" + verdict.emulator_log)
