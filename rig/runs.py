@@ -2,8 +2,9 @@
 
 Every run owns `runs/<run-id>/` and holds a lock on it while alive; each cell of it lives in
 `cells/<cell-id>/`. A run that died (kill -9, power loss) leaves its directory unlocked; the
-next run, or `rig clean`, kills the emulator processes recorded there (only if their command
-line still names that directory, so a recycled pid is never hit) and deletes the scratch.
+next run, or `rig clean`, kills the emulator processes recorded there (only while the pid is
+still that process: its start time, or in older pid files its command line naming the cell)
+and deletes the scratch. Symlinked run, cell and scratch entries are never followed.
 
 One verdict per cell, judged once, stored as `cells/<id>/verdict.json` (`verdict_for`):
 every process of a run (each pytest-xdist worker, under any `--dist` mode, and xdist's rerun
@@ -21,12 +22,13 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from filelock import FileLock
 
@@ -46,6 +48,7 @@ class Sweep:
     runs_checked: int = 0
     processes_killed: int = 0
     scratch_removed: int = 0
+    skipped: list[str] = field(default_factory=list)  # symlinks in the runs dir: not followed
 
 
 @contextlib.contextmanager
@@ -66,63 +69,213 @@ def run_lock(run_dir: Path) -> Iterator[Path]:
         fh.close()
 
 
-def _is_locked(run_dir: Path) -> bool:
-    return lock_held(run_dir / "run.lock")
-
-
 def lock_held(lock: Path) -> bool:
-    """Some live process holds an flock on `lock` (a run, a libvirt child's embed slot)."""
-    if not lock.exists():
+    """Some live process holds an flock on `lock` (a run, a libvirt child's embed slot).
+
+    A symlink is never opened (it could lead out of the runs dir or the cache): it counts as
+    held, so that whatever it guards is left alone.
+    """
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
         return False
-    fh: IO[str]
-    with lock.open("r") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
+    except OSError:  # ELOOP: a symlink
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
     return False
 
 
-def _cmdline(pid: int) -> str:
+def real_dir(path: Path) -> bool:
+    """A directory itself, not a symlink to one (what the sweepers may descend into)."""
     try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
+        return stat.S_ISDIR(os.lstat(path).st_mode)
     except OSError:
-        return ""
+        return False
+
+
+# --------------------------------------------------------------------------- recorded pids
+@dataclass(frozen=True)
+class PidRecord:
+    """A process the rig started, as its pid file has it: `PID start=TICKS` (start: field 22
+    of /proc/PID/stat, clock ticks after boot; None in the older `PID` format)."""
+
+    pid: int
+    start: int | None = None
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat from field 3 (state) on ([] when there is no such process)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return text.rsplit(")", 1)[-1].split()
+
+
+def start_time(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def _uid(pid: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    return None
+
+
+def record_pid(pidfile: Path, pid: int) -> None:
+    """Write the pid file of a process the rig just started (before it can be reused)."""
+    start = start_time(pid)
+    pidfile.write_text(f"{pid}\n" if start is None else f"{pid} start={start}\n")
+
+
+def read_pid(pidfile: Path) -> PidRecord | None:
+    """The record in a pid file (never through a symlink); None when absent or unreadable."""
+    try:
+        fd = os.open(pidfile, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd) as fh:
+        words = fh.read(200).split()
+    try:
+        pid = int(words[0])
+        start = int(words[1].removeprefix("start=")) if len(words) > 1 else None
+    except (IndexError, ValueError):
+        return None
+    return PidRecord(pid, start) if pid > 1 else None
+
+
+def _running(rec: PidRecord) -> bool:
+    """The pid runs (not a zombie) and, when the record has it, started at the recorded time."""
+    fields = _stat(rec.pid)
+    return bool(fields) and fields[0] not in "ZX" and rec.start in (None, int(fields[19]))
+
+
+def _is_recorded(rec: PidRecord, mark: str | None) -> bool:
+    """Still the process that was recorded: ours, and started when recorded (an older record
+    without its start time: its command line must name `mark`, the cell dir)."""
+    if not _running(rec) or _uid(rec.pid) != os.getuid():
+        return False
+    return rec.start is not None or (mark is not None and mark in _cmdline(rec.pid))
+
+
+def kill_recorded(rec: PidRecord, mark: str | None = None) -> bool:
+    """SIGKILL a recorded process if it still is that process (see _is_recorded).
+
+    Its whole process group only when it is known to lead one (start time checked and
+    pgid == pid: the rig starts its emulators in sessions of their own); else itself only.
+    """
+    try:
+        pidfd = os.pidfd_open(rec.pid)
+    except OSError:
+        return False  # gone
+    try:
+        if not _is_recorded(rec, mark):
+            return False
+        if rec.start is not None and int(_stat(rec.pid)[2]) == rec.pid:
+            os.killpg(rec.pid, signal.SIGKILL)
+        else:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except (ProcessLookupError, IndexError):
+        return False
+    finally:
+        os.close(pidfd)
+
+
+def _args(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> str:
+    return " ".join(_args(pid)).strip()
+
+
+# --------------------------------------------------------------------------- sweepers
+def _children(path: Path, skipped: list[str]) -> list[Path]:
+    """The real directories in `path`; symlinks are reported in `skipped`, never followed."""
+    if not real_dir(path):
+        return []
+    found = []
+    for p in sorted(path.iterdir()):
+        if p.is_symlink():
+            skipped.append(f"{p} (a symlink, not followed)")
+        elif real_dir(p):
+            found.append(p)
+    return found
 
 
 def sweep(runs_root: Path) -> Sweep:
-    """Clean up after every run under runs_root that is no longer alive."""
+    """Clean up after every run under runs_root that is no longer alive.
+
+    Run and cell directories that are symlinks are skipped (reported in `skipped`): nothing
+    out of runs_root is read, locked, killed or deleted through one.
+    """
     result = Sweep()
-    if not runs_root.exists():
-        return result
-    for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()):
-        if _is_locked(run_dir):
+    for run_dir in _children(runs_root, result.skipped):
+        if (run_dir / "run.lock").is_symlink():
+            result.skipped.append(f"{run_dir / 'run.lock'} (a symlink, not followed)")
+            continue
+        if lock_held(run_dir / "run.lock"):
             continue
         result.runs_checked += 1
-        for cell_dir in run_dir.glob("cells/*"):
+        cells = run_dir / "cells"
+        if cells.is_symlink():
+            result.skipped.append(f"{cells} (a symlink, not followed)")
+        for cell_dir in _children(cells, result.skipped):
             for name in PIDFILES:
-                pidfile = cell_dir / name
-                if not pidfile.exists():
-                    continue
-                with contextlib.suppress(ValueError, OSError):
-                    pid = int(pidfile.read_text().strip())
-                    if str(cell_dir) in _cmdline(pid):  # never a recycled pid of someone else
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(pid, signal.SIGKILL)
-                            result.processes_killed += 1
-                pidfile.unlink(missing_ok=True)
+                rec = read_pid(cell_dir / name)
+                if rec is not None and kill_recorded(rec, mark=str(cell_dir)):
+                    result.processes_killed += 1
+                (cell_dir / name).unlink(missing_ok=True)  # a symlink: the link only
             for name in SCRATCH:
                 p = cell_dir / name
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
+                if real_dir(p):
+                    shutil.rmtree(p, ignore_errors=True)  # never follows a link inside
                     result.scratch_removed += 1
-                elif p.exists():
+                elif p.exists() or p.is_symlink():
                     p.unlink(missing_ok=True)  # its owner may be removing it right now
                     result.scratch_removed += 1
     return result
+
+
+def _domain_qemu(cell_dir: Path) -> PidRecord | None:
+    """The QEMU of the cell's embedded libvirt domain, as libvirt recorded it in the slot.
+
+    libvirt starts QEMU in a session of its own (not the libvirt child's group) and writes
+    its pid to <slot>/run/qemu/<domain>.pid; the domain name (rig-<run id>-<cell>) is the
+    cell's own, and the process must still carry it (`-name guest=<domain>,...`).
+    """
+    plan_file = cell_dir / "domain-plan.json"
+    if plan_file.is_symlink() or not plan_file.is_file():
+        return None
+    with contextlib.suppress(ValueError, OSError, TypeError):
+        plan = json.loads(plan_file.read_text())
+        name = f"rig-{cell_dir.parent.parent.name}-{cell_dir.name}"
+        if plan["uri"] != "embed" or plan["name"] != name:
+            return None
+        for slot in _children(Path(plan["embed_pool"]), []):
+            if not (real_dir(slot / "run") and real_dir(slot / "run" / "qemu")):
+                continue
+            rec = read_pid(slot / "run" / "qemu" / f"{name}.pid")
+            if rec is not None and _qemu_of(rec.pid, name):
+                return PidRecord(rec.pid, start_time(rec.pid))  # the process just checked
+    return None
+
+
+def _qemu_of(pid: int, domain: str) -> bool:
+    named = any(a == f"guest={domain}" or a.startswith(f"guest={domain},") for a in _args(pid))
+    return named and _uid(pid) == os.getuid()
 
 
 def sweep_cell(cell_dir: Path, settle_s: float = 10.0) -> int:
@@ -130,45 +283,62 @@ def sweep_cell(cell_dir: Path, settle_s: float = 10.0) -> int:
 
     A pytest-xdist worker killed mid-boot leaves its libvirt child finishing, its QEMU (or
     Bochs) still writing into the cell's console and agent files; xdist hands the cell to a
-    fresh worker at once. Only the holder of the cell's verdict lock calls this: no live
-    process has a claim on the cell's files then, so every process naming them is a leftover.
+    fresh worker at once. Only the holder of the cell's verdict lock calls this. Only
+    processes the rig recorded are killed: the pids in the cell's pid files (if still the
+    same process: start time and uid), and the QEMU libvirt recorded for the cell's domain.
+    Nothing is killed for merely naming the cell (a `less console.txt` lives on).
     """
+    if not real_dir(cell_dir):
+        return 0
     mark = f"{cell_dir}/"
-    found = processes_mentioning(mark)
-    for pid, _cmd in found:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    killed: list[PidRecord] = []
+    for name in PIDFILES:
+        rec = read_pid(cell_dir / name)
+        if rec is not None and kill_recorded(rec, mark=mark):
+            killed.append(rec)
+    qemu = _domain_qemu(cell_dir)
+    if qemu is not None and kill_recorded(qemu):
+        killed.append(qemu)
     deadline = time.monotonic() + settle_s
-    while processes_mentioning(mark) and time.monotonic() < deadline:
+    while any(_running(r) for r in killed) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return len(found)
+    return len(killed)
 
 
 def sweep_embed_pool(pool: Path) -> int:
-    """Kill QEMU processes left in unlocked embedded-libvirt slots (their owner died)."""
+    """Kill QEMU processes left in unlocked embedded-libvirt slots (their owner died).
+
+    Symlinked slots, locks and pid files are not followed.
+    """
     killed = 0
-    if not pool.exists():
-        return killed
-    for slot in sorted(pool.glob("slot-*")):
-        lock = slot / "rig.lock"
-        if not lock.exists():
+    for slot in _children(pool, []):
+        if not slot.name.startswith("slot-"):
             continue
-        with lock.open("r") as fh:
+        try:
+            fd = os.open(slot / "rig.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live run owns it
-            for pidfile in slot.glob("run/qemu/*.pid"):
-                with contextlib.suppress(ValueError, OSError):
-                    pid = int(pidfile.read_text().strip())
-                    if "guest=rig-" in _cmdline(pid):
-                        os.kill(pid, signal.SIGKILL)
+            qemus = slot / "run" / "qemu"
+            pidfiles = sorted(qemus.glob("rig-*.pid")) if real_dir(slot / "run") else []
+            for pidfile in pidfiles if real_dir(qemus) else []:
+                rec = read_pid(pidfile)
+                if rec is not None and _qemu_of(rec.pid, pidfile.stem):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(rec.pid, signal.SIGKILL)
                         killed += 1
+        finally:
+            os.close(fd)
     return killed
 
 
 def processes_mentioning(*marks: str) -> list[tuple[int, str]]:
-    """(pid, command line) of every process whose command line contains one of `marks`."""
+    """(pid, command line) of every process whose command line contains one of `marks`
+    (for tests and diagnostics: the sweepers never kill by command line)."""
     found: list[tuple[int, str]] = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != os.getpid():
