@@ -4,9 +4,15 @@
 
 The agent (guests/agent/rig-agent) writes RIG-* lines on a channel of its own; the kernel's
 console is another. `merge_channels` puts the kernel's lines into the agent's order by the
-agent's kmsg markers; `parse_lines` reads a one-channel transcript into runs (their steps,
-their live kernel lines, their dmesg dumps). What the lines mean for the driver is the
-verdict stage's business (rig.verdict), not this module's.
+agent's kmsg markers; `parse_lines` reads a transcript into runs (their steps, their live
+kernel lines, their dmesg dumps). What the lines mean for the driver is the verdict stage's
+business (rig.verdict), not this module's.
+
+Provenance (docs/contract.md section 2.4): a protocol record comes only from the agent's
+channel, outside its dmesg dumps. Kernel text (the console, a dump) is kept as `KernelText`
+lines, which no parser here or in rig.verdict takes for a record, whatever they contain.
+Lines are split on `\\n` only; control characters left in a line are shown as `\\xNN`, and a
+line is cut at MAX_LINE characters, where the guest's text is read.
 """
 
 from __future__ import annotations
@@ -15,14 +21,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from rig.textsafe import shown
+
 KMSG_PREFIX = r"(?:<\d>)?(?:\[\s*\d+\.\d+\]\s*)?"
 KMSG_MARKER_RE = re.compile(r"^\s*" + KMSG_PREFIX + r"RIG-(?:BEGIN|CPU)\b")
 KMSG_STEP_RE = re.compile(r"^\s*" + KMSG_PREFIX + r"(?:rig: run=\d+ step=|RIG-RUN\b)")
 MARKER_RE = re.compile(
-    r"^\s*RIG-(?P<kind>BEGIN|CPU|RUN|STEP|DMESG-BEGIN|DMESG-END|END)(?:\s+(?P<rest>.*?))?\s*$"
+    r"\s*RIG-(?P<kind>BEGIN|CPU|RUN|STEP|DMESG-BEGIN|DMESG-END|END)(?![\w-])(?:\s+(?P<rest>.*))?"
 )
+DUMP_PREFIX = "RIG-K "  # the agent's prefix on every line of its dmesg dumps
+MAX_LINE = 8192  # characters kept of one line (printk's own records stay under 1 KiB)
 STEP_RE = re.compile(r"^(?P<name>\S{1,64})(?:\s+rc=(?P<rc>-?\d{1,9})\b)?")
-PRELOAD_RE = re.compile(r"^\s*RIG-PRELOAD\s+module=(?P<module>\S+)\s+rc=(?P<rc>\d+)?\S*\s*$")
+PRELOAD_RE = re.compile(r"\s*RIG-PRELOAD\s+module=(?P<module>\S+)\s+rc=(?P<rc>\d+)?\S*")
 BEGIN_RE = re.compile(r"run=(?P<run>\S*)(?:\s+cell=(?P<cell>\S*))?")
 RUN_RE = re.compile(
     r"^(?P<n>\d{1,6})?(?:.*?\bmodule=(?P<module>\S+))?(?:.*?\biter=(?P<iter>\d{1,6}))?"
@@ -30,7 +40,7 @@ RUN_RE = re.compile(
 VMX_RE = re.compile(r"\bvmx=(?P<vmx>[01])\b")
 CPUS_RE = re.compile(r"\bcpus=(?P<cpus>\d{1,4})\b")
 MODEL_RE = re.compile(r"\bmodel=(?P<model>.*)$")
-WITNESS_RE = re.compile(r"^\s*RIG-WITNESS\s+(?P<what>start|load|vm|end)\b\s*(?P<rest>.*?)\s*$")
+WITNESS_RE = re.compile(r"\s*RIG-WITNESS\s+(?P<what>start|load|vm|end)\b\s*(?P<rest>.*)")
 WITNESS_LOAD_RE = re.compile(
     r"module=(?P<module>\S+)\s+rc=(?P<rc>\d{1,3})\b(?:\s+error=(?P<err>\S*))?"
 )
@@ -146,12 +156,45 @@ class _RunBuilder:
         )
 
 
+class KernelText(str):
+    """A line of kernel text: the console's, or a dmesg dump's. Read for the driver's lines
+    and the kernel's messages; never a protocol record, whatever it holds."""
+
+    __slots__ = ()
+
+
+def is_record(line: str) -> bool:
+    """Can this line be a protocol record (it is not kernel text)?"""
+    return not isinstance(line, KernelText)
+
+
+def marker(line: str) -> tuple[str, str] | None:
+    """A protocol marker's kind and words (`RIG-STEP rmmod rc=0` -> STEP, `rmmod rc=0`)."""
+    if isinstance(line, KernelText):
+        return None
+    m = MARKER_RE.match(line)
+    return None if m is None else (m["kind"], (m["rest"] or "").strip())
+
+
+def guest_line(line: str) -> str:
+    """A guest line as it may be read and shown: cut at MAX_LINE characters, its control
+    characters (C0 but the tab, DEL, C1) as `\\xNN` (rig.textsafe.shown)."""
+    if len(line) > MAX_LINE:
+        line = f"{line[:MAX_LINE]} [rig: {len(line) - MAX_LINE} more characters cut]"
+    return shown(line)
+
+
 def complete_lines(text: str) -> list[str]:
     """The lines of a channel that were written whole: an unterminated last line (the guest
-    died mid-line, `reason=0x12` cut to `reason=0x1`) is never evidence."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    died mid-line, `reason=0x12` cut to `reason=0x1`) is never evidence. Split on `\\n` only
+    (a `\\r` a module printed cannot start a line), each line a `guest_line`."""
+    lines = text.split("\n")
     lines.pop()  # "" after a final newline, else the unterminated rest
-    return lines
+    return [guest_line(ln[:-1] if ln.endswith("\r") else ln) for ln in lines]
+
+
+def _dump_line(line: str) -> KernelText:
+    return KernelText(line.removeprefix(DUMP_PREFIX))
 
 
 def merge_channels(agent: str, console: str) -> list[str]:
@@ -168,15 +211,15 @@ def merge_channels(agent: str, console: str) -> list[str]:
     segments: dict[tuple[int, str], list[str]] = {}
     order: list[tuple[int, str]] = []
     current: list[str] = prelude
-    for line in complete_lines(console):
-        m = CONSOLE_MARK_RE.search(line)
+    for kline in map(KernelText, complete_lines(console)):
+        m = CONSOLE_MARK_RE.search(kline)
         if m:
             key = (int(m["n"]), m["step"])
             if key not in segments:
                 segments[key] = []
                 order.append(key)
             current = segments[key]
-        current.append(line)
+        current.append(kline)
 
     out = list(prelude)
     run: int | None = None
@@ -186,9 +229,14 @@ def merge_channels(agent: str, console: str) -> list[str]:
             for step in steps:
                 out.extend(segments.pop((run, step), []))
 
+    dump_open = False
     for line in complete_lines(agent):
-        m = MARKER_RE.match(line)
-        kind = m["kind"] if m else None
+        mk = marker(line)
+        kind, rest = mk if mk else (None, "")
+        if dump_open and kind != "DMESG-END":
+            out.append(_dump_line(line))  # the agent's dmesg dump: kernel text
+            continue
+        dump_open = kind == "DMESG-BEGIN"
         wm = WITNESS_RE.match(line)
         if wm and wm["what"] == "end":  # the kernel's lines during the witness come before
             for key in [k for k in order if k[1] == "witness"]:
@@ -196,13 +244,13 @@ def merge_channels(agent: str, console: str) -> list[str]:
         if kind in ("RUN", "END"):
             take("insmod", "during", "rmmod", "dump")
             run = None
-        if kind == "STEP" and (m["rest"] or "").startswith("rmmod"):  # type: ignore[index]
+        if kind == "STEP" and rest.startswith("rmmod"):
             take("insmod", "during", "rmmod")
         elif kind == "DMESG-BEGIN":
             take("insmod", "during", "rmmod", "dump")
         out.append(line)
         if kind == "RUN":
-            rm = RUN_RE.match((m["rest"] or "") if m else "")
+            rm = RUN_RE.match(rest)
             run = int(rm["n"]) if rm and rm["n"] else None
             take("insmod")
     take("insmod", "during", "rmmod", "dump")
@@ -212,18 +260,26 @@ def merge_channels(agent: str, console: str) -> list[str]:
 
 
 def parse_channels(agent: str, console: str) -> Transcript:
-    """What the guest said: the agent's channel merged with the console (one channel when the
-    lane or guest flavour has no separate agent channel: then `agent` is empty)."""
-    if agent:
-        return parse_lines(merge_channels(agent, console))
-    return parse_lines(complete_lines(console))
+    """What the guest said: the agent's channel merged with the console. Every lane and guest
+    flavour has an agent channel; the console alone holds no record (an empty `agent`: the
+    agent said nothing)."""
+    return parse_lines(merge_channels(agent, console))
 
 
-def transcript_text(agent: str, console: str) -> str:
-    """The one transcript people read: protocol and kernel lines in order."""
-    if not agent:
-        return console
-    return "\n".join(merge_channels(agent, console)) + "\n"
+TRANSCRIPT_CAP = 2**20  # characters of a transcript kept in verdict.json and the JUnit
+
+
+def transcript_text(agent: str, console: str, cap: int = TRANSCRIPT_CAP) -> str:
+    """The one transcript people read: protocol and kernel lines in order; past `cap`
+    characters its head (a quarter) and its tail, with the cut said where it is."""
+    text = "".join(f"{line}\n" for line in merge_channels(agent, console))
+    if len(text) <= cap:
+        return text
+    head_end = text.rfind("\n", 0, cap // 4) + 1
+    tail_start = text.find("\n", len(text) - (cap - cap // 4)) + 1
+    cut = text.count("\n", head_end, tail_start)
+    said = f"[rig: {cut} lines cut here; the cell's files hold them]\n"
+    return text[:head_end] + said + text[tail_start:]
 
 
 def parse_lines(lines: Sequence[str]) -> Transcript:
@@ -240,22 +296,20 @@ def parse_lines(lines: Sequence[str]) -> Transcript:
     dump_open = False
     witness: _WitnessBuilder | None = None
     for index, line in enumerate(lines):
-        wm = WITNESS_RE.match(line)
+        wm = WITNESS_RE.match(line) if is_record(line) else None
         if begin and wm and wm["what"] == "start" and witness is None:
             witness = _WitnessBuilder(index=index, vmx=bool(re.search(r"\bvmx=1\b", wm["rest"])))
         if witness is not None and not witness.ended:
             witness.add(line, wm)
             continue
-        m = MARKER_RE.match(line)
-        kind = m["kind"] if m else None
-        rest = (m["rest"] or "") if m else ""
+        kind, rest = marker(line) or (None, "")
         if dump_open:
             if kind == "DMESG-END":
                 dump_open = False
                 runs[-1].dump_complete = True
             else:
                 assert runs[-1].dump is not None
-                runs[-1].dump.append(line)
+                runs[-1].dump.append(_dump_line(line))
             continue
         if begin and kind == "BEGIN":
             rebooted = True  # the guest started over: what follows is another boot's
@@ -269,10 +323,10 @@ def parse_lines(lines: Sequence[str]) -> Transcript:
             else:
                 prelude.append(line)
             continue
-        if line.lstrip().startswith("RIG-BESIDE "):
+        if is_record(line) and line.lstrip().startswith("RIG-BESIDE "):
             beside.append(line.strip())
             continue
-        pm = PRELOAD_RE.match(line)
+        pm = PRELOAD_RE.match(line) if is_record(line) else None
         if pm:
             preloads.append((pm["module"], int(pm["rc"]) if pm["rc"] is not None else None))
             continue
@@ -346,7 +400,7 @@ class _WitnessBuilder:
         self.lines.append(line)
         if wm is None:
             return
-        rest = wm["rest"]
+        rest = wm["rest"].strip()
         if wm["what"] == "load" and (lm := WITNESS_LOAD_RE.match(rest)):
             self.loads.append(WitnessLoad(lm["module"], int(lm["rc"]), lm["err"] or ""))
         elif wm["what"] == "vm" and (vm := WITNESS_VM_RE.match(rest)):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rig.guest.protocol import Witness
+from rig.guest.protocol import Witness, is_record
 from rig.model import Arranged, Outcome
 from rig.verdict.oops import kernel_message
 from rig.verdict.witness import (
@@ -51,13 +51,14 @@ def judge_during(lines: Sequence[str], hold: str | None) -> WitnessFinding:
     (`enabling virtualization ... failed`, EBUSY). Window mode (`hold=0`): VMX is off outside
     the launch's IRQs-off window, so KVM must load and run its VM."""
     # `lines`: all of the run's (KVM is loaded in a kvm-during run only for its visit)
-    mine = [ln for ln in lines if "RIG-DURING" in ln or ENABLE_FAILED_RE.match(ln)
-            or KVM_LINE_RE.match(ln)]  # fmt: skip
-    if not any("RIG-DURING end" in ln for ln in mine):
+    mine = [ln for ln in lines if (is_record(ln) and ln.lstrip().startswith("RIG-DURING "))
+            or ENABLE_FAILED_RE.match(ln) or KVM_LINE_RE.match(ln)]  # fmt: skip
+    said_by_agent = [ln.strip() for ln in mine if is_record(ln)]
+    if "RIG-DURING end" not in said_by_agent:
         return WitnessFinding(
             Outcome.ERROR, "infrastructure: --beside kvm-during: no RIG-DURING report from KVM"
         )
-    vm = next((ln for ln in mine if "RIG-DURING vm rc=" in ln), "")
+    vm = next((ln for ln in said_by_agent if ln.startswith("RIG-DURING vm rc=")), "")
     ran = "RIG-DURING vm rc=0 " in vm and " ok " in f"{vm} "
     refused = [ln for ln in mine if ENABLE_FAILED_RE.match(ln)]
     busy = refused or EBUSY in vm.split() or any(BUSY in ln for ln in mine)

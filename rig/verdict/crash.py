@@ -14,14 +14,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rig.guest.protocol import is_record
 from rig.model import BootEnd, BootResult, Outcome, StageVerdict
 from rig.verdict.grammar import parse_driver_line
 from rig.verdict.oops import find_oopses, kernel_message
 
 CRASH_MARK_RE = re.compile(r"rig: run=\d{1,6} step=crash\b")
 TRIGGER = "RIG-CRASH trigger"
-LOAD_RE = re.compile(r"^\s*RIG-CRASH load rc=(?P<rc>\d{1,3})\b\s*(?P<said>.*?)\s*$")
-UP_RE = re.compile(r"^\s*RIG-CRASH up kernel=(?P<kernel>\S*) vmcore=(?P<vmcore>\S+)\s*$")
+LOAD_RE = re.compile(r"\s*RIG-CRASH load rc=(?P<rc>\d{1,3})\b\s*(?P<said>.*)")
+UP_RE = re.compile(r"\s*RIG-CRASH up kernel=(?P<kernel>\S*) vmcore=(?P<vmcore>\S+)\s*")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class CrashSplit:
 
 def split_at_crash(lines: Sequence[str]) -> CrashSplit | None:
     """Where the agent crashed the guest (its trigger line, else the kernel's marker)."""
-    at = next((i for i, ln in enumerate(lines) if ln.strip() == TRIGGER), None)
+    at = next((i for i, ln in enumerate(lines) if is_record(ln) and ln.strip() == TRIGGER), None)
     if at is None:
         at = next((i for i, ln in enumerate(lines) if CRASH_MARK_RE.search(ln)), None)
     if at is None:
@@ -50,15 +51,15 @@ def _mode(before: Sequence[str]) -> str:
 
 def crash_teardown(split: CrashSplit, boot: BootResult) -> StageVerdict:
     """The teardown stage of a crash run: did the crash kernel come up with a vmcore?"""
-    loads = [m for ln in split.before if (m := LOAD_RE.match(ln))]
+    loads = [m for ln in split.before if is_record(ln) and (m := LOAD_RE.match(ln))]
     mode = _mode(split.before)
     if loads and loads[0]["rc"] != "0":
         return StageVerdict(
             "teardown", Outcome.ERROR,
-            f"infrastructure: kexec -p did not load the crash kernel: {loads[0]['said']}",
+            f"infrastructure: kexec -p did not load the crash kernel: {loads[0]['said'].strip()}",
             loads[0].string,
         )  # fmt: skip
-    up = next((m for ln in split.after if (m := UP_RE.match(ln))), None)
+    up = next((m for ln in split.after if is_record(ln) and (m := UP_RE.fullmatch(ln))), None)
     if up is not None and up["vmcore"].isdigit() and int(up["vmcore"]) > 0:
         mib = int(up["vmcore"]) / 2**20
         return StageVerdict(
@@ -72,7 +73,7 @@ def crash_teardown(split: CrashSplit, boot: BootResult) -> StageVerdict:
             "teardown", Outcome.FAILED,
             f"the crash kernel booted ({mode}) but found no /proc/vmcore", up.string,
         )  # fmt: skip
-    if any(ln.lstrip().startswith("RIG-BEGIN") for ln in split.after):
+    if any(is_record(ln) and ln.lstrip().startswith("RIG-BEGIN") for ln in split.after):
         why = "the machine started over instead of booting the crash kernel"
     elif boot.end is BootEnd.EMULATOR and boot.triple_fault:
         why = "the guest triple-faulted instead of booting the crash kernel"

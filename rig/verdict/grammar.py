@@ -15,7 +15,7 @@ DRIVER_RE = re.compile(
     r"vmlaunch: cpu=(?P<cpu>\d{1,5}|-) (?P<stage>[a-z][a-z0-9_]{0,31}) "
     r"(?P<result>ok|FAIL|declined|info)"
     r"(?P<kv>(?: [A-Za-z_][A-Za-z0-9_.]{0,63}=\S+)*)"
-    r"(?: -- (?P<text>.*?))?\s*$"
+    r"(?: -- (?P<text>.*))?\s*$"  # greedy: linear on a long line (no lazy `.*?\s*$`)
 )
 
 
@@ -77,7 +77,7 @@ def parse_driver_line(line: str, index: int = -1) -> DriverRecord | None:
         stage=m["stage"],
         result=m["result"],
         kv=kv,
-        text=m["text"] or "",
+        text=(m["text"] or "").rstrip(),
         raw=line.rstrip(),
         index=index,
     )

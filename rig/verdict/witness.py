@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rig.guest.protocol import Witness
+from rig.guest.protocol import Witness, is_record
 from rig.model import Outcome
 from rig.verdict.oops import KERNEL_PREFIX_RE, find_oopses, kernel_message
 
@@ -48,7 +48,7 @@ def judge_witness(w: Witness | None, *, ended: bool) -> WitnessFinding | None:
         )
     if not w.ended:
         return None  # the guest is in it, or died in it: the hang/crash rules say which
-    evidence = tuple(ln for ln in w.lines if "RIG-WITNESS" in ln)
+    evidence = tuple(ln for ln in w.lines if is_record(ln) and "RIG-WITNESS" in ln)
     # A kernel warning meanwhile is noted; KVM's result says whether VMX was left (Bochs'
     # Ice Lake and Tiger Lake models: 'CPA detected W^X violation' loading any module).
     found = find_oopses(w.lines, 0)

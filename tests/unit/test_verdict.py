@@ -159,9 +159,13 @@ def boot(
     panic_to_stop_s: float | None = None,
     triple_fault: bool = False,
 ) -> BootResult:
-    """What a lane reports: the console, how the boot ended, and the facts it saw."""
+    """What a lane reports: the guest's words, how the boot ended, and the facts it saw.
+
+    `text` is one transcript with the protocol and the kernel's lines in order: given as the
+    agent's channel (records come only from there; the console alone holds none)."""
     return BootResult(
-        console=text,
+        console="",
+        agent=text,
         end=end,
         duration_s=52.0,
         detail=detail,
