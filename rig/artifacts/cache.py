@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from rig.runs import lock_held
+from rig.runs import lock_held, real_dir
 
 RECIPE_VERSION = "1"
 """Bump when a recipe changes in a way that must invalidate cached artifacts."""
@@ -61,6 +62,7 @@ class Prune:
     removed: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # in use by a live run or build: kept
     kept: list[str] = field(default_factory=list)  # still named by the matrix (--unused)
+    skipped: list[str] = field(default_factory=list)  # symlinks (or their locks): not followed
 
 
 @dataclass(frozen=True)
@@ -117,15 +119,19 @@ class Cache:
 
         An entry whose build lock is held is being built: left alone. An embedded libvirt
         root (kind `libvirt-embed`) is left alone while its slot lock is held (a live run).
+        A kind or entry that is a symlink, or whose lock file is one, is skipped (`skipped`):
+        nothing outside the cache is deleted or locked through it.
         """
         result = Prune()
-        if not self.root.exists():
-            return result
-        for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for entry in sorted(p for p in kind_dir.iterdir() if p.is_dir()):
+        for kind_dir in self._real_dirs(self.root, result.skipped):
+            for entry in self._real_dirs(kind_dir, result.skipped):
                 name = entry.name
-                if name.startswith("."):  # `.KEY.XXXX`: a build's temp dir
-                    key = name[1:].rsplit(".", 1)[0]
+                temp = name.startswith(".")  # `.KEY.XXXX`: a build's temp dir
+                key = name[1:].rsplit(".", 1)[0] if temp else name
+                lock = Path(f"{self.slot(kind_dir.name, key)}.lock")
+                if lock.is_symlink():  # never locked through (listed in skipped, as a link)
+                    continue
+                if temp:
                     with self.held(kind_dir.name, key) as free:
                         if free:
                             shutil.rmtree(entry, ignore_errors=True)
@@ -146,12 +152,34 @@ class Cache:
         return result
 
     def entries(self) -> list[tuple[str, str, int]]:
+        """(kind, key, bytes) of every entry; symlinks are neither listed nor followed."""
         out: list[tuple[str, str, int]] = []
-        if not self.root.exists():
-            return out
-        for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for entry in sorted(kind_dir.iterdir()):
-                if entry.is_dir() and not entry.name.startswith("."):
-                    size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+        for kind_dir in self._real_dirs(self.root, []):
+            for entry in self._real_dirs(kind_dir, []):
+                if not entry.name.startswith("."):
+                    size = sum(f.lstat().st_size for f in entry.rglob("*") if _plain_file(f))
                     out.append((kind_dir.name, entry.name, size))
         return out
+
+    def _rel(self, path: Path) -> str:
+        return str(path.relative_to(self.root))
+
+    def _real_dirs(self, path: Path, skipped: list[str]) -> list[Path]:
+        """The real directories in `path` (the root, or a real directory); symlinks in it go
+        to `skipped`, never followed."""
+        if not path.is_dir():
+            return []
+        found = []
+        for p in sorted(path.iterdir()):
+            if p.is_symlink():
+                skipped.append(f"{self._rel(p)} (a symlink, not followed)")
+            elif real_dir(p):
+                found.append(p)
+        return found
+
+
+def _plain_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False

@@ -193,6 +193,37 @@ def test_prune_never_touches_what_a_live_build_or_run_holds(tmp_path: Path) -> N
     assert live_slot.exists() and not stale.exists()
 
 
+def test_prune_never_follows_a_symlink_out_of_the_cache(tmp_path: Path) -> None:
+    """L4: `cache/stale-kind -> ../victim` once cost victim/keepme and left a .lock there."""
+    root, victim = tmp_path / "cache", tmp_path / "victim"
+    (victim / "keepme").mkdir(parents=True)
+    (victim / "keepme" / "file").write_text("mine")
+    (root / "kernels" / "old-key").mkdir(parents=True)
+    (root / "stale-kind").symlink_to("../victim")  # a symlinked kind
+    (root / "kernels" / "linked-key").symlink_to(victim / "keepme")  # a symlinked entry
+    (root / "kernels" / "locked-key").mkdir()
+    (root / "kernels" / "locked-key.lock").symlink_to(victim / "lockfile")  # a symlinked lock
+    (root / "kernels" / ".locked-key.tmp1").mkdir()  # a temp dir behind the same lock
+    (root / "libvirt-embed" / "slot-0").mkdir(parents=True)
+    (root / "libvirt-embed" / "slot-0" / "rig.lock").symlink_to(victim / "slot.lock")
+    cache = Cache(root)
+    assert cache.entries() == [
+        ("kernels", "locked-key", 0), ("kernels", "old-key", 0), ("libvirt-embed", "slot-0", 0)
+    ]  # fmt: skip
+    result = cache.prune()
+    assert result.removed == ["kernels/old-key"]
+    assert sorted(result.skipped) == [
+        "kernels/linked-key (a symlink, not followed)",
+        "kernels/locked-key.lock (a symlink, not followed)",  # so is its entry, its temp dir
+        "stale-kind (a symlink, not followed)",
+    ]
+    assert result.busy == ["libvirt-embed/slot-0"]  # its lock is a symlink: left alone
+    assert (victim / "keepme" / "file").read_text() == "mine"
+    assert sorted(p.name for p in victim.iterdir()) == ["keepme"]  # no lock file created there
+    assert (root / "kernels" / "locked-key").is_dir()
+    assert (root / "kernels" / ".locked-key.tmp1").is_dir()
+
+
 def test_a_build_sweeps_the_temp_dirs_of_killed_builds_of_its_key(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
     leftover = tmp_path / "kind" / ".key.abc123"
@@ -203,3 +234,12 @@ def test_a_build_sweeps_the_temp_dirs_of_killed_builds_of_its_key(tmp_path: Path
         (tmp / "done").write_text("y")
     assert not leftover.exists()
     assert (tmp_path / "kind/key/done").exists()
+
+
+def test_a_cache_root_named_through_a_symlink_is_still_the_cache(tmp_path: Path) -> None:
+    """Only links inside the cache are refused: RIG_CACHE_DIR may itself be a symlink."""
+    (tmp_path / "disk" / "kernels" / "k1").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "disk")
+    cache = Cache(tmp_path / "link")
+    assert cache.entries() == [("kernels", "k1", 0)]
+    assert cache.prune().removed == ["kernels/k1"]
