@@ -203,8 +203,9 @@ def _cmdline(pid: int) -> str:
 
 # --------------------------------------------------------------------------- sweepers
 def _children(path: Path, skipped: list[str]) -> list[Path]:
-    """The real directories in `path`; symlinks are reported in `skipped`, never followed."""
-    if not real_dir(path):
+    """The real directories in `path` (a root the caller names, or itself a real directory);
+    symlinks in it are reported in `skipped`, never followed."""
+    if not path.is_dir():
         return []
     found = []
     for p in sorted(path.iterdir()):
@@ -232,6 +233,7 @@ def sweep(runs_root: Path) -> Sweep:
         cells = run_dir / "cells"
         if cells.is_symlink():
             result.skipped.append(f"{cells} (a symlink, not followed)")
+            continue
         for cell_dir in _children(cells, result.skipped):
             for name in PIDFILES:
                 rec = read_pid(cell_dir / name)

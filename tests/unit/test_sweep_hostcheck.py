@@ -303,3 +303,11 @@ def test_sweep_embed_pool_skips_symlinked_slots(tmp_path: Path, procs: Procs) ->
     assert runs.sweep_embed_pool(pool) == 1
     outside = int((elsewhere / "run" / "qemu" / "rig-b-c.pid").read_text())
     assert alive(outside)
+
+
+def test_a_runs_root_named_through_a_symlink_is_still_swept(tmp_path: Path) -> None:
+    cell = tmp_path / "disk" / "dead" / "cells" / "c"
+    (cell / "initramfs").mkdir(parents=True)
+    (tmp_path / "runs").symlink_to(tmp_path / "disk")
+    assert runs.sweep(tmp_path / "runs").scratch_removed == 1
+    assert not (cell / "initramfs").exists()
