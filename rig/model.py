@@ -109,6 +109,7 @@ class BootEnd(StrEnum):
     PANIC = "panic"  # the guest kernel panicked or oopsed (seen on the console)
     TIMEOUT = "timeout"  # the per-cell timeout expired
     EMULATOR = "emulator"  # the emulator/hypervisor died or refused (triple fault, libvirt)
+    FLOOD = "flood"  # the guest wrote past the rig's cap on a channel: stopped (infrastructure)
 
 
 @dataclass(frozen=True)

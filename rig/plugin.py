@@ -27,7 +27,7 @@ from rig.paths import PROJECT_ROOT
 from rig.report.shape import LOG_FILES, NOT_REACHED, carrier, case_name, dead
 from rig.runner import CellRunner, RunConfig, check_required
 from rig.runs import new_run_id, run_lock, sweep, sweep_embed_pool, verdict_for
-from rig.textsafe import no_markers
+from rig.textsafe import no_markers, shown
 
 VERDICTS = pytest.StashKey[dict[str, CellVerdict]]()
 RUNNER = pytest.StashKey[CellRunner]()
@@ -217,7 +217,8 @@ class StageItem(pytest.Item):
         # The cell's logs once per cell: the build log on `build`, the console and the
         # emulator's log on the one stage that carries them (the failing one).
         if self.stage == "build" and verdict.build_log:
-            self.add_report_section("setup", "stdout", "build log:\n" + verdict.build_log)
+            log = no_markers(shown(verdict.build_log))  # the module's own Makefile wrote it
+            self.add_report_section("setup", "stdout", "build log:\n" + log)
         if self.stage != carrier({s: v.outcome for s, v in verdict.stages.items()}):
             return
         attach = "".join(f"[[ATTACHMENT|{path}]]\n" for _, path in logs)
@@ -227,7 +228,8 @@ class StageItem(pytest.Item):
                 "setup", "stdout", attach + "guest console:\n" + no_markers(verdict.console)
             )
         if verdict.emulator_log:
-            self.add_report_section("setup", "stderr", "emulator:\n" + verdict.emulator_log)
+            log = no_markers(shown(verdict.emulator_log))  # it quotes the guest too
+            self.add_report_section("setup", "stderr", "emulator:\n" + log)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"{self.cell.id}::{self.stage}"

@@ -55,6 +55,11 @@ class Backend(Protocol):
         ...
 
 
+CONSOLE_FILE = "console.txt"  # the guest kernel's console (first serial port)
+AGENT_FILE = "agent.txt"  # the guest agent's protocol channel (second serial port)
+L1_CONSOLE_FILE = "l1-console.txt"  # the nested lanes' L1 console
+
+
 TRIPLE_FAULT_RE = re.compile(r"triple fault|3rd \(\d+\) exception|shutdown status", re.IGNORECASE)
 """How an emulator says the guest triple-faulted (Bochs: `3rd (13) exception with no
 resolution`; QEMU: a shutdown on triple fault)."""
@@ -71,6 +76,55 @@ class ConsoleWatch:
     panic_to_stop_s: float | None = None
 
 
+CHANNEL_CAP = 16 * 2**20
+"""Bytes a guest may write on one channel file (its console, its agent's channel, a nested L1
+console): a whole boot with five runs writes under 1 MiB. Past it the guest is stopped
+(BootEnd.FLOOD, an infrastructure error) and only the first CHANNEL_CAP bytes are read."""
+_OVERLAP = 256  # bytes of the previous read searched again: a pattern split between reads
+
+
+@dataclass
+class _Follow:
+    """What the watcher has seen of a console: read from an offset, never twice whole."""
+
+    path: Path
+    offset: int = 0
+    tail: str = ""  # the last _OVERLAP characters read, searched again with the next read
+    began: bool = False
+    oopsed: bool = False
+
+    def read(self) -> str:
+        """The text written since the last read (at most CHANNEL_CAP bytes in all)."""
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read(max(0, CHANNEL_CAP - self.offset))
+        except FileNotFoundError:
+            return ""
+        self.offset += len(data)
+        new = self.tail + data.decode(errors="replace")
+        self.tail = new[-_OVERLAP:]
+        self.began = self.began or "RIG-BEGIN" in new
+        self.oopsed = self.oopsed or BOOT_OOPS_RE.search(new) is not None
+        return new
+
+
+def channel_files(console: Path) -> list[Path]:
+    """The channel files of a guest: the watched console and its siblings (lanes write them
+    side by side in the cell's work directory)."""
+    names = (console.name, CONSOLE_FILE, AGENT_FILE, L1_CONSOLE_FILE)
+    return [console.with_name(n) for n in dict.fromkeys(names)]
+
+
+def flooded(files: Sequence[Path], cap: int = CHANNEL_CAP) -> str | None:
+    """Which channel file the guest wrote past `cap` on (None: none)."""
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size > cap:
+                return path.name
+    return None
+
+
 def watch_console(
     console: Path,
     *,
@@ -79,18 +133,23 @@ def watch_console(
     poll_s: float = 0.25,
     boot_oops_stall_s: float = BOOT_OOPS_STALL_S,
     panic_ends: bool = True,
+    cap: int = CHANNEL_CAP,
 ) -> ConsoleWatch:
-    """Follow `console` until poweroff, panic, the emulator exits, or the timeout (a panic
-    does not end it when not `panic_ends`: a crash kernel is to boot after it)."""
+    """Follow `console` until poweroff, panic, the emulator exits, the timeout, or a channel
+    file past `cap` bytes (a panic does not end it when not `panic_ends`: a crash kernel is to
+    boot after it). The console is read from where the last poll stopped."""
     start = time.monotonic()
     panic_at: float | None = None
     panic_line = ""
-    seen, changed_at = -1, start
+    changed_at = start
+    follow = _Follow(console)
+    files = channel_files(console)
     while True:
         now = time.monotonic()
-        text = console.read_text(errors="replace") if console.exists() else ""
-        if len(text) != seen:
-            seen, changed_at = len(text), now
+        before = follow.offset
+        text = follow.read()
+        if follow.offset != before:
+            changed_at = now
         if panic_at is None and panic_ends:
             m = PANIC_RE.search(text)
             if m:
@@ -113,15 +172,18 @@ def watch_console(
             while alive() and time.monotonic() < deadline:
                 time.sleep(poll_s)
             return ConsoleWatch(BootEnd.POWEROFF, "guest powered off", time.monotonic() - start)
+        too_much = flooded(files, cap)
+        if too_much is not None:
+            return ConsoleWatch(
+                BootEnd.FLOOD,
+                f"the guest wrote more than {cap // 2**20} MiB on {too_much}: stopped",
+                now - start,
+            )
         if not alive():
             return ConsoleWatch(
                 BootEnd.EMULATOR, "emulator exited before the guest powered off", now - start
             )
-        if (
-            now - changed_at >= boot_oops_stall_s
-            and "RIG-BEGIN" not in text
-            and BOOT_OOPS_RE.search(text)
-        ):
+        if now - changed_at >= boot_oops_stall_s and not follow.began and follow.oopsed:
             return ConsoleWatch(
                 BootEnd.TIMEOUT,
                 f"the guest kernel oopsed while booting and then printed nothing for "
@@ -177,12 +239,13 @@ def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-CONSOLE_FILE = "console.txt"  # the guest kernel's console (first serial port)
-AGENT_FILE = "agent.txt"  # the guest agent's protocol channel (second serial port)
-
-
-def read_text(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
+def read_text(path: Path, cap: int = CHANNEL_CAP) -> str:
+    """A channel file's text, its first `cap` bytes at most."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(cap).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def make_result(

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from rig.guest.protocol import CONSOLE_MARK_RE, parse_lines, transcript_text
+from rig.guest.protocol import CONSOLE_MARK_RE, TRANSCRIPT_CAP, parse_lines, transcript_text
 from rig.model import (
     NOTHING_ARRANGED,
     SEVERITY,
@@ -121,6 +121,8 @@ def find_trouble(ctx: RunContext, boot: BootResult, judged: dict[str, Judged]) -
         if ctx.last and w is not None and not w.ended:
             detail += f" (in the teardown witness, KVM's use of VMX after it: {w.lines[-1][:120]})"
         return after_teardown(boot, detail, tail, last)
+    if boot.end is BootEnd.FLOOD:
+        return Trouble(at, Outcome.ERROR, f"infrastructure: {boot.detail}", tail, "died")
     if boot.end is BootEnd.TIMEOUT:
         detail = detail or f" (timeout {cell.timeout_s} s)"
         reason = f"driver hang: the guest stopped before RIG-END{detail}"
@@ -137,6 +139,8 @@ def find_trouble(ctx: RunContext, boot: BootResult, judged: dict[str, Judged]) -
 
 
 def after_teardown(boot: BootResult, detail: str, tail: str, at: int) -> Trouble:
+    if boot.end is BootEnd.FLOOD:
+        return Trouble(at, Outcome.ERROR, f"infrastructure: {boot.detail}", tail, "died")
     if boot.end is BootEnd.TIMEOUT:
         reason = f"guest hung after rmmod: no RIG-END after the driver's teardown{detail}"
         return Trouble(at, Outcome.FAILED, reason, tail, "hung")
@@ -238,6 +242,13 @@ def judge_guest(
     return out
 
 
+def bounded_log(text: str, cap: int = TRANSCRIPT_CAP) -> str:
+    """An emulator's log for verdict.json: its tail past `cap` characters."""
+    return (
+        text if len(text) <= cap else f"[rig: log cut to its last {cap} characters]\n" + text[-cap:]
+    )
+
+
 def judge(
     cell: Cell,
     build: ModuleBuild | None,
@@ -254,7 +265,7 @@ def judge(
             stages={s: stages[s] for s in STAGES},
             console=transcript,
             build_log=build.log if build is not None else "",
-            emulator_log=boot.emulator_log if boot is not None else "",
+            emulator_log=bounded_log(boot.emulator_log) if boot is not None else "",
             timings={"boot": boot.duration_s} if boot is not None else {},
         )
 

@@ -7,16 +7,30 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from rig.errors import InfraError
-from rig.lanes.base import owned_process, watch_console
+from rig.guest.protocol import TRANSCRIPT_CAP
+from rig.lanes.base import CHANNEL_CAP, make_result, owned_process, watch_console
 from rig.lanes.bochs import bochsrc
 from rig.lanes.libvirt import domain_xml
-from rig.model import BootEnd, BootSpec, GuestImage
+from rig.model import (
+    BootEnd,
+    BootResult,
+    BootSpec,
+    Cell,
+    CpuSpec,
+    GuestImage,
+    KernelSpec,
+    LaneSpec,
+    ModuleBuild,
+    Outcome,
+)
+from rig.verdict import judge
 
 
 def _spec(tmp_path: Path, model: str = "Penryn") -> BootSpec:
@@ -175,3 +189,72 @@ def test_watch_console_keeps_waiting_after_an_oops_in_the_test(tmp_path: Path) -
     t.join()
     assert w.end is BootEnd.TIMEOUT
     assert "cell timeout" in w.detail
+
+
+# --------------------------------------------------------------------------- bounded output
+def _sparse(path: Path, size: int, tail: bytes = b"") -> None:
+    """A channel file of `size` bytes (a hole: the disk holds nothing of it) ending in `tail`."""
+    with path.open("wb") as fh:
+        fh.truncate(size - len(tail))
+        fh.seek(size - len(tail))
+        fh.write(tail)
+
+
+@pytest.mark.parametrize("name", ["console.txt", "agent.txt", "l1-console.txt"])
+def test_a_guest_that_writes_a_gigabyte_is_stopped_in_bounded_memory(
+    tmp_path: Path, name: str
+) -> None:
+    """1 GiB on any of the cell's channels: the watcher stops at the cap, having read no more
+    than the cap of the console, and make_result keeps no more than the cap either."""
+    console = tmp_path / "console.txt"
+    console.write_text("[ 0.0] Linux version\n")
+    _sparse(tmp_path / name, 2**30, b"\n[ 9.9] reboot: Power down\n")
+    tracemalloc.start()
+    w = watch_console(console, alive=lambda: True, timeout_s=60, poll_s=0.02, cap=4 * 2**20)
+    result = make_result(tmp_path, w)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert w.end is BootEnd.FLOOD, w
+    assert w.detail == f"the guest wrote more than 4 MiB on {name}: stopped"
+    assert len(result.console) <= CHANNEL_CAP and len(result.agent) <= CHANNEL_CAP
+    assert peak < 4 * CHANNEL_CAP  # not the gigabyte
+
+
+def test_the_watcher_reads_a_console_from_where_it_stopped(tmp_path: Path) -> None:
+    """Poll after poll it reads only what was added, and a line split between two reads is
+    still seen: the poweroff line, written in two halves, ends the watch."""
+    console = tmp_path / "console.txt"
+    console.write_text("x" * 100_000 + "\n[ 1.0] reboot: Po")
+
+    def rest() -> None:
+        time.sleep(0.3)
+        with console.open("a") as fh:
+            fh.write("wer down\n")
+
+    t = threading.Thread(target=rest)
+    t.start()
+    w = watch_console(console, alive=t.is_alive, timeout_s=20, poll_s=0.02)
+    t.join()
+    assert w.end is BootEnd.POWEROFF
+
+
+def test_a_flooded_boot_is_an_infrastructure_error_with_a_bounded_transcript() -> None:
+    spam = "".join(f"[ 5.{i:06d}] vmlaunch: spam {i}\n" for i in range(60_000))
+    agent = "RIG-BEGIN run=r cell=tcg-6.12-penryn\nRIG-CPU vmx=0 model=x\nRIG-RUN 0 module=m\n"
+    said = "the guest wrote more than 16 MiB on console.txt: stopped"
+    boot = BootResult(console=spam, agent=agent, end=BootEnd.FLOOD, duration_s=3.0,
+                      detail=said)  # fmt: skip
+    cell = Cell(
+        lane=LaneSpec(name="tcg", backend="libvirt", vmx=False, domain_type="qemu"),
+        kernel=KernelSpec(name="6.12", suite="trixie", abi="6.12.117+deb13-amd64"),
+        cpu=CpuSpec("penryn", {"tcg": "Penryn"}),
+        timeout_s=400,
+    )
+    build = ModuleBuild(name="vmlaunch", ok=True, log="", ko=Path("/x/vmlaunch.ko"))
+    verdict = judge(cell, build, boot)
+    assert {s: v.outcome for s, v in verdict.stages.items() if s != "build"} == dict.fromkeys(
+        ["vmxon", "vmlaunch", "vmcall_exit", "teardown"], Outcome.ERROR
+    )
+    assert "infrastructure: the guest wrote more than 16 MiB" in verdict.stages["vmxon"].reason
+    assert len(verdict.console) <= TRANSCRIPT_CAP + 100 < len(spam)
+    assert "lines cut here" in verdict.console and verdict.console.endswith("RIG-RUN 0 module=m\n")
