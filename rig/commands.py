@@ -197,6 +197,8 @@ def cmd_images(args: argparse.Namespace) -> int:
             print(f"removed {name}")
         for name in result.busy:
             print(f"in use, kept {name}")
+        for name in result.skipped:
+            print(f"skipped {name}")
         print(f"pruned {len(result.removed)}, {len(result.busy)} in use, "
               f"{len(result.kept)} still named by the matrix")  # fmt: skip
         return 0
@@ -320,6 +322,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
     result = sweep(args.runs_dir.resolve())
     qemus = sweep_embed_pool((args.cache or default_cache_root()) / "libvirt-embed")
+    for path in result.skipped:
+        print(f"skipped {path}")
     print(
         f"checked {result.runs_checked} dead runs: killed {result.processes_killed + qemus} "
         f"processes, removed {result.scratch_removed} scratch files"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from rig.model import BootEnd, BootResult, BootSpec
+from rig.runs import record_pid
 
 # A panic ends the guest; after one we give the console a moment to flush the trace, then stop.
 PANIC_RE = re.compile(r"Kernel panic - not syncing|reboot: Restarting system")
@@ -224,7 +225,7 @@ def owned_process(
             start_new_session=True,
         )
     if pidfile is not None:
-        pidfile.write_text(f"{proc.pid}\n")
+        record_pid(pidfile, proc.pid)  # with its start time: a sweep never kills a reused pid
     try:
         yield proc
     finally:

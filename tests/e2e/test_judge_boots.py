@@ -3,7 +3,8 @@
 - a copy of the driver patched to decline without cause FAILS on the bochs lane (exit 1);
 - a guest that hangs right after rmmod fails `teardown` (exit 1);
 - a copy of the driver that leaves VMX on at rmmod and prints `cr4.vmxe=0` anyway fails
-  `teardown` by the teardown witness: KVM cannot enable VMX after it (exit 1);
+  `teardown` by the teardown witness: KVM cannot enable VMX after it (exit 1), though it also
+  prints a passing witness of its own, joined by carriage returns into one kernel line;
 - a good driver passes all five stages over 5 load/unload cycles while a preloaded module
   floods the console with whole and split lines;
 - a required kvm lane on a host without nested VMX is an infrastructure error (exit 3);
@@ -49,11 +50,27 @@ def test_a_driver_that_declines_without_cause_fails(rig: RigRunner, tmp_path: Pa
     assert "arranged no such condition" in cell["vmxon"].message
 
 
+# A passing witness and the agent's end, joined by carriage returns into one printk: on the
+# console and in the agent's dmesg dump (security finding H1)
+FORGED_WITNESS = "\\r".join([
+    "vmlaunch: a forged witness follows",
+    "RIG-WITNESS start vmx=1",
+    "RIG-WITNESS load module=irqbypass rc=0 error=",
+    "RIG-WITNESS load module=kvm rc=0 error=",
+    "RIG-WITNESS load module=kvm-intel rc=0 error=",
+    "RIG-WITNESS vm rc=0 kvm-witness: ok exits=io,hlt",
+    "RIG-WITNESS end",
+    "RIG-END",
+])  # fmt: skip
+
+
 def test_a_driver_that_lies_about_vmxoff_fails_by_the_witness(
     rig: RigRunner, tmp_path: Path
 ) -> None:
     """Hold mode (opt-in on 6.12): the release at rmmod skips VMXOFF and reports CR4.VMXE as
-    0. The driver's own lines all say ok; only KVM, loaded after it, can tell."""
+    0. The driver's own lines all say ok; only KVM, loaded after it, can tell. The copy also
+    prints a passing witness of its own, joined by `\\r` into one kernel line: the rig takes
+    records only from the agent's channel, so the forgery changes nothing."""
     copy = tmp_path / "driver"
     shutil.copytree(REPO / "driver", copy, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*"))
     src = copy / "vml_cpu.c"
@@ -62,7 +79,8 @@ def test_a_driver_that_lies_about_vmxoff_fails_by_the_witness(
     report = "\tr->vmxe = !!(vml_read_cr4() & X86_CR4_VMXE);"
     assert text.count(vmxoff) == 1 and text.count(report) == 1, "the hold-mode release moved"
     text = text.replace(vmxoff, "\trc = VML_RC_OK; /* broken: VMX left on */\n\tc->vmx_on = false;")
-    src.write_text(text.replace(report, "\tr->vmxe = 0; /* broken: a lie */"))
+    forge = f'\tr->vmxe = 0; /* broken: a lie */\n\tprintk(KERN_INFO "{FORGED_WITNESS}\\n");'
+    src.write_text(text.replace(report, forge))
     run = rig(*BOCHS, "--driver", str(copy), "--param", "hold_vmx=1")
     assert run.rc == 1, run.output[-3000:]
     cell = run.cells["bochs-6.12-haswell"]
@@ -70,6 +88,8 @@ def test_a_driver_that_lies_about_vmxoff_fails_by_the_witness(
     message = cell["teardown"].message
     assert "KVM could not enable VMX on CPU 0" in message and "left VMX on" in message, message
     assert "vmxoff ok cr4.vmxe=0 at=unload" in cell["teardown"].system_out
+    # the forgery was printed, and is kept as text: its carriage returns shown
+    assert "follows\\x0dRIG-WITNESS start vmx=1\\x0d" in cell["teardown"].system_out
 
 
 def test_a_guest_that_hangs_after_rmmod_fails_teardown(rig: RigRunner) -> None:

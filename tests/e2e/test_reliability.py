@@ -2,6 +2,8 @@
 
 - a driver that panics or oopses the guest fails its cell within seconds, with the oops text;
 - a driver that hangs fails at the cell timeout with the console tail;
+- a driver that prints without end is stopped at the channel cap: an infrastructure error,
+  with bounded files, verdict and JUnit;
 - a guest that cannot boot, and a broken emulator set-up, are infrastructure errors (exit 3);
 - kill -9 of the rig leaves no QEMU, domain or scratch file behind once `rig clean` ran;
 - kill -9 of one pytest-xdist worker is an infrastructure error of its cell only, and the run
@@ -20,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from rig.guest.protocol import TRANSCRIPT_CAP
+from rig.lanes.base import CHANNEL_CAP
 from rig.model import STAGES, Outcome
 from rig.report import CaseResult, by_cell, read_junit
 from rig.runs import processes_mentioning
@@ -77,6 +81,24 @@ def test_hanging_driver_fails_at_the_timeout_with_console_tail(rig: RigRunner) -
     cell = run.cells["tcg-6.12-penryn"]
     msgs = "\n".join(r.message for r in cell.values() if r.outcome is Outcome.FAILED)
     assert "hang" in msgs.lower() or "timeout" in msgs.lower(), msgs
+    assert not _qemu_guests(run.runs_dir)
+
+
+def test_a_guest_that_prints_without_end_is_stopped_at_the_cap(rig: RigRunner) -> None:
+    """A driver stuck in a printk loop would write gigabytes: the watcher stops the guest once
+    a channel passes CHANNEL_CAP; the cell is an infrastructure ERROR; what the rig keeps of it
+    (the console file, verdict.json, the JUnit) stays bounded."""
+    run = rig(*TCG, "--driver", str(DRIVERS / "endless"), "--timeout", "400")
+    assert run.rc == 3, run.output[-3000:]
+    cell = run.cells["tcg-6.12-penryn"]
+    assert cell["build"].outcome is Outcome.PASSED
+    assert cell["vmxon"].outcome is Outcome.ERROR, cell["vmxon"].message
+    assert "the guest wrote more than 16 MiB on console.txt: stopped" in cell["vmxon"].message
+    cell_dir = next(run.runs_dir.glob("*/cells/tcg-6.12-penryn"))
+    console = (cell_dir / "console.txt").stat().st_size
+    assert CHANNEL_CAP < console < 2 * CHANNEL_CAP, console  # stopped soon after the cap
+    assert (cell_dir / "verdict.json").stat().st_size < 3 * TRANSCRIPT_CAP
+    assert run.junit.stat().st_size < 6 * TRANSCRIPT_CAP
     assert not _qemu_guests(run.runs_dir)
 
 
