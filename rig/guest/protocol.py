@@ -8,9 +8,10 @@ agent's kmsg markers; `parse_lines` reads a transcript into runs (their steps, t
 kernel lines, their dmesg dumps). What the lines mean for the driver is the verdict stage's
 business (rig.verdict), not this module's.
 
-Provenance (docs/contract.md section 2.4): a protocol record comes only from the agent's
-channel, outside its dmesg dumps. Kernel text (the console, a dump) is kept as `KernelText`
-lines, which no parser here or in rig.verdict takes for a record, whatever they contain.
+Provenance (docs/contract.md section 2, "Provenance"): a protocol record comes only from the
+agent's channel, outside its dmesg dumps. Kernel text (the console, a dump) is kept as
+`KernelText` lines, which no parser here or in rig.verdict takes for a record, whatever they
+contain.
 Lines are split on `\\n` only; control characters left in a line are shown as `\\xNN`, and a
 line is cut at MAX_LINE characters, where the guest's text is read.
 """
