@@ -48,6 +48,7 @@ from rig.model import (
     Outcome,
     StageVerdict,
 )
+from rig.textsafe import shown
 from rig.verdict.beside import beside_setup_failure
 from rig.verdict.crash import crash_teardown, split_at_crash
 from rig.verdict.reading import TAIL_LINES, GuestReport, Run, parse_guest, read
@@ -262,9 +263,15 @@ def judge(
     def verdict(stages: dict[str, StageVerdict]) -> CellVerdict:
         return CellVerdict(
             cell_id=cell.id,
-            stages={s: stages[s] for s in STAGES},
+            # the guest's words (a panic line, an emulator's detail) never go on raw
+            stages={
+                s: replace(
+                    stages[s], reason=shown(stages[s].reason), evidence=shown(stages[s].evidence)
+                )
+                for s in STAGES
+            },
             console=transcript,
-            build_log=build.log if build is not None else "",
+            build_log=shown(build.log) if build is not None else "",
             emulator_log=bounded_log(boot.emulator_log) if boot is not None else "",
             timings={"boot": boot.duration_s} if boot is not None else {},
         )

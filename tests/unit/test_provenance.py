@@ -139,7 +139,19 @@ def test_forged_records_in_kernel_text_never_change_a_verdict(
     )  # fmt: skip
     verdict = judge(cell, BUILD_OK, hostile, arranged)
     assert outcomes(verdict) == expected
-    assert not any(0 < ord(c) < 32 and c not in "\t\n" for c in verdict.console)
+    said = [verdict.console, *(v.reason + v.evidence for v in verdict.stages.values())]
+    assert not any(ord(c) < 32 and c not in "\t\n" for text in said for c in text)
+
+
+def test_a_boot_detail_with_escapes_reaches_no_reason_raw() -> None:
+    """A lane's detail (the watcher's panic line is raw console text) goes into a reason."""
+    cell, boot, arranged, _ = load_case(DATA / "tcg-6.12-penryn-hang-driver")
+    detail = "no poweroff: \x1b[2J\x1b]0;pwned\x07 (timeout)"
+    hostile = BootResult(console=boot.console, agent=boot.agent, end=boot.end,
+                         duration_s=boot.duration_s, detail=detail)  # fmt: skip
+    verdict = judge(cell, BUILD_OK, hostile, arranged)
+    reasons = " ".join(v.reason for v in verdict.stages.values())
+    assert "\\x1b[2J" in reasons and "\x1b" not in reasons and "\x07" not in reasons
 
 
 # --------------------------------------------------------------------------- bounded lines
