@@ -14,12 +14,17 @@ import re
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from pathlib import Path
 
 from rig.artifacts.cache import Cache, Progress, digest
-from rig.artifacts.steps import in_root
-from rig.errors import UsageError
+from rig.artifacts.steps import (
+    BUILD_DIR,
+    SETPRIV,
+    copy_product,
+    hand_to_build_user,
+    sandboxed,
+)
+from rig.errors import InfraError, UsageError
 from rig.model import KernelArtifacts, ModuleBuild
 
 MODNAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,55}$")
@@ -99,6 +104,10 @@ def build_module(
             fix="pass --driver DIR pointing at the driver sources",
         )
     name = module_name(src)
+    # The chroot enters the key by its directory name alone (which names the kernel's pinned
+    # packages), not by its contents. That is sound because nothing but the rig's own steps
+    # writes a chroot: module builds see it read-only (`sandboxed`), so no build can change
+    # the compiler or headers a later build of another tree uses.
     key = digest("module", kernel.spec.abi, kernel.chroot.parent.name, tree_digest(src))
     with cache.building("modules", f"{name}-{kernel.spec.name}-{key}") as (final, tmp):
         if tmp is not None:
@@ -114,27 +123,39 @@ def build_module(
     )
 
 
+BUILD_TIMEOUT_S = 600
+
+
 def _build_module(
     kernel: KernelArtifacts, src: Path, name: str, out: Path, progress: Progress
 ) -> None:
+    """Build in the sandbox, in `out`/build (out is the entry's temporary directory in the
+    cache, outside the chroot: a killed build's leftovers go with it); keep the .ko, the log
+    and result.json."""
     progress(f"module {name}: building against {kernel.spec.abi} ...")
-    # Called under the module key's lock: earlier build dirs of this key were killed builds.
-    prefix = f"build-{out.name.lstrip('.').split('.')[0]}-"
-    for stale in (kernel.chroot / "tmp").glob(prefix + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    build_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=kernel.chroot / "tmp"))
+    if not (kernel.chroot / SETPRIV.lstrip("/")).exists():
+        raise InfraError(
+            f"the toolchain chroot {kernel.chroot} has no {SETPRIV} (util-linux)",
+            fix="delete the kernel's cache entry (rig images prune) so that it is built again",
+        )
+    build_dir = out / "build"
+    build_dir.mkdir()
     try:
         copy_sources(src, build_dir)
-        inside = "/" + str(build_dir.relative_to(kernel.chroot))
-        argv = in_root(kernel.chroot, ["make", "-C", str(kernel.headers), f"M={inside}"])
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, errors="replace", timeout=600, check=False
+        hand_to_build_user(build_dir)
+        argv = sandboxed(
+            kernel.chroot, ["make", "-C", str(kernel.headers), f"M={BUILD_DIR}"], build_dir
         )
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, errors="replace",
+                timeout=BUILD_TIMEOUT_S, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:  # killed with its sandbox; nothing cached
+            raise InfraError(f"module {name}: the build ran past {BUILD_TIMEOUT_S} s") from exc
         log = proc.stdout + proc.stderr
         warnings = sum(1 for line in log.splitlines() if "warning:" in line.lower())
-        ok = proc.returncode == 0 and (build_dir / f"{name}.ko").exists()
-        if ok:
-            shutil.copy2(build_dir / f"{name}.ko", out / f"{name}.ko")
+        ok = proc.returncode == 0 and copy_product(build_dir / f"{name}.ko", out / f"{name}.ko")
         (out / "build.log").write_text(log)
         (out / "result.json").write_text(
             json.dumps({"ok": ok, "warnings": warnings, "rc": proc.returncode})

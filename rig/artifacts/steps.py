@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,8 @@ HOST_TOOLS: dict[str, tuple[str, str]] = {
     "debootstrap": ("debootstrap", "building a suite's toolchain chroot"),
     "dpkg-deb": ("dpkg", "unpacking kernel packages"),
     "cpio": ("cpio", "packing the initramfs"),
-    "unshare": ("util-linux", "isolating builds and emulators"),
+    "unshare": ("util-linux", "isolating the rig's own build steps and emulators"),
+    "bwrap": ("bubblewrap", "the sandbox that builds module code (the driver, fixtures)"),
     "grub-mkrescue": ("grub-common grub-pc-bin xorriso mtools", "making the Bochs boot ISO"),
     "xorriso": ("xorriso", "making the Bochs boot ISO"),
     "gcc": ("gcc libc6-dev", "building the teardown witness (kvm-witness, static)"),
@@ -68,7 +71,9 @@ def run_step(argv: Sequence[str], *, log: Path, what: str, timeout: float = 1800
 def in_root(
     root: Path, argv: Sequence[str], env: dict[str, str] | None = None, cwd: str = "/"
 ) -> list[str]:
-    """argv run chrooted in `root` with its own /proc (objtool of 7.x reads /proc)."""
+    """argv run chrooted in `root` as root with its own /proc: for the rig's own, trusted
+    steps (apt-get in a chroot it builds). It isolates nothing: never give it module code,
+    which `sandboxed` runs."""
     envv = [f"{k}={v}" for k, v in (env or {}).items()]
     return [
         "unshare", "--fork", "--pid", "--kill-child", "--mount-proc", f"--root={root}",
@@ -76,6 +81,82 @@ def in_root(
         "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8",
         *envv, *argv,
     ]  # fmt: skip
+
+
+BUILD_UID = 65534
+"""The user and group a sandboxed build runs as: nobody/nogroup, the same ids in every Debian
+chroot and on the host."""
+BUILD_DIR = "/tmp/build"
+"""Where a sandboxed build sees its build directory (its working directory)."""
+SETPRIV = "/usr/bin/setpriv"  # util-linux, essential in every Debian suite
+
+
+def sandboxed(root: Path, argv: Sequence[str], build_dir: Path) -> list[str]:
+    """argv, code the rig does not trust (a module's Makefile and whatever it runs), run in
+    the toolchain chroot `root` by bubblewrap. What it guarantees:
+
+    - `root` is mounted read-only (nosuid, nodev) as /, and /proc (the sandbox's own) is
+      read-only too: the build cannot change the chroot that later builds use.
+    - It can write only `build_dir` (seen at BUILD_DIR, its working directory) and a private
+      tmpfs at /tmp; nothing else it does survives it. The caller copies the products out.
+    - It runs as uid and gid BUILD_UID (nobody) on the host too (there is no user namespace
+      mapping it to root), with no supplementary groups, no capabilities (effective,
+      permitted, inheritable, ambient and bounding sets empty) and no-new-privs (setuid bits
+      and file capabilities give nothing): it cannot chroot(2), mount or load modules.
+    - It has no network (a network namespace of its own, holding only its own loopback) and
+      its own PID, IPC, UTS and cgroup namespaces: it sees and signals no host process. It
+      has no controlling terminal, an environment of PATH, LC_ALL and HOME only, and dies
+      with the rig.
+
+    How: bwrap runs as root without a user namespace (so that it can read the root-only
+    cache and mount), then the chroot's own setpriv drops to nobody before argv runs. That
+    setpriv runs as root, which is sound because nothing but the rig's own steps (`in_root`,
+    when the chroot is made) ever writes the chroot. Needs root; `build_dir` must be
+    writable by BUILD_UID (`hand_to_build_user`).
+    """
+    require_tool("bwrap")
+    return [
+        "bwrap",
+        "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        "--die-with-parent", "--new-session",
+        "--ro-bind", str(root), "/",
+        "--proc", "/proc", "--remount-ro", "/proc",
+        "--dev", "/dev",
+        "--perms", "1777", "--tmpfs", "/tmp",
+        "--bind", str(build_dir), BUILD_DIR,
+        "--chdir", BUILD_DIR,
+        "--clearenv", "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin",
+        "--setenv", "LC_ALL", "C.UTF-8", "--setenv", "HOME", "/tmp",
+        "--",
+        SETPRIV, f"--reuid={BUILD_UID}", f"--regid={BUILD_UID}", "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+        "--", *argv,
+    ]  # fmt: skip
+
+
+def hand_to_build_user(tree: Path) -> None:
+    """Make `tree` (a build directory, not a symlink) and everything in it BUILD_UID's."""
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in [*dirnames, *filenames]:
+            os.chown(Path(dirpath) / name, BUILD_UID, BUILD_UID, follow_symlinks=False)
+    os.chown(tree, BUILD_UID, BUILD_UID, follow_symlinks=False)
+
+
+def copy_product(src: Path, dest: Path) -> bool:
+    """Copy a file a sandboxed build made to `dest` (mode 0644, owned by the rig): only a
+    regular file, never what a symlink of the build points at (a host file). False when
+    `src` is missing or not a regular file."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return False
+        with dest.open("wb") as out:
+            shutil.copyfileobj(fh, out)
+    dest.chmod(0o644)
+    return True
 
 
 def write_cpio(root: Path, out: Path, *, compress: bool) -> None:
