@@ -55,7 +55,7 @@ L1_CMDLINE = "console=ttyS0,115200 quiet loglevel=4 panic=0 8250.nr_uarts=4"
 SCRATCH = ("l0.iso", "l0-iso", "l2-cpio", "l2.cpio")  # removed after each boot (rig.sweep)
 _FACT_RE = re.compile(r"^RIG-L1 (.*?)\r?$", re.M)
 _DROPPED_RE = re.compile(r"doesn't support requested feature: (\S+?) \[bit \d+\]")
-_QEMU_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_QEMU_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def l0_model(l0_cpus: tuple[tuple[str, str], ...], l2_model: str) -> str | None:
@@ -73,7 +73,7 @@ def qemu_args(
     With `inject`, L2's agent channel goes to a FIFO that L1's init copies to ttyS2 (it
     watches it for each run's start and end), and QEMU's monitor reads commands from a FIFO
     (guests/nested/init sends `nmi` and `mce` there)."""
-    if not _QEMU_MODEL_RE.match(l2_model) or l2_model.startswith("host"):
+    if not _QEMU_MODEL_RE.fullmatch(l2_model) or l2_model.startswith("host"):
         raise InfraError(f"not a QEMU CPU model name for the nested lane: {l2_model!r}")
     for word in cmdline.split():
         check_kernel_arg(word, "L2 kernel command line word")
