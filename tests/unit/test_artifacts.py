@@ -1,8 +1,13 @@
-"""Artifact cache and recipes that need no network: keys, locking, module names, initramfs."""
+"""Artifact cache and recipes that need no network: keys, locking, module names, initramfs,
+the module build sandbox."""
 
 from __future__ import annotations
 
 import gzip
+import os
+import secrets
+import shutil
+import socket
 import subprocess
 import threading
 from dataclasses import replace
@@ -11,8 +16,16 @@ from typing import Any
 
 import pytest
 
-from rig.artifacts import Cache, digest, module_name, tree_digest
-from rig.errors import UsageError
+from rig.artifacts import HOST_TOOLS, Cache, digest, module_name, tree_digest
+from rig.artifacts.steps import (
+    BUILD_DIR,
+    BUILD_UID,
+    SETPRIV,
+    copy_product,
+    hand_to_build_user,
+    sandboxed,
+)
+from rig.errors import ToolMissing, UsageError
 from rig.guest.initramfs import initramfs_image
 from rig.lanes.bochs_media import grub_config
 from rig.model import GuestImage, KernelArtifacts, KernelSpec
@@ -243,3 +256,112 @@ def test_a_cache_root_named_through_a_symlink_is_still_the_cache(tmp_path: Path)
     cache = Cache(tmp_path / "link")
     assert cache.entries() == [("kernels", "k1", 0)]
     assert cache.prune().removed == ["kernels/k1"]
+
+
+def test_the_sandbox_argv_is_offline_unprivileged_and_read_only(tmp_path: Path) -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap not installed")
+    root = Path("/cache/kernels/6.12-k/root")
+    make = ["make", "-C", "/usr/src/linux-headers-x", f"M={BUILD_DIR}"]
+    argv = sandboxed(root, make, tmp_path)
+    outer, inner = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    triples = list(zip(outer, outer[1:], outer[2:], strict=False))
+    assert outer[0] == "bwrap"
+    for flag in ("--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                 "--die-with-parent", "--new-session", "--clearenv"):  # fmt: skip
+        assert flag in outer, flag
+    assert "--share-net" not in outer
+    # the chroot read-only as /, /proc read-only, and one writable bind: the build dir
+    assert ("--ro-bind", str(root), "/") in triples
+    assert ("--proc", "/proc", "--remount-ro") in triples
+    assert ("--bind", str(tmp_path), BUILD_DIR) in triples
+    writable = [a for a in outer if a in {"--bind", "--bind-try", "--dev-bind", "--dev-bind-try"}]
+    assert writable == ["--bind"]
+    # No user namespace: it would map the build user to root on the host. bwrap, as root,
+    # sets up; the chroot's setpriv drops to nobody, every capability and new privileges.
+    assert "--unshare-user" not in outer and "--unshare-all" not in outer
+    assert inner[: inner.index("--")] == [
+        SETPRIV, f"--reuid={BUILD_UID}", f"--regid={BUILD_UID}", "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+    ]  # fmt: skip
+    assert inner[inner.index("--") + 1 :] == make
+
+
+def test_the_sandbox_needs_bubblewrap_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert HOST_TOOLS["bwrap"][0] == "bubblewrap"
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "bwrap" else which(tool))
+    with pytest.raises(ToolMissing) as raised:
+        sandboxed(tmp_path, ["true"], tmp_path)
+    assert "apt-get install bubblewrap" in raised.value.render()
+
+
+def test_a_product_is_copied_only_from_a_regular_file(tmp_path: Path) -> None:
+    build = tmp_path / "build"
+    build.mkdir()
+    secret = tmp_path / "host-secret"
+    secret.write_text("host only")
+    (build / "link.ko").symlink_to(secret)
+    os.mkfifo(build / "fifo.ko")
+    (build / "m.ko").write_bytes(b"\x7fELF module")
+    (build / "m.ko").chmod(0o4755)
+    assert not copy_product(build / "link.ko", tmp_path / "a.ko")
+    assert not copy_product(build / "fifo.ko", tmp_path / "b.ko")
+    assert not copy_product(build / "missing.ko", tmp_path / "c.ko")
+    assert not (tmp_path / "a.ko").exists() and not (tmp_path / "b.ko").exists()
+    assert copy_product(build / "m.ko", tmp_path / "m.ko")
+    assert (tmp_path / "m.ko").read_bytes() == b"\x7fELF module"
+    assert (tmp_path / "m.ko").stat().st_mode & 0o7777 == 0o644
+
+
+SANDBOX_PROBE = r"""
+echo "ids: $(id -u) $(id -g) [$(id -G)]"
+grep -E '^(CapEff|CapPrm|CapInh|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status | tr -d '\t'
+if (: >"$1") 2>/dev/null; then echo "root write: done"; else echo "root write: refused"; fi
+v=$(cat /proc/sys/vm/overcommit_ratio)  # written back unchanged, if at all
+if (echo "$v" >/proc/sys/vm/overcommit_ratio) 2>/dev/null; then echo "sysctl: written"
+else echo "sysctl: refused"; fi
+if chroot / true 2>/dev/null; then echo "chroot: done"; else echo "chroot: refused"; fi
+if bash -c "echo probe >/dev/tcp/127.0.0.1/$2" 2>/dev/null; then echo "net: connected"
+else echo "net: refused"; fi
+if (echo made >made) 2>/dev/null; then echo "build dir: written"; fi
+echo "cwd: $(pwd)"
+"""
+
+
+def test_the_sandbox_for_real_over_the_hosts_root(tmp_path: Path) -> None:
+    """The host's / as the sandbox's read-only root: who the build is, what it may do."""
+    if os.geteuid() != 0 or shutil.which("bwrap") is None or not Path(SETPRIV).exists():
+        pytest.skip("needs root, bwrap (bubblewrap) and setpriv (util-linux)")
+    build = tmp_path / "build"
+    build.mkdir()
+    hand_to_build_user(build)
+    probe = Path(f"/var/tmp/rig-sandbox-probe-{secrets.token_hex(6)}")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    try:
+        argv = sandboxed(Path("/"), ["sh", "-c", SANDBOX_PROBE, "sh", str(probe), str(port)],
+                         build)  # fmt: skip
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()[0].close()
+    finally:
+        listener.close()
+        wrote = probe.exists()
+        probe.unlink(missing_ok=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert f"ids: {BUILD_UID} {BUILD_UID} [{BUILD_UID}]" in lines
+    for caps in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"):
+        assert f"{caps}:0000000000000000" in lines, out.stdout
+    assert "NoNewPrivs:1" in lines
+    assert "root write: refused" in lines and not wrote
+    assert "sysctl: refused" in lines
+    assert "chroot: refused" in lines
+    assert "net: refused" in lines
+    assert "build dir: written" in lines and f"cwd: {BUILD_DIR}" in lines
+    made = build / "made"
+    assert made.read_text() == "made\n" and made.stat().st_uid == BUILD_UID
