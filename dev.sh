@@ -23,6 +23,8 @@ APT_PACKAGES=(
   mmdebstrap e2fsprogs openssh-client
   # util-linux gives unshare and setpriv; python3-venv for the .venv
   util-linux python3-venv python3-dev gcc
+  # the sandbox that builds module code (the driver, the test fixtures): bwrap
+  bubblewrap
 )
 # CI only (./dev.sh install-ci): shellcheck for actionlint; a Chromium for the report's
 # browser test (skipped where Google Chrome is already there, as on GitHub's runners)
