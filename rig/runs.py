@@ -33,6 +33,16 @@ from typing import Any
 from filelock import FileLock
 
 from rig.model import STAGES, CellVerdict, Outcome, StageVerdict
+from rig.procs import (
+    PidRecord,
+    args_of,
+    cmdline_of,
+    kill_recorded,
+    read_pid,
+    running,
+    start_time,
+    uid_of,
+)
 
 PIDFILES = ("emulator.pid", "child.pid")
 NESTED = ("l0.iso", "l0-iso", "l2-cpio", "l2.cpio")  # rig.lanes.nested's scratch
@@ -96,109 +106,6 @@ def real_dir(path: Path) -> bool:
         return stat.S_ISDIR(os.lstat(path).st_mode)
     except OSError:
         return False
-
-
-# --------------------------------------------------------------------------- recorded pids
-@dataclass(frozen=True)
-class PidRecord:
-    """A process the rig started, as its pid file has it: `PID start=TICKS` (start: field 22
-    of /proc/PID/stat, clock ticks after boot; None in the older `PID` format)."""
-
-    pid: int
-    start: int | None = None
-
-
-def _stat(pid: int) -> list[str]:
-    """/proc/PID/stat from field 3 (state) on ([] when there is no such process)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return []
-    return text.rsplit(")", 1)[-1].split()
-
-
-def start_time(pid: int) -> int | None:
-    fields = _stat(pid)
-    return int(fields[19]) if len(fields) > 19 else None
-
-
-def _uid(pid: int) -> int | None:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    return None
-
-
-def record_pid(pidfile: Path, pid: int) -> None:
-    """Write the pid file of a process the rig just started (before it can be reused)."""
-    start = start_time(pid)
-    pidfile.write_text(f"{pid}\n" if start is None else f"{pid} start={start}\n")
-
-
-def read_pid(pidfile: Path) -> PidRecord | None:
-    """The record in a pid file (never through a symlink); None when absent or unreadable."""
-    try:
-        fd = os.open(pidfile, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd) as fh:
-        words = fh.read(200).split()
-    try:
-        pid = int(words[0])
-        start = int(words[1].removeprefix("start=")) if len(words) > 1 else None
-    except (IndexError, ValueError):
-        return None
-    return PidRecord(pid, start) if pid > 1 else None
-
-
-def _running(rec: PidRecord) -> bool:
-    """The pid runs (not a zombie) and, when the record has it, started at the recorded time."""
-    fields = _stat(rec.pid)
-    return bool(fields) and fields[0] not in "ZX" and rec.start in (None, int(fields[19]))
-
-
-def _is_recorded(rec: PidRecord, mark: str | None) -> bool:
-    """Still the process that was recorded: ours, and started when recorded (an older record
-    without its start time: its command line must name `mark`, the cell dir)."""
-    if not _running(rec) or _uid(rec.pid) != os.getuid():
-        return False
-    return rec.start is not None or (mark is not None and mark in _cmdline(rec.pid))
-
-
-def kill_recorded(rec: PidRecord, mark: str | None = None) -> bool:
-    """SIGKILL a recorded process if it still is that process (see _is_recorded).
-
-    Its whole process group only when it is known to lead one (start time checked and
-    pgid == pid: the rig starts its emulators in sessions of their own); else itself only.
-    """
-    try:
-        pidfd = os.pidfd_open(rec.pid)
-    except OSError:
-        return False  # gone
-    try:
-        if not _is_recorded(rec, mark):
-            return False
-        if rec.start is not None and int(_stat(rec.pid)[2]) == rec.pid:
-            os.killpg(rec.pid, signal.SIGKILL)
-        else:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        return True
-    except (ProcessLookupError, IndexError):
-        return False
-    finally:
-        os.close(pidfd)
-
-
-def _args(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _cmdline(pid: int) -> str:
-    return " ".join(_args(pid)).strip()
 
 
 # --------------------------------------------------------------------------- sweepers
@@ -276,8 +183,8 @@ def _domain_qemu(cell_dir: Path) -> PidRecord | None:
 
 
 def _qemu_of(pid: int, domain: str) -> bool:
-    named = any(a == f"guest={domain}" or a.startswith(f"guest={domain},") for a in _args(pid))
-    return named and _uid(pid) == os.getuid()
+    named = any(a == f"guest={domain}" or a.startswith(f"guest={domain},") for a in args_of(pid))
+    return named and uid_of(pid) == os.getuid()
 
 
 def sweep_cell(cell_dir: Path, settle_s: float = 10.0) -> int:
@@ -302,7 +209,7 @@ def sweep_cell(cell_dir: Path, settle_s: float = 10.0) -> int:
     if qemu is not None and kill_recorded(qemu):
         killed.append(qemu)
     deadline = time.monotonic() + settle_s
-    while any(_running(r) for r in killed) and time.monotonic() < deadline:
+    while any(running(r) for r in killed) and time.monotonic() < deadline:
         time.sleep(0.1)
     return len(killed)
 
@@ -344,7 +251,7 @@ def processes_mentioning(*marks: str) -> list[tuple[int, str]]:
     found: list[tuple[int, str]] = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != os.getpid():
-            cmd = _cmdline(int(proc.name))
+            cmd = cmdline_of(int(proc.name))
             if cmd and any(m in cmd for m in marks):
                 found.append((int(proc.name), cmd))
     return found

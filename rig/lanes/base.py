@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from rig.model import BootEnd, BootResult, BootSpec
-from rig.runs import record_pid
+from rig.procs import record_pid
 
 # A panic ends the guest; after one we give the console a moment to flush the trace, then stop.
 PANIC_RE = re.compile(r"Kernel panic - not syncing|reboot: Restarting system")

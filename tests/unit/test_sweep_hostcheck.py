@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from rig import procs as recorded
 from rig import runs
 from rig.hostcheck import kvm_usable
 from rig.runs import run_lock, sweep
@@ -127,8 +128,7 @@ def procs() -> Iterator[Procs]:
 
 
 def alive(pid: int) -> bool:
-    fields = runs._stat(pid)
-    return bool(fields) and fields[0] not in "ZX"
+    return recorded.running(recorded.PidRecord(pid))  # there, and not a zombie
 
 
 def dies(pid: int, within_s: float = 5.0) -> bool:
@@ -142,18 +142,18 @@ def test_a_pid_file_records_the_start_time_and_older_ones_still_read(
     tmp_path: Path, procs: Procs
 ) -> None:
     pid = procs.start(["sleep", "300"])
-    runs.record_pid(tmp_path / "emulator.pid", pid)
-    start = runs.start_time(pid)
+    recorded.record_pid(tmp_path / "emulator.pid", pid)
+    start = recorded.start_time(pid)
     assert start is not None
     assert (tmp_path / "emulator.pid").read_text() == f"{pid} start={start}\n"
-    assert runs.read_pid(tmp_path / "emulator.pid") == runs.PidRecord(pid, start)
+    assert recorded.read_pid(tmp_path / "emulator.pid") == recorded.PidRecord(pid, start)
     (tmp_path / "old.pid").write_text(f"{pid}\n")  # the format before start times
-    assert runs.read_pid(tmp_path / "old.pid") == runs.PidRecord(pid, None)
+    assert recorded.read_pid(tmp_path / "old.pid") == recorded.PidRecord(pid, None)
     (tmp_path / "link.pid").symlink_to(tmp_path / "old.pid")
-    assert runs.read_pid(tmp_path / "link.pid") is None  # never read through a symlink
+    assert recorded.read_pid(tmp_path / "link.pid") is None  # never read through a symlink
     for bad in ("", "x", "1", "12 start=x"):
         (tmp_path / "bad.pid").write_text(bad)
-        assert runs.read_pid(tmp_path / "bad.pid") is None
+        assert recorded.read_pid(tmp_path / "bad.pid") is None
 
 
 def test_sweep_cell_kills_only_what_the_rig_recorded(tmp_path: Path, procs: Procs) -> None:
@@ -165,9 +165,9 @@ def test_sweep_cell_kills_only_what_the_rig_recorded(tmp_path: Path, procs: Proc
     (cell / "console.txt").write_text("booting\n")
     viewer = procs.start(["tail", "-f", str(cell / "console.txt")], stdout=subprocess.DEVNULL)
     emulator = procs.start(["sleep", "300"])
-    runs.record_pid(cell / "emulator.pid", emulator)
+    recorded.record_pid(cell / "emulator.pid", emulator)
     reused = procs.start(["sleep", "300"])
-    start = runs.start_time(reused)
+    start = recorded.start_time(reused)
     assert start is not None
     (cell / "child.pid").write_text(f"{reused} start={start - 1}\n")
     assert runs.sweep_cell(cell, settle_s=5) == 1
@@ -177,9 +177,9 @@ def test_sweep_cell_kills_only_what_the_rig_recorded(tmp_path: Path, procs: Proc
         other = procs.start(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                              "sleep", "300"])  # fmt: skip
         deadline = time.monotonic() + 10
-        while runs._uid(other) != 65534 and time.monotonic() < deadline:
+        while recorded.uid_of(other) != 65534 and time.monotonic() < deadline:
             time.sleep(0.02)  # setpriv changes its uid after it started
-        runs.record_pid(cell / "child.pid", other)
+        recorded.record_pid(cell / "child.pid", other)
         assert runs.sweep_cell(cell, settle_s=1) == 0
         assert alive(other)
     assert alive(viewer)
@@ -205,7 +205,7 @@ def test_the_group_is_killed_only_when_the_recorded_process_is_known_to_lead_it(
     member = int(out.readline())
     procs.pids.append(member)
     if with_start:
-        runs.record_pid(cell / "emulator.pid", leader)
+        recorded.record_pid(cell / "emulator.pid", leader)
     else:
         (cell / "emulator.pid").write_text(f"{leader}\n")
     assert runs.sweep_cell(cell, settle_s=5) == 1
@@ -217,7 +217,7 @@ def test_a_process_not_leading_its_group_is_killed_alone(tmp_path: Path, procs: 
     cell = tmp_path / "run-1" / "cells" / "c"
     cell.mkdir(parents=True)
     pid = procs.start(["sleep", "300"], session=False)  # in this test's own process group
-    runs.record_pid(cell / "emulator.pid", pid)
+    recorded.record_pid(cell / "emulator.pid", pid)
     assert runs.sweep_cell(cell, settle_s=5) == 1  # and pytest is still here
     assert dies(pid)
 
@@ -251,7 +251,7 @@ def _planted_run(root: Path, procs: Procs) -> tuple[Path, int]:
     (cell / "initramfs" / "keep").write_text("x")
     (cell / "boot.iso").write_text("iso")
     pid = procs.start([*SLEEP, str(cell)])
-    runs.record_pid(cell / "emulator.pid", pid)
+    recorded.record_pid(cell / "emulator.pid", pid)
     return cell, pid
 
 
