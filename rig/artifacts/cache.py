@@ -24,8 +24,9 @@ from filelock import FileLock, Timeout
 
 from rig.runs import lock_held, real_dir
 
-RECIPE_VERSION = "1"
-"""Bump when a recipe changes in a way that must invalidate cached artifacts."""
+RECIPE_VERSION = "2"
+"""Bump when a recipe changes in a way that must invalidate cached artifacts (2: module builds
+are sandboxed; a chroot that an unsandboxed build could have written is made anew)."""
 
 
 def default_cache_root() -> Path:
