@@ -28,7 +28,10 @@ from tests.e2e.conftest import RigRunner
 REPO = Path(__file__).resolve().parents[2]
 
 CELL = "tcg-6.12-penryn"
-VM_SCRATCH = ("overlay.qcow2", "seed.img", "id_ed25519", "id_ed25519.pub", "vm", "child.pid")
+VM_SCRATCH = (
+    "overlay.qcow2", "seed.img", "id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key",
+    "ssh_host_ed25519_key.pub", "vm", "child.pid",
+)  # fmt: skip
 
 
 def _processes_of(run_dir: Path) -> list[str]:
@@ -70,7 +73,7 @@ def test_ssh_that_never_answers_is_an_infrastructure_error(
     tail, and leave no domain, QEMU, overlay, seed disk or key behind."""
 
     @contextlib.contextmanager
-    def foreign_seed(workdir: Path, public_key: str) -> Iterator[Path]:
+    def foreign_seed(workdir: Path, public_key: str, host_private: Path) -> Iterator[Path]:
         image = workdir / "seed.img"
         subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "notrigseed", str(image),
                         "2M"], check=True)  # fmt: skip

@@ -55,6 +55,8 @@ BUILD_OK = ModuleBuild(name="vmlaunch", ok=True, log="make: done\n", ko=Path("/x
 PENRYN_MODEL = "Intel Core 2 Duo P9xxx (Penryn Class Core 2)"
 
 needs = pytest.mark.skipif
+# the shape of a private key (the seed disk checks no more); real keys: tests/unit/test_vm_hostkey
+FAKE_HOST_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n"
 
 
 def at(el: ET.Element, path: str) -> ET.Element:
@@ -191,7 +193,9 @@ def test_cell_key_is_fresh_ed25519_and_removed(tmp_path: Path) -> None:
 @needs(shutil.which("mke2fs") is None or shutil.which("debugfs") is None, reason="e2fsprogs")
 def test_seed_disk_holds_the_key_and_is_removed(tmp_path: Path) -> None:
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITest rig-test"
-    with seed_disk(tmp_path, key) as img:
+    host = tmp_path / "host_key"
+    host.write_text(FAKE_HOST_KEY)
+    with seed_disk(tmp_path, key, host) as img:
         assert img.stat().st_size == 2 * 1024 * 1024
         out = subprocess.run(
             ["debugfs", "-R", "cat /authorized_keys", str(img)],
@@ -202,15 +206,17 @@ def test_seed_disk_holds_the_key_and_is_removed(tmp_path: Path) -> None:
             ["dumpe2fs", "-h", str(img)], capture_output=True, text=True, check=True
         )
         assert "rigseed" in label.stdout
-    assert not list(tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["host_key"]
 
 
 def test_seed_disk_refuses_what_is_not_a_public_key(tmp_path: Path) -> None:
     from rig.errors import InfraError
 
-    with pytest.raises(InfraError), seed_disk(tmp_path, "ssh-ed25519 AAA\nevil"):
+    host = tmp_path / "host_key"
+    host.write_text(FAKE_HOST_KEY)
+    with pytest.raises(InfraError), seed_disk(tmp_path, "ssh-ed25519 AAA\nevil", host):
         pass
-    assert not list(tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["host_key"]
 
 
 @needs(shutil.which("qemu-img") is None, reason="qemu-img not installed")

@@ -2,15 +2,16 @@
 
     run_vm_cell(plan, image, backend) -> VmCellResult(build, boot, timings)
 
-One cell: a qcow2 overlay of the cached image (rig.guest.vm.image), a fresh ed25519 key and a
-seed disk carrying its public half, a transient libvirt domain booted from the image's own
+One cell: a qcow2 overlay of the cached image (rig.guest.vm.image), a fresh ed25519 login key
+and host key, a seed disk carrying the login key's public half and the host key's private
+half (the rig trusts that host key only), a transient libvirt domain booted from the image's own
 kernel and initrd, with QEMU user networking forwarding a free loopback port to the guest's
 sshd (rig.guest.vm.resources). Over SSH (fabric, rig.guest.vm.ssh) the driver is copied in and
 compiled against the guest's own headers (that is the `build` stage); then the guest agent,
 the same script the initramfs guest runs (guests/agent/rig-agent), loads and unloads it
 `repeat` times, its protocol streamed from the SSH session into the cell's agent.txt while
 the kernel's lines go to the serial console (console.txt). Finally `poweroff`, wait for the
-domain to end (destroy it after POWEROFF_WAIT_S), and delete overlay, seed disk and key.
+domain to end (destroy it after POWEROFF_WAIT_S), and delete overlay, seed disk and keys.
 
 A guest that stops answering (every SSH command has a time limit) ends the agent's channel
 where it stopped; BootEnd says why: PANIC (the console shows a panic, or the domain died with
@@ -39,6 +40,7 @@ from rig.guest.vm.resources import (
     SCRATCH_DIR,
     cell_key,
     free_port,
+    host_key,
     overlay_disk,
     port_collision,
     scratch_dir,
@@ -222,7 +224,8 @@ def run_vm_cell(
     with contextlib.ExitStack() as stack:
         scratch = stack.enter_context(scratch_dir(wd / SCRATCH_DIR))
         key = stack.enter_context(cell_key(scratch))
-        seed = stack.enter_context(seed_disk(scratch, key.public))
+        hostkey = stack.enter_context(host_key(scratch))
+        seed = stack.enter_context(seed_disk(scratch, key.public, hostkey.private))
         overlay = stack.enter_context(overlay_disk(image.disk, scratch))
         t0 = time.monotonic()
         dom, port = stack.enter_context(started_domain(backend, spec, overlay, seed, boot_deadline))
@@ -235,7 +238,7 @@ def run_vm_cell(
                 f"{plan.boot_to_ssh_s:.0f} s ({state}); serial console tail:\n{_tail_of(dom)}"
             )
         guest = stack.enter_context(
-            ssh_session(port, key.private, time.monotonic() + CONNECT_CAP_S)
+            ssh_session(port, key.private, hostkey.public, time.monotonic() + CONNECT_CAP_S)
         )
         timings["boot_to_ssh"] = time.monotonic() - t0
         say(f"{plan.cell_id}: SSH up after {timings['boot_to_ssh']:.0f} s ({banner})")

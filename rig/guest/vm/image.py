@@ -7,8 +7,9 @@ Recipe (no loop mounts, no root filesystem mounted anywhere):
   1b. `guests/vm/pre/` is copied in first (mmdebstrap setup hook): a small initrd (virtio-blk
      and ext4 only) and a modprobe blacklist of emulated devices the test never uses.
   2. The files of `guests/vm/` installed into the tree (fstab, static network, sshd drop-in, the
-     rig-seed unit that installs the per-cell key from a seed disk); units enabled or masked
-     with the suite's own systemctl, chrooted.
+     rig-seed unit that installs the per-cell login and host keys from a seed disk); the host
+     keys openssh-server's postinst made are deleted (every cell brings its own); units enabled
+     or masked with the suite's own systemctl, chrooted.
   3. /boot/vmlinuz-<abi> and /boot/initrd.img-<abi> copied out (direct kernel boot).
   4. `mke2fs -t ext4 -d TREE` into a sparse raw file, `qemu-img convert` to qcow2, read-only.
 
@@ -40,7 +41,7 @@ from rig.errors import InfraError, ToolMissing
 from rig.model import KernelSpec
 from rig.paths import GUESTS_DIR
 
-VM_RECIPE_VERSION = "2"
+VM_RECIPE_VERSION = "3"
 """Bump when the recipe below changes in a way that must invalidate cached images."""
 
 VM_GUEST_DIR = GUESTS_DIR / "vm"
@@ -258,6 +259,10 @@ class VmImages:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(VM_GUEST_DIR / name, target)
             target.chmod(mode)
+        # openssh-server's postinst made host keys, the same for every VM of this image: none
+        # ships. sshd serves the cell's own key from the seed disk (HostKey in rig.conf).
+        for shared in (tree / "etc/ssh").glob("ssh_host_*"):
+            shared.unlink()
         (tree / "etc/hostname").write_text("rig-guest\n")
         (tree / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 rig-guest\n")
         run_step(

@@ -1,9 +1,11 @@
-"""What one VM owns while it runs: a scratch directory, a fresh key, a seed disk, a qcow2
-overlay, a loopback port forwarded to its sshd. Each is a context manager: gone on exit."""
+"""What one VM owns while it runs: a scratch directory, a fresh login key and host key, a seed
+disk, a qcow2 overlay, a loopback port forwarded to its sshd. Each is a context manager: gone
+on exit."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -17,7 +19,9 @@ from rig.lanes.libvirt import Disk, Domain, VmDevices
 from rig.model import BootResult
 
 # --------------------------------------------------------------------------- owned resources
-SCRATCH_DIR = "vm"  # under the cell's workdir: overlay, seed disk, key; removed after the VM
+SCRATCH_DIR = "vm"  # under the cell's workdir: overlay, seed disk, keys; removed after the VM
+SEED_HOST_KEY = "ssh_host_ed25519_key"  # on the seed disk: rig-seed installs it for sshd
+PRIVATE_KEY_HEAD = "-----BEGIN OPENSSH PRIVATE KEY-----"
 
 
 @contextlib.contextmanager
@@ -38,18 +42,17 @@ class KeyPair:
 
 
 @contextlib.contextmanager
-def cell_key(workdir: Path) -> Iterator[KeyPair]:
-    """A fresh ed25519 key for this cell only (no passphrase); both halves deleted on exit."""
-    private = workdir / "id_ed25519"
-    public = workdir / "id_ed25519.pub"
+def fresh_key(private: Path, comment: str) -> Iterator[KeyPair]:
+    """A fresh ed25519 key pair at `private` (0600, no passphrase); both halves deleted on exit."""
+    public = private.with_name(private.name + ".pub")
     for f in (private, public):
         f.unlink(missing_ok=True)
     try:
         check_tool_run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "rig-cell",
-             "-f", str(private)],
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(private)],
             "ssh-keygen", "openssh-client",
         )  # fmt: skip
+        private.chmod(0o600)  # ssh-keygen's own mode; said here because the key is a secret
         yield KeyPair(private, public.read_text().strip())
     finally:
         private.unlink(missing_ok=True)
@@ -57,20 +60,49 @@ def cell_key(workdir: Path) -> Iterator[KeyPair]:
 
 
 @contextlib.contextmanager
-def seed_disk(workdir: Path, public_key: str) -> Iterator[Path]:
-    """A tiny raw ext4 disk (label `rigseed`) holding authorized_keys; deleted on exit.
+def cell_key(workdir: Path) -> Iterator[KeyPair]:
+    """The key the rig logs in with, for this cell only; the seed disk carries its public half."""
+    with fresh_key(workdir / "id_ed25519", "rig-cell") as key:
+        yield key
 
-    The image's rig-seed.service installs it for root before sshd starts (guests/vm/rig-seed).
+
+@contextlib.contextmanager
+def host_key(workdir: Path) -> Iterator[KeyPair]:
+    """The guest sshd's host key, for this cell only: the seed disk carries its private half
+    (rig-seed installs it as sshd's only host key), and the rig trusts only its public half
+    for the forwarded port (rig.guest.vm.ssh): any other key answering there is refused."""
+    with fresh_key(workdir / SEED_HOST_KEY, "rig-cell-host") as key:
+        yield key
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """A new file readable by its owner only, from the start (never briefly 0644)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def seed_disk(workdir: Path, public_key: str, host_private: Path) -> Iterator[Path]:
+    """A tiny raw ext4 disk (label `rigseed`) holding authorized_keys and the cell's private
+    host key (`ssh_host_ed25519_key`, 0600); the image file itself is 0600. Deleted on exit.
+
+    The image's rig-seed.service installs both before sshd starts (guests/vm/rig-seed).
     """
     if "\n" in public_key or not public_key.startswith("ssh-ed25519 "):
         raise InfraError(f"not an ed25519 public key: {public_key[:40]!r}")
+    secret = host_private.read_bytes()
+    if not secret.startswith(PRIVATE_KEY_HEAD.encode()):
+        raise InfraError(f"{host_private} is not an OpenSSH private key")
     staging = workdir / "seed"
     image = workdir / "seed.img"
     shutil.rmtree(staging, ignore_errors=True)
     image.unlink(missing_ok=True)
     try:
-        staging.mkdir()
+        staging.mkdir(mode=0o700)
         (staging / "authorized_keys").write_text(public_key + "\n")
+        _write_secret(staging / SEED_HOST_KEY, secret)  # mke2fs -d keeps the mode: 0600
+        _write_secret(image, b"")  # the disk holds a secret: mke2fs writes into this 0600 file
         check_tool_run(
             ["mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", "rigseed",
              "-d", str(staging), str(image), "2M"],

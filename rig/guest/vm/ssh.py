@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
 import time
 from collections.abc import Iterator
@@ -119,18 +121,57 @@ class Guest:
             raise GuestLost(step, f"SFTP get failed: {exc!r}", timed_out=False) from exc
 
 
+LOOPBACK = "127.0.0.1"  # QEMU forwards the guest's sshd to a port here
+
+
+def pin_host_key(client: Any, port: int, host_public: str) -> str:
+    """Make a paramiko SSHClient trust exactly `host_public` for [127.0.0.1]:port and refuse
+    any other key; the pinned key's fingerprint.
+
+    fabric's Connection sets AutoAddPolicy (accept any key) when it is made: this replaces it
+    with RejectPolicy and leaves the pinned key as the client's only known host key, so
+    another key raises paramiko's BadHostKeyException and a missing entry SSHException.
+    """
+    import paramiko
+
+    name = f"[{LOOPBACK}]:{port}"
+    entry = None
+    if "\n" not in host_public:
+        with contextlib.suppress(Exception):  # InvalidHostKey, SSHException, ...: not a key
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{name} {host_public}")
+    if entry is None or entry.key.get_name() != "ssh-ed25519":
+        raise InfraError(f"not an ed25519 public host key: {host_public[:40]!r}")
+    known = client.get_host_keys()
+    known.clear()
+    known.add(name, entry.key.get_name(), entry.key)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    return fingerprint(entry.key)
+
+
+def fingerprint(key: Any) -> str:
+    """A paramiko key's SHA256 fingerprint, as ssh-keygen -l prints it."""
+    raw = hashlib.sha256(key.asbytes()).digest()
+    return f"{key.get_name()} SHA256:{base64.b64encode(raw).decode().rstrip('=')}"
+
+
 @contextlib.contextmanager
-def ssh_session(port: int, key: Path, deadline: float) -> Iterator[Guest]:
-    """Log in as root with the cell's key (retried until sshd has it); closed on exit."""
+def ssh_session(
+    port: int, key: Path, host_public: str, deadline: float, *, user: str = "root"
+) -> Iterator[Guest]:
+    """Log in with the cell's key (retried until sshd has it); closed on exit.
+
+    The server must present the cell's own host key (`host_public`, installed in the guest
+    from the seed disk): any other key is an InfraError at once, never retried or accepted.
+    """
     import fabric
     import paramiko
 
     # An explicit empty SSHConfig and lazy=True: no ~/.ssh/config, no fabric config files.
     config = fabric.Config(ssh_config=paramiko.SSHConfig(), lazy=True)
     conn = fabric.Connection(
-        host="127.0.0.1",
+        host=LOOPBACK,
         port=port,
-        user="root",
+        user=user,
         config=config,
         connect_timeout=10,
         connect_kwargs={
@@ -141,19 +182,36 @@ def ssh_session(port: int, key: Path, deadline: float) -> Iterator[Guest]:
             "auth_timeout": 30,
         },
     )
+    pinned = pin_host_key(conn.client, port, host_public)  # after fabric set AutoAddPolicy
     try:
         while True:
             try:
                 conn.open()
                 break
-            except Exception as exc:  # auth before rig-seed ran, sshd restarting, ...
-                with contextlib.suppress(Exception):
-                    conn.close()
+            except paramiko.BadHostKeyException as exc:
+                _hang_up(conn)
+                raise InfraError(
+                    f"SSH host key mismatch on {LOOPBACK}:{port}: the server presented "
+                    f"{fingerprint(exc.key)}, "
+                    f"not this cell's pinned key {pinned}; refusing to log in (something other "
+                    "than the cell's guest answers on the port, or the guest did not install "
+                    "the seed disk's host key)"
+                ) from exc
+            except Exception as exc:  # sshd not up yet, restarting, ...
+                _hang_up(conn)
                 if time.monotonic() >= deadline:
                     raise InfraError(f"cannot log in to the guest over SSH: {exc!r}") from exc
                 time.sleep(1.0)
         conn.transport.set_keepalive(5)
         yield Guest(conn, deadline)
     finally:
-        with contextlib.suppress(Exception):
-            conn.close()
+        _hang_up(conn)
+
+
+def _hang_up(conn: Any) -> None:
+    """Close the connection, also one that failed in SSHClient.connect: fabric's close() only
+    closes a connection that opened, and paramiko leaves a refused one's transport running."""
+    with contextlib.suppress(Exception):
+        conn.close()
+    with contextlib.suppress(Exception):
+        conn.client.close()
