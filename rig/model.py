@@ -138,9 +138,32 @@ class BootResult:
     panic_line: str = ""  # the console's panic line, when end is PANIC
     panic_to_stop_s: float | None = None  # from the panic reaching the console to the stop
     triple_fault: bool = False  # the emulator stopped on a triple fault (shutdown)
-    # the guest agent's protocol channel (second serial port, or SSH): "" = the protocol is
-    # on the console itself (one channel, as older guests and hand-made consoles have it)
+    # the guest agent's protocol channel (second serial port, or SSH); records come only from
+    # here (docs/contract.md section 2, "Provenance"): "" = the agent said nothing
     agent: str = ""
+    # the CPU beneath as witness: what the emulator or hypervisor under the guest saw of its
+    # VMX instructions and exits (None: this lane has no such witness)
+    beneath: Beneath | None = None
+
+
+@dataclass(frozen=True)
+class VmxEvent:
+    """One VMX event seen beneath the guest, in the order it happened."""
+
+    kind: str  # vmxon | vmxoff | vmclear | vmptrld | vmlaunch | vmresume | exit | vmfail
+    # | entry_fail (a VM entry that failed its checks: an exit with bit 31 set)
+    reason: int | None = None  # exit, entry_fail: the basic exit reason; vmfail: VM-insn error
+    said: str = ""  # the witness's own line, quoted in reasons
+
+
+@dataclass(frozen=True)
+class Beneath:
+    """What the emulator or hypervisor beneath the guest saw (Bochs' log, L1's KVM trace)."""
+
+    source: str  # who saw it: "Bochs" | "KVM in L1"
+    events: tuple[VmxEvent, ...] = ()
+    complete: bool = True  # the witness's record covers the whole test (not cut or lost)
+    note: str = ""  # what it could not see, said in reasons
 
 
 # --------------------------------------------------------------------------- verdict
