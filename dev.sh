@@ -21,6 +21,8 @@ APT_PACKAGES=(
   kexec-tools
   # full-VM guests (--guest vm): image (mmdebstrap, mke2fs -d), per-cell key and seed disk
   mmdebstrap e2fsprogs openssh-client
+  # a real sshd for the tests of the pinned per-cell host key
+  openssh-server
   # util-linux gives unshare and setpriv; python3-venv for the .venv
   util-linux python3-venv python3-dev gcc
   # the sandbox that builds module code (the driver, the test fixtures): bwrap
