@@ -229,6 +229,8 @@ class StageVerdict:
     outcome: Outcome
     reason: str
     evidence: str = ""  # the guest lines the verdict was taken from
+    witness: str = ""  # who beneath the guest confirmed or contradicted it ("Bochs",
+    # "KVM in L1"), "none" on a VMX lane without one, "" where no witness applies
 
 
 @dataclass(frozen=True)

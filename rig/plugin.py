@@ -205,6 +205,8 @@ class StageItem(pytest.Item):
     def _attach(self, verdict: CellVerdict) -> None:
         sv = verdict.stages[self.stage]
         self.user_properties.append(("reason", sv.reason))
+        if sv.witness:  # who beneath the guest saw this stage ("none": nobody could)
+            self.user_properties.append(("witness", sv.witness))
         if self.cell.lane.backend == "libvirt":
             uri = _runner(self.config).uri_for(self.index) or self.cell.lane.uri or "embed"
             self.user_properties.append(("uri", uri))

@@ -266,7 +266,12 @@ def verdict_to_json(verdict: CellVerdict) -> dict[str, Any]:
         "format": VERDICT_FORMAT,
         "cell": verdict.cell_id,
         "stages": {
-            s: {"outcome": v.outcome.value, "reason": v.reason, "evidence": v.evidence}
+            s: {
+                "outcome": v.outcome.value,
+                "reason": v.reason,
+                "evidence": v.evidence,
+                "witness": v.witness,
+            }
             for s, v in verdict.stages.items()
         },
         "timings": verdict.timings,
@@ -280,7 +285,13 @@ def verdict_from_json(data: dict[str, Any]) -> CellVerdict:
     if data.get("format") != VERDICT_FORMAT:
         raise ValueError(f"verdict format {data.get('format')!r}, expected {VERDICT_FORMAT}")
     stages = {
-        s: StageVerdict(s, Outcome(v["outcome"]), str(v["reason"]), str(v.get("evidence", "")))
+        s: StageVerdict(
+            s,
+            Outcome(v["outcome"]),
+            str(v["reason"]),
+            str(v.get("evidence", "")),
+            str(v.get("witness", "")),
+        )
         for s, v in data["stages"].items()
     }
     return CellVerdict(

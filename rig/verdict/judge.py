@@ -49,6 +49,7 @@ from rig.model import (
     StageVerdict,
 )
 from rig.textsafe import shown
+from rig.verdict.beneath import with_beneath
 from rig.verdict.beside import beside_setup_failure
 from rig.verdict.crash import crash_teardown, split_at_crash
 from rig.verdict.reading import TAIL_LINES, GuestReport, Run, parse_guest, read
@@ -305,4 +306,5 @@ def judge(
             )
         else:
             stages.update(judge_guest(cell, boot, report, arranged))
+            stages = with_beneath(stages, report.records, boot.beneath, cell.lane.vmx)
     return verdict(stages)

@@ -1,0 +1,142 @@
+"""The CPU beneath as witness: the driver's word for VMXON, the VM entry, the exit reason and
+VMXOFF, compared with what the emulator or hypervisor under the guest saw.
+
+    with_beneath(stages, records, beneath, lane_vmx) -> stages   each VMX stage confirmed,
+                                                                  contradicted, or said unwitnessed
+
+A lane reports the facts (rig.model.Beneath: Bochs' own log on the bochs lane, KVM's trace in
+L1 on the nested lanes); the rule is here. A stage the driver passed passes only when the
+witness agrees; when they disagree it FAILS with both sides in the reason. A stage with no
+witness on its lane says so. The witness never passes a stage the driver's own lines failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from rig.model import Beneath, Outcome, StageVerdict, VmxEvent
+from rig.verdict.grammar import DriverRecord
+from rig.verdict.sdm import decode_exit_reason
+
+WITNESSED = ("vmxon", "vmlaunch", "vmcall_exit", "teardown")
+
+
+def _ok(records: Sequence[DriverRecord], stage: str) -> list[DriverRecord]:
+    return [r for r in records if r.stage == stage and r.result == "ok"]
+
+
+def _exit_word(reason: int) -> str:
+    """`10 (CPUID)`, from the SDM's table."""
+    return decode_exit_reason(reason).removeprefix("exit reason ")
+
+
+def _seen(events: Sequence[VmxEvent], kind: str) -> list[VmxEvent]:
+    return [e for e in events if e.kind == kind]
+
+
+def disagreement(stage: str, records: Sequence[DriverRecord], b: Beneath) -> str | None:
+    """Why the witness contradicts the driver's passing `stage` (None: it agrees)."""
+    ev, who = b.events, f"the CPU beneath ({b.source})"
+    if stage == "vmxon":
+        said = len(_ok(records, "vmxon"))
+        seen = len(_seen(ev, "vmxon"))
+        if said and seen < said:
+            return f"the driver reports {said} VMXON ok, {who} saw {seen} VMXON"
+    elif stage == "vmlaunch":
+        said = len(_ok(records, "vmlaunch"))
+        launches = [i for i, e in enumerate(ev) if e.kind == "vmlaunch"]
+        entered = [i for i in launches if any(e.kind == "exit" for e in ev[i + 1 :])]
+        if said and not launches:
+            return f"the driver reports vmlaunch ok, {who} saw no VMLAUNCH"
+        if said and len(entered) < said:
+            failed = next((e for e in ev if e.kind in ("vmfail", "entry_fail")), None)
+            why = f": {failed.said}" if failed is not None else ""
+            return (
+                f"the driver reports {said} VM entr{'y' if said == 1 else 'ies'} by VMLAUNCH, "
+                f"{who} saw {len(entered)} followed by a VM exit{why}"
+            )
+    elif stage == "vmcall_exit":
+        claimed = [r.number("reason") for r in _ok(records, "exit")]
+        firsts = _first_exits(ev)
+        for i, reason in enumerate(claimed):
+            if reason is None:
+                continue
+            if i >= len(firsts):
+                return (
+                    f"the driver reports exit reason {hex(reason)}, {who} saw no VM exit "
+                    "after that VMLAUNCH"
+                )
+            got = firsts[i].reason
+            if got is not None and got != reason:
+                return (
+                    f"the driver reports exit reason {hex(reason)}, {who} saw exit "
+                    f"{_exit_word(got)}"
+                )
+    elif stage == "teardown":
+        said = len(_ok(records, "vmxoff"))
+        seen = len(_seen(ev, "vmxoff"))
+        if said and seen < said:
+            return f"the driver reports {said} VMXOFF ok, {who} saw {seen} VMXOFF"
+    return None
+
+
+def _first_exits(events: Sequence[VmxEvent]) -> list[VmxEvent]:
+    """The first VM exit after each VMLAUNCH (what the driver's `exit ok reason=` reports)."""
+    out = []
+    for i, e in enumerate(events):
+        if e.kind == "vmlaunch":
+            nxt = next((x for x in events[i + 1 :] if x.kind in ("exit", "vmlaunch")), None)
+            if nxt is not None and nxt.kind == "exit":
+                out.append(nxt)
+    return out
+
+
+def agreement(stage: str, b: Beneath) -> str:
+    """What the witness saw for a stage it confirms, for the passing reason."""
+    ev = b.events
+    if stage == "vmxon":
+        return f"{b.source} saw VMXON"
+    if stage == "vmlaunch":
+        return f"{b.source} saw VMLAUNCH enter the guest"
+    if stage == "vmcall_exit":
+        first = next(iter(_first_exits(ev)), None)
+        if first is not None and first.reason is not None:
+            return f"{b.source} saw exit {_exit_word(first.reason)}"
+        return f"{b.source} saw the exit"
+    return f"{b.source} saw VMXOFF"
+
+
+def with_beneath(
+    stages: dict[str, StageVerdict],
+    records: Sequence[DriverRecord],
+    beneath: Beneath | None,
+    lane_vmx: bool,
+) -> dict[str, StageVerdict]:
+    """The VMX stages with the witness's word added (FAILED where it contradicts the driver)."""
+    out = dict(stages)
+    for stage in WITNESSED:
+        v = out.get(stage)
+        if v is None or v.outcome is not Outcome.PASSED or not lane_vmx:
+            continue
+        if beneath is None:
+            why = f"{v.reason} (no witness beneath on this lane)"
+            out[stage] = replace(v, reason=why, witness="none")
+            continue
+        who = beneath.source
+        if not beneath.events and not beneath.complete:
+            note = beneath.note or "its record was lost"
+            out[stage] = replace(v, reason=f"{v.reason} ({who}'s witness: {note})", witness="none")
+            continue
+        against = disagreement(stage, records, beneath)
+        if against is None:
+            out[stage] = replace(v, reason=f"{v.reason}; {agreement(stage, beneath)}", witness=who)
+            continue
+        if not beneath.complete:  # a cut record cannot prove an absence
+            note = beneath.note or "cut short"
+            out[stage] = replace(v, reason=f"{v.reason} ({who}'s witness {note})", witness="none")
+            continue
+        said = "\n".join(e.said for e in beneath.events[:20])
+        evidence = f"{v.evidence}\n{said}".strip()
+        out[stage] = StageVerdict(stage, Outcome.FAILED, against, evidence, witness=who)
+    return out

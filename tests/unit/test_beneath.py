@@ -1,0 +1,96 @@
+"""The CPU beneath as witness (issue: no stage on the driver's word alone): the judge compares
+the driver's VMX lines with what the emulator or hypervisor under the guest saw."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from rig.model import Beneath, Outcome, VmxEvent
+from rig.verdict import judge
+from rig.verdict.beneath import with_beneath
+from tests.unit.test_trusted_verdicts import BUILD_OK, DATA, load_case, outcomes
+
+PASS_CASE = DATA / "bochs-6.12-haswell-witness-pass"
+
+
+def events(*spec: tuple[str, int | None]) -> tuple[VmxEvent, ...]:
+    return tuple(VmxEvent(kind, reason, f"witness: {kind} {reason}") for kind, reason in spec)
+
+
+GOOD = events(("vmxon", None), ("vmclear", None), ("vmptrld", None), ("vmlaunch", None),
+              ("exit", 18), ("vmclear", None), ("vmxoff", None))  # fmt: skip
+
+
+def judged(beneath: Beneath | None) -> dict[str, tuple[Outcome, str, str]]:
+    cell, boot, arranged, _ = load_case(PASS_CASE)
+    v = judge(cell, BUILD_OK, replace(boot, beneath=beneath), arranged)
+    return {s: (sv.outcome, sv.reason, sv.witness) for s, sv in v.stages.items()}
+
+
+def test_a_witness_that_agrees_confirms_each_stage_in_its_reason() -> None:
+    got = judged(Beneath("Bochs", GOOD))
+    assert {s: o for s, (o, _, _) in got.items()} == dict.fromkeys(got, Outcome.PASSED)
+    assert "Bochs saw VMXON" in got["vmxon"][1]
+    assert "Bochs saw VMLAUNCH enter the guest" in got["vmlaunch"][1]
+    assert "Bochs saw exit 18 (VMCALL)" in got["vmcall_exit"][1]
+    assert "Bochs saw VMXOFF" in got["teardown"][1]
+    assert {s: w for s, (_, _, w) in got.items()} == {
+        "build": "", "vmxon": "Bochs", "vmlaunch": "Bochs", "vmcall_exit": "Bochs",
+        "teardown": "Bochs",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("seen", "stage", "words"),
+    [
+        (events(("vmxon", None), ("vmlaunch", None), ("exit", 10), ("vmxoff", None)),
+         "vmcall_exit",
+         "the driver reports exit reason 0x12, the CPU beneath (Bochs) saw exit 10 (CPUID)"),
+        (events(("vmxon", None), ("vmclear", None), ("vmptrld", None), ("vmxoff", None)),
+         "vmlaunch", "the driver reports vmlaunch ok, the CPU beneath (Bochs) saw no VMLAUNCH"),
+        (events(("vmxon", None), ("vmlaunch", None), ("vmfail", 7), ("vmxoff", None)),
+         "vmlaunch", "saw 0 followed by a VM exit: witness: vmfail 7"),
+        (events(("vmlaunch", None), ("exit", 18), ("vmxoff", None)),
+         "vmxon", "the driver reports 1 VMXON ok, the CPU beneath (Bochs) saw 0 VMXON"),
+        (events(("vmxon", None), ("vmlaunch", None), ("exit", 18)),
+         "teardown", "the driver reports 1 VMXOFF ok, the CPU beneath (Bochs) saw 0 VMXOFF"),
+    ],
+    ids=["cpuid-not-vmcall", "never-launched", "launch-vmfailed", "no-vmxon", "no-vmxoff"],
+)  # fmt: skip
+def test_a_witness_that_contradicts_the_driver_fails_the_stage_with_both_sides(
+    seen: tuple[VmxEvent, ...], stage: str, words: str
+) -> None:
+    got = judged(Beneath("Bochs", seen))
+    outcome, reason, witness = got[stage]
+    assert outcome is Outcome.FAILED and words in reason, reason
+    assert witness == "Bochs"
+
+
+def test_no_witness_on_the_lane_is_said_and_a_cut_record_proves_no_absence() -> None:
+    none = judged(None)
+    assert all(o is Outcome.PASSED for o, _, _ in none.values())
+    assert none["vmxon"][1].endswith("(no witness beneath on this lane)")
+    assert none["vmxon"][2] == "none"
+    cut = judged(Beneath("Bochs", GOOD[:2], complete=False, note="its log was cut at 16 MiB"))
+    assert cut["vmlaunch"][0] is Outcome.PASSED
+    assert "(Bochs's witness its log was cut at 16 MiB)" in cut["vmlaunch"][1]
+    assert cut["vmlaunch"][2] == "none"
+
+
+def test_the_witness_never_passes_what_the_driver_failed() -> None:
+    cell, boot, arranged, _ = load_case(DATA / "bochs-6.12-haswell-break-host-state")
+    plain = judge(cell, BUILD_OK, boot, arranged)
+    # busybox's insmod tries a failing init twice: two VMXON, VMLAUNCH failing, VMXOFF
+    twice = events(("vmxon", None), ("vmlaunch", None), ("vmfail", 8), ("vmxoff", None)) * 2
+    seen = judge(cell, BUILD_OK, replace(boot, beneath=Beneath("Bochs", twice)), arranged)
+    assert outcomes(seen) == outcomes(plain)
+    assert plain.stages["vmlaunch"].outcome is Outcome.FAILED
+
+
+def test_with_beneath_leaves_lanes_without_vmx_alone() -> None:
+    cell, boot, arranged, _ = load_case(DATA / "tcg-6.12-penryn-decline")
+    v = judge(cell, BUILD_OK, boot, arranged)
+    assert all(sv.witness == "" for sv in v.stages.values())
+    assert with_beneath(v.stages, (), None, lane_vmx=False) == v.stages
