@@ -169,7 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "clean": cmd_clean,
     }
     try:
-        return handlers[args.command](args)
+        rc = handlers[args.command](args)
+        sys.stdout.flush()  # a reader gone away shows here, not in the interpreter's last flush
+        return rc
     except RigError as exc:
         print(f"rig: error: {exc.render()}", file=sys.stderr)
         return int(exc.exit_code)
