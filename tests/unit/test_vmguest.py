@@ -738,3 +738,15 @@ def test_the_vm_agent_gets_the_teardown_witness_when_planned(tmp_path: Path) -> 
     with tarfile.open(fileobj=io.BytesIO(agent_tarball(planned, ko))) as tar:
         names = tar.getnames()
     assert {"./witness/kvm.ko", "./witness/kvm-intel.ko", "./witness/kvm-witness"} <= set(names)
+
+
+def test_the_agents_ssh_stream_is_kept_to_the_channel_cap(tmp_path: Path) -> None:
+    """A guest that sends without end over SSH: its channel file stops at the cap."""
+    from rig.guest.vm.cell import CappedText
+
+    with (tmp_path / "agent.txt").open("w") as fh:
+        out = CappedText(fh, 1000)
+        for _ in range(100):
+            assert out.write("x" * 64) == 64  # the stream goes on; what is past the cap goes
+        out.flush()
+    assert (tmp_path / "agent.txt").read_text() == "x" * 1000

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from rig.artifacts.module import module_name, source_tarball
 from rig.errors import InfraError, UsageError
@@ -49,7 +49,15 @@ from rig.guest.vm.resources import (
     wait_for_banner,
 )
 from rig.guest.vm.ssh import QUICK_CAP_S, Commands, GuestLost, Session, ssh_session
-from rig.lanes.base import AGENT_FILE, CONSOLE_FILE, PANIC_GRACE_S, PANIC_RE, read_text, tail
+from rig.lanes.base import (
+    AGENT_FILE,
+    CHANNEL_CAP,
+    CONSOLE_FILE,
+    PANIC_GRACE_S,
+    PANIC_RE,
+    read_text,
+    tail,
+)
 from rig.lanes.libvirt import Domain, DomainLane
 from rig.model import BootEnd, BootResult, BootSpec, GuestImage, ModuleBuild
 from rig.options import check_param
@@ -261,7 +269,8 @@ def run_vm_cell(
         if build.ok and build.ko is not None:
             t0 = time.monotonic()
             guest.deadline = t0 + plan.timeout_s + 4 * QUICK_CAP_S
-            with agent_file.open("w") as out:
+            with agent_file.open("w") as fh:
+                out = cast("IO[str]", CappedText(fh, CHANNEL_CAP))  # a text stream, as fh is
                 try:
                     run_agent(guest, plan, build.ko, out)
                 except GuestLost as exc:
@@ -270,6 +279,9 @@ def run_vm_cell(
         t0 = time.monotonic()
         guest.deadline = t0 + QUICK_CAP_S
         end, detail = finish_vm(dom, guest, lost)
+        if agent_file.exists() and agent_file.stat().st_size >= CHANNEL_CAP:
+            end = BootEnd.FLOOD
+            detail = f"the guest wrote more than {CHANNEL_CAP // 2**20} MiB on {AGENT_FILE}"
         timings["poweroff"] = time.monotonic() - t0
         emulator_log = ""
         with contextlib.suppress(InfraError):
@@ -286,6 +298,26 @@ def run_vm_cell(
         detail=detail,
     )
     return VmCellResult(build, boot, timings)
+
+
+class CappedText(io.TextIOBase):
+    """The agent's SSH stream into its channel file, kept to `cap` characters: what a guest
+    sends past them is dropped (the cell is then a FLOOD, an infrastructure error)."""
+
+    def __init__(self, out: IO[str], cap: int) -> None:
+        self.out, self.left = out, cap
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self.left > 0:
+            self.out.write(text[: self.left])
+            self.left -= min(len(text), self.left)
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def finish_vm(dom: Domain, guest: Commands, lost: GuestLost | None) -> tuple[BootEnd, str]:
