@@ -52,6 +52,7 @@ from rig.textsafe import shown
 from rig.verdict.beneath import with_beneath
 from rig.verdict.beside import beside_setup_failure
 from rig.verdict.crash import crash_teardown, split_at_crash
+from rig.verdict.profiles import DEFAULT, Profile, build_verdict, reread, settle
 from rig.verdict.reading import TAIL_LINES, GuestReport, Run, parse_guest, read
 from rig.verdict.stages import (
     GUEST_STAGES,
@@ -59,7 +60,6 @@ from rig.verdict.stages import (
     RunContext,
     all_stages,
     exit_reason,
-    judge_build,
     judge_records,
     sv,
 )
@@ -164,6 +164,7 @@ def judge_run(
     report: GuestReport,
     run: Run,
     arranged: Arranged = NOTHING_ARRANGED,
+    unprinted: frozenset[str] = frozenset(),
 ) -> dict[str, StageVerdict]:
     model = report.cpu_model or cell.cpu_model or cell.cpu.name
     vmx_expected = report.vmx if report.vmx is not None else cell.lane.vmx
@@ -175,7 +176,7 @@ def judge_run(
     last = run is report.runs[-1]
     ctx = RunContext(
         cell, run, vmx_expected, no_vmx_reason, complete, arranged, last=last, ended=report.end,
-        witness=report.witness, beside=report.beside,
+        witness=report.witness, beside=report.beside, unprinted=unprinted,
     )  # fmt: skip
     judged = judge_records(ctx, run.records)
     trouble = find_trouble(ctx, boot, judged)
@@ -195,7 +196,11 @@ def judge_run(
 
 
 def judge_guest(
-    cell: Cell, boot: BootResult, report: GuestReport, arranged: Arranged
+    cell: Cell,
+    boot: BootResult,
+    report: GuestReport,
+    arranged: Arranged,
+    unprinted: frozenset[str] = frozenset(),
 ) -> dict[str, StageVerdict]:
     if report.rebooted:
         reason = (
@@ -224,7 +229,7 @@ def judge_guest(
     if report.end and not report.steps and not report.records:
         reason = "the guest finished without running insmod"
         return all_stages(Outcome.ERROR, reason, report.tail(), GUEST_STAGES)
-    per_run = [judge_run(cell, boot, report, run, arranged) for run in report.runs]
+    per_run = [judge_run(cell, boot, report, run, arranged, unprinted) for run in report.runs]
     if len(per_run) == 1:
         return per_run[0]
     out: dict[str, StageVerdict] = {}
@@ -256,8 +261,10 @@ def judge(
     build: ModuleBuild | None,
     boot: BootResult | None,
     arranged: Arranged = NOTHING_ARRANGED,
+    profile: Profile = DEFAULT,
 ) -> CellVerdict:
-    """One StageVerdict per stage in STAGES for this cell, knowing what the run arranged."""
+    """One StageVerdict per stage in STAGES for this cell, knowing what the run arranged;
+    the module's lines read by its profile (rig.verdict.profiles; ours by default)."""
     # what people read: the agent's protocol and the kernel's lines, in one transcript
     transcript = "" if boot is None else transcript_text(boot.agent, boot.console)
 
@@ -279,7 +286,7 @@ def judge(
 
     if cell.skip_reason:
         return verdict(all_stages(Outcome.SKIPPED, cell.skip_reason))
-    stages = {"build": judge_build(build)}
+    stages = {"build": build_verdict(build, profile)}
     if build is None:
         stages.update(
             all_stages(Outcome.ERROR, "not reached: no module was built", stages=GUEST_STAGES)
@@ -293,7 +300,7 @@ def judge(
     elif boot is None:
         stages.update(all_stages(Outcome.ERROR, "the guest was not booted", stages=GUEST_STAGES))
     else:
-        report = parse_guest(boot)
+        report = reread(parse_guest(boot), profile)
         if not report.begin:
             detail = boot.detail or f"boot ended: {boot.end.value}"
             stages.update(
@@ -305,6 +312,7 @@ def judge(
                 )
             )
         else:
-            stages.update(judge_guest(cell, boot, report, arranged))
+            guest = judge_guest(cell, boot, report, arranged, frozenset(profile.unprinted))
+            stages.update(settle(guest, report, profile, boot.beneath is not None))
             stages = with_beneath(stages, report.records, boot.beneath, cell.lane.vmx)
     return verdict(stages)
