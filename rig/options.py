@@ -108,6 +108,18 @@ RUN_OPTIONS: tuple[Option, ...] = (
         metavar="I/N",
     ),
     Option("driver", "driver source tree (default: the project's driver/)", metavar="DIR"),
+    Option(
+        "profile",
+        "how the module's dmesg lines are read (rig/verdict/profiles.py): vmlaunch-rig (the "
+        "project's driver, default) or vmlaunch-original (vishmohan/vmlaunch)",
+        metavar="NAME",
+    ),
+    Option(
+        "strict-build",
+        "build warnings fail `build` for any profile (they always do for vmlaunch-rig)",
+        flag=True,
+        default=False,
+    ),
     Option("param", "module parameter name=value (repeatable)", repeat=True),
     Option("timeout", "per-cell timeout in seconds (default: the matrix's)", metavar="SECONDS"),
     Option(
@@ -185,6 +197,8 @@ class RunSettings:
     everything: bool = False  # --all
     shard: tuple[int, int] | None = None  # --shard I/N
     driver: Path = Path("driver")
+    profile: str = "vmlaunch-rig"  # --profile: a name of rig.verdict.profiles.PROFILES
+    strict_build: bool = False  # --strict-build: a foreign module's warnings are fatal too
     module_params: tuple[str, ...] = ()
     timeout_s: int | None = None
     uris: tuple[str, ...] = ()
@@ -233,6 +247,13 @@ def _one_of(value: Any, allowed: tuple[str, ...], what: str) -> str | None:
     return str(value)
 
 
+def _profile(name: Any) -> str:
+    """A module profile's name (UsageError naming the known ones)."""
+    from rig.verdict.profiles import NATIVE, profile_named  # the verdict package is heavier
+
+    return profile_named(str(name) if name else NATIVE).name
+
+
 def _injectable(event: str) -> str:
     if event not in INJECTABLE:
         raise UsageError(f"--inject {event!r}: not an event the rig injects",
@@ -256,6 +277,8 @@ def settings_from(values: Mapping[str, Any], *, default_driver: Path) -> RunSett
         everything=bool(values.get("all")),
         shard=parse_shard(str(values["shard"])) if values.get("shard") else None,
         driver=_tree(str(values.get("driver") or ""), "--driver", default_driver),
+        profile=_profile(values.get("profile")),
+        strict_build=bool(values.get("strict_build")),
         module_params=tuple(check_param(p) for p in many("param")),
         timeout_s=None if timeout in (None, "") else _positive(timeout, "--timeout", 1, 86400),
         uris=many("uri"),

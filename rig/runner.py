@@ -32,6 +32,7 @@ from rig.model import (
 from rig.options import RunSettings
 from rig.runs import sweep_cell
 from rig.verdict import judge
+from rig.verdict.profiles import profile_named
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class RunConfig:
     run_id: str
     run_dir: Path
     driver: Path
+    profile: str = "vmlaunch-rig"  # how the module's lines are read (rig.verdict.profiles)
+    strict_build: bool = False  # build warnings fatal whatever the profile
     module_params: tuple[str, ...] = ()
     timeout_s: int | None = None  # overrides the matrix's per-cell timeout
     # libvirt connections for the libvirt lanes (empty = the lane's default). Cells are spread
@@ -65,6 +68,8 @@ class RunConfig:
             run_id=run_id,
             run_dir=run_dir,
             driver=s.driver,
+            profile=s.profile,
+            strict_build=s.strict_build,
             module_params=s.module_params,
             timeout_s=s.timeout_s,
             uris=s.uris,
@@ -239,5 +244,6 @@ class CellRunner:
         arranged = replace(arrangements(self.config), witness=ran.witness)
         if not ran.witness:
             arranged = replace(arranged, beside="")  # the flavour could not set it up
-        verdict = judge(cell, ran.build, ran.boot, arranged)
+        profile = profile_named(self.config.profile, strict_build=self.config.strict_build)
+        verdict = judge(cell, ran.build, ran.boot, arranged, profile)
         return replace(verdict, timings={**ran.timings, **verdict.timings})
