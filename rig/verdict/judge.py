@@ -313,6 +313,6 @@ def judge(
             )
         else:
             guest = judge_guest(cell, boot, report, arranged, frozenset(profile.unprinted))
-            stages.update(settle(guest, report, profile, boot.beneath is not None))
+            stages.update(settle(guest, report, profile, boot.beneath))
             stages = with_beneath(stages, report.records, boot.beneath, cell.lane.vmx)
     return verdict(stages)

@@ -36,9 +36,10 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from rig.errors import UsageError
-from rig.model import ModuleBuild, Outcome, StageVerdict
+from rig.model import Beneath, ModuleBuild, Outcome, StageVerdict
 from rig.verdict.grammar import DRIVER_RE, KV_RE, STAGE_OF, DriverRecord, split_attempts
 from rig.verdict.reading import GuestReport, Run, Stream
+from rig.verdict.sdm import decode_exit_reason
 from rig.verdict.stages import judge_build, sv
 
 NATIVE = "vmlaunch-rig"
@@ -186,33 +187,78 @@ def last_word(run: Run) -> DriverRecord | None:
     return next(reversed(list(recs)), None)
 
 
+def went_further(
+    stages: Mapping[str, StageVerdict], first: Sequence[DriverRecord], beneath: Beneath | None
+) -> dict[str, StageVerdict]:
+    """A module that crashed after its last word before VMLAUNCH, where the CPU beneath saw
+    VMLAUNCH enter the guest and exit: vmlaunch passed (the witness's word), the crash is the
+    exit's (the host state the VM exit loaded), and teardown is not reached from there."""
+    out = dict(stages)
+    v = stages.get("vmlaunch")
+    if beneath is None or v is None or v.outcome is not Outcome.FAILED:
+        return out
+    own = [r for r in first if STAGE_OF.get(r.stage) in ("vmlaunch", "vmcall_exit")]
+    if v.reason.startswith("not reached") or any(r.result in ("FAIL", "declined") for r in own):
+        return out  # the module's own failure, or it never got there
+    events = beneath.events
+    launch = next((i for i, e in enumerate(events) if e.kind == "vmlaunch"), None)
+    kinds = ("exit", "entry_fail", "vmfail", "vmlaunch")
+    after = (
+        None if launch is None else next((e for e in events[launch + 1 :] if e.kind in kinds), None)
+    )
+    if after is None or after.kind != "exit" or any(r.stage == "exit" for r in own):
+        return out
+    who = beneath.source
+    seen = "a VM exit" if after.reason is None else decode_exit_reason(after.reason)
+    out["vmlaunch"] = replace(
+        v, outcome=Outcome.PASSED, witness=who,
+        reason=f"VMLAUNCH entered the guest: {who} saw it, then {seen} (the module printed "
+        "nothing of it before the crash)",
+        evidence="\n".join(r.raw for r in own),
+    )  # fmt: skip
+    crash = v.reason.replace(" (stopped", "\n(stopped").split("\n")[0]
+    out["vmcall_exit"] = replace(
+        v, witness=who,
+        reason=f"{crash}: the host crashed after the VM exit {who} saw ({seen}), before the "
+        "module printed a word of it",
+    )  # fmt: skip
+    t = stages.get("teardown")
+    if t is not None and t.reason.startswith("not reached"):
+        out["teardown"] = replace(
+            t, reason=t.reason.replace("during vmlaunch", "during vmcall_exit")
+        )
+    return out
+
+
 def settle(
     stages: Mapping[str, StageVerdict],
     report: GuestReport,
     profile: Profile,
-    witnessed: bool = False,
+    beneath: Beneath | None = None,
 ) -> dict[str, StageVerdict]:
     """Each guest stage of a foreign module says what the module did not print:
     - a stage it printed nothing for, failed only for lines missing: SKIPPED, saying so (and,
-      without a witness beneath the guest (`witnessed`), that there is none);
+      without a witness beneath the guest, that there is none);
+    - a crash after its last word before VMLAUNCH that the witness saw enter and exit the
+      guest: the exit's (`went_further`);
     - a crash or hang in a stage: the module's last line and what it means;
     - any stage: its implied records and unprinted steps (the witness hook, `unsaid`)."""
-    out = dict(stages)
     if profile.native or not report.runs:
-        return out
+        return dict(stages)
     run = report.runs[-1]
     first = first_attempt(run)
     missing = unsaid(report, profile)
-    for stage, v in stages.items():
+    out = went_further(stages, first, beneath) if not report.end else dict(stages)
+    for stage, v in out.items():
         if stage == "build" or v.reason.startswith("not reached"):
             continue
         said = [r for r in first if STAGE_OF.get(r.stage) == stage]
         reason = v.reason
         outcome = v.outcome
         if v.outcome is Outcome.FAILED and not said and absence_only(reason):
-            nothing = PRINTED_NOTHING if not witnessed else PRINTED_NOTHING.split(";")[0]
+            nothing = PRINTED_NOTHING if beneath is None else PRINTED_NOTHING.split(";")[0]
             outcome, reason = Outcome.SKIPPED, f"{nothing} ({reason})"
-        elif v.outcome is Outcome.FAILED and not report.end:
+        elif v.outcome is Outcome.FAILED and not report.end and "crashed after" not in reason:
             word = last_word(run)
             if word is not None:
                 reason += f"; the module's last line: '{message(word.raw)[:120]}'"
