@@ -39,6 +39,7 @@ from rig.model import (
 from rig.runner import RunConfig, arrangements
 from rig.runs import VERDICT_FILE, read_verdict, verdict_for
 from rig.verdict import judge, parse_guest
+from rig.verdict.profiles import Profile, profile_named
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "consoles"
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +76,11 @@ def reasons(case: Path) -> dict[str, str]:
     return dict(meta.get("reasons", {}))
 
 
+def profile_of(case: Path) -> Profile:
+    """The module profile the case's lines are read by (expected.json `profile`; ours)."""
+    return profile_named(json.loads((case / "expected.json").read_text()).get("profile"))
+
+
 def load_case(case: Path) -> tuple[Cell, BootResult, Arranged, dict[str, str]]:
     meta = json.loads((case / "expected.json").read_text())
     cell = Cell(lane=LANES[meta["lane"]], kernel=KERNEL, cpu=CPUS[meta["cpu"]], timeout_s=400)
@@ -104,7 +110,7 @@ def outcomes(v: CellVerdict) -> dict[str, str]:
 @pytest.mark.parametrize("case", golden_cases(), ids=lambda p: p.name)
 def test_golden_console_gets_its_expected_verdict(case: Path) -> None:
     cell, boot, arranged, expected = load_case(case)
-    verdict = judge(cell, BUILD_OK, boot, arranged)
+    verdict = judge(cell, BUILD_OK, boot, arranged, profile_of(case))
     assert outcomes(verdict) == expected
     for stage, words in reasons(case).items():
         assert words in verdict.stages[stage].reason, (stage, verdict.stages[stage].reason)
@@ -160,7 +166,7 @@ def test_kernel_noise_never_changes_a_verdict(
         duration_s=boot.duration_s,
         detail=boot.detail,
     )
-    assert outcomes(judge(cell, BUILD_OK, noisy, arranged)) == expected
+    assert outcomes(judge(cell, BUILD_OK, noisy, arranged, profile_of(case))) == expected
 
 
 # --------------------------------------------------------------------------- channels
