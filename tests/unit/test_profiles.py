@@ -285,3 +285,18 @@ def test_where_the_cpu_beneath_saw_the_exit_the_crash_is_the_exits() -> None:
     assert v.stages["vmlaunch"].outcome is F and v.stages["vmcall_exit"].outcome is F
     # nor does it for our own driver's profile
     assert judge(cell, CLEAN, witnessed, arranged, DEFAULT).stages["vmlaunch"].outcome is not P
+
+
+def test_an_unknown_profile_is_exit_2_before_anything_is_built(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-m", "rig", "run", "--lane", "bochs", "--cpu", "haswell", "--profile",
+         "vmlaunch-orig", "--cache", str(tmp_path / "c"), "--runs-dir", str(tmp_path / "r")],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "no such module profile" in p.stderr and "vmlaunch-rig, vmlaunch-original" in p.stderr
+    assert not (tmp_path / "c").exists()
