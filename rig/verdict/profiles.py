@@ -3,14 +3,13 @@
     profile_named(name, strict_build=False) -> Profile     (UsageError: the known names)
     reread(report, profile) -> GuestReport   the guest's streams, their records by the profile
     build_verdict(build, profile) -> StageVerdict
-    settle(stages, report, profile) -> stages   each guest stage says what the module did not print
+    settle(stages, report, profile, beneath) -> stages   what the module did not print, said
 
 The judge's rules (rig.verdict.stages) read DriverRecords (rig.verdict.grammar). Our driver
 prints them itself (profile `vmlaunch-rig`: docs/contract.md section 1, unchanged). A foreign
 module's profile is data: a table of rules, each a regular expression that must match the
 whole message of a kernel line (after its `<level>`, `[time]` and a literal `<1> `) and the
-records that line
-stands for, written in our grammar without its `vmlaunch: cpu=N` head:
+records that line stands for, in our grammar without its `vmlaunch: cpu=N` head:
 
     (r"Guest VMexit reason: 0x(?P<r>[0-9a-f]{1,8})", ("?vmlaunch ok", "exit ok reason=0x{r}"))
 
@@ -91,7 +90,7 @@ def record_of(template: str, line: str, index: int, groups: Mapping[str, str]) -
 
 
 def message(line: str) -> str:
-    """A kernel line's message: without its `<level>` and `[time]` (a literal `<1> ` stays)."""
+    """A kernel line's message: without its `<level>`, `[time]` and a literal `<1> `."""
     m = PREFIX_RE.match(line)
     return line[m.end() if m else 0 :].rstrip()
 
