@@ -13,6 +13,9 @@ Wiring of the serial ports (live: the lane's watcher sees L2's console as it is 
     Bochs com1 -> l1-console.txt   L1's console and its `RIG-L1 ...` facts
     Bochs com2 -> console.txt      L1 ttyS1 <- QEMU serial chardev <- L2 ttyS0 (kernel console)
     Bochs com3 -> agent.txt        L1 ttyS2 <- QEMU serial chardev <- L2 ttyS1 (agent channel)
+    Bochs com4 -> l1-trace.txt     L1 ttyS3 <- KVM's trace_pipe in L1: L2's VMX instructions
+                                   and its guest's exits, the witness beneath L2
+                                   (rig.lanes.nested_witness -> BootResult.beneath)
 
 L1 powers off after L2's QEMU exits and its serial ports have drained; the boot ends with L1.
 How L2 ended is read from L2's console (poweroff, panic) and L1's facts (QEMU's exit). Trouble
@@ -46,10 +49,12 @@ from rig.lanes.base import (
 from rig.lanes.bochs import BochsBackend, bochsrc
 from rig.lanes.libvirt import domain_xml
 from rig.lanes.nested_l1 import LIBVIRT_QEMU, QEMU, ROMS, VIRSH, L1Image, build_l1
+from rig.lanes.nested_witness import beneath_from_l1_trace
 from rig.model import BootEnd, BootResult, BootSpec, GuestImage, KernelSpec
 from rig.options import check_kernel_arg
 
 L1_CONSOLE = "l1-console.txt"
+L1_TRACE = "l1-trace.txt"  # KVM's trace in L1 (guests/nested/init), kept in the cell dir
 L2_MEMORY_MIB = 256  # L2's RAM inside L1 (the rig's initramfs guest needs far less)
 L1_CMDLINE = "console=ttyS0,115200 quiet loglevel=4 panic=0 8250.nr_uarts=4"
 SCRATCH = ("l0.iso", "l0-iso", "l2-cpio", "l2.cpio")  # removed after each boot (rig.sweep)
@@ -287,13 +292,16 @@ class NestedBackend:
     def _run_l0(self, spec: BootSpec, iso: Path) -> BootResult:
         wd = spec.workdir
         l1con, console, agent = wd / L1_CONSOLE, wd / CONSOLE_FILE, wd / AGENT_FILE
+        trace = wd / L1_TRACE
         log, rc, cmds = wd / "bochs.log", wd / "bochsrc", wd / "bochs.rc"
-        for stale in (l1con, console, agent):
+        for stale in (l1con, console, agent, trace):
             stale.unlink(missing_ok=True)
-        if '"' in str(agent) or "\n" in str(agent):
-            raise InfraError(f"path not usable in a bochsrc: {agent!r}")
+        for path in (agent, trace):
+            if '"' in str(path) or "\n" in str(path):
+                raise InfraError(f"path not usable in a bochsrc: {path!r}")
         text = bochsrc(spec, iso, l1con, console, log)  # com1 = L1 console, com2 = L2 console
-        rc.write_text(text + f'com3: enabled=1, mode=file, dev="{agent}"\n')
+        rc.write_text(text + f'com3: enabled=1, mode=file, dev="{agent}"\n'
+                      f'com4: enabled=1, mode=file, dev="{trace}"\n')  # fmt: skip
         cmds.write_text("c\n")
         argv = ["unshare", "--net", "--", "bochs-bin", "-q", "-f", str(rc), "-rc", str(cmds)]
         with owned_process(argv, cwd=wd, stdout=wd / "bochs.out", pidfile=wd / "emulator.pid") as p:
@@ -305,6 +313,7 @@ class NestedBackend:
         )  # fmt: skip
         l1_text = read_text(l1con)
         ending = judge_levels(watch, l1_text, read_text(console), bochs_log)
+        beneath = beneath_from_l1_trace(read_text(trace))
         with contextlib.suppress(OSError):
             (wd / "nested-facts.txt").write_text("\n".join(facts(l1_text)) + "\n")
         return BootResult(
@@ -315,4 +324,5 @@ class NestedBackend:
             emulator_log=f"--- L1 console (tail) ---\n{tail(l1_text, 40)}\n"
             f"--- bochs.log (kept lines) ---\n{tail(kept, 20)}",
             detail=ending.detail,
+            beneath=beneath,
         )
