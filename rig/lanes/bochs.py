@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rig.errors import InfraError, ToolMissing
@@ -28,6 +28,12 @@ from rig.lanes.base import (
     watch_console,
 )
 from rig.lanes.bochs_media import boot_iso
+from rig.lanes.bochs_witness import (
+    BENEATH_FILE,
+    beneath_from_file,
+    beneath_text,
+    filtered_log,
+)
 from rig.model import BootEnd, BootResult, BootSpec
 
 BOCHS_BIN = "bochs-bin"
@@ -35,11 +41,18 @@ BIOS = Path("/usr/share/bochs/BIOS-bochs-latest")
 VGABIOS = Path("/usr/share/bochs/VGABIOS-lgpl-latest")
 SEABIOS = Path("/usr/share/seabios/bios.bin")  # leaves IA32_FEATURE_CONTROL unlocked
 _MODEL_RE = re.compile(r"[a-z0-9_]{1,40}")  # fullmatch: no trailing newline
+WITNESS_DEBUG = ", cpu0=report"  # vmx.cc's VMLAUNCH/VMRESUME/VMEXIT lines are cpu0's debug
+_DEBUG_LINE = re.compile(r"\d+d\[")  # the witness's lines (bochs_witness), not for emulator_log
 _LOG_KEEP = re.compile(r"VMFAIL|VMENTER|VMEXIT FAIL|PANIC|triple fault|>>PANIC<<|\[CPU0  \] e")
 
 
-def bochsrc(spec: BootSpec, iso: Path, console: Path, agent: Path, log: Path) -> str:
-    """The Bochs configuration for one boot. Every value is checked, nothing user-typed leaks."""
+def bochsrc(
+    spec: BootSpec, iso: Path, console: Path, agent: Path, log: Path, *, witness: bool = False
+) -> str:
+    """The Bochs configuration for one boot. Every value is checked, nothing user-typed leaks.
+
+    `witness`: Bochs logs the guest's VM entries and exits (rig.lanes.bochs_witness).
+    """
     if not _MODEL_RE.fullmatch(spec.cpu_model):
         raise InfraError(f"not a Bochs CPU model name: {spec.cpu_model!r}")
     for p in (iso, console, agent, log):
@@ -61,7 +74,8 @@ def bochsrc(spec: BootSpec, iso: Path, console: Path, agent: Path, log: Path) ->
             "panic: action=fatal",
             "error: action=report",
             "info: action=ignore",
-            "debug: action=ignore",
+            f"debug: action=ignore{WITNESS_DEBUG if witness else ''}",
+            "logprefix: %t%e%d",
             "sound: driver=dummy",
             "speaker: enabled=0",
             "",
@@ -99,25 +113,35 @@ class BochsBackend:
         for stale in (console, agent):
             stale.unlink(missing_ok=True)
         iso = boot_iso(spec.image, wd, spec.feature_control)
-        rc.write_text(bochsrc(spec, iso, console, agent, log))
         cmds.write_text("c\n")  # bochs-bin has the debugger built in: continue at once
         argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", "-f", str(rc), "-rc", str(cmds)]
-        with owned_process(argv, cwd=wd, stdout=wd / "bochs.out", pidfile=wd / "emulator.pid") as p:
-            alive = lambda: p.poll() is None  # noqa: E731
-            watch = watch_console(
-                console, alive=alive, timeout_s=spec.timeout_s, panic_ends=not spec.expect_crash
-            )
+        out = wd / "bochs.out"
+        # Bochs logs into a fifo; its VMX lines and errors reach bochs.log (bochs_witness).
+        with filtered_log(log) as fifo:
+            rc.write_text(bochsrc(spec, iso, console, agent, fifo, witness=True))
+            with owned_process(argv, cwd=wd, stdout=out, pidfile=wd / "emulator.pid") as p:
+                alive = lambda: p.poll() is None  # noqa: E731
+                watch = watch_console(
+                    console, alive=alive, timeout_s=spec.timeout_s, panic_ends=not spec.expect_crash
+                )
         bochs_log = log.read_text(errors="replace") if log.exists() else ""
-        kept = "\n".join(line for line in bochs_log.splitlines() if _LOG_KEEP.search(line))
+        kept = "\n".join(
+            line
+            for line in bochs_log.splitlines()
+            if _LOG_KEEP.search(line) and not _DEBUG_LINE.match(line)
+        )
         detail = ""
         if watch.end is BootEnd.EMULATOR:
             if "soft power off" in bochs_log:
                 # The guest powered off but the console missed the kernel's last line.
                 watch.end, watch.detail = BootEnd.POWEROFF, "guest powered off (ACPI soft off)"
             else:
-                out = (wd / "bochs.out").read_text(errors="replace")
+                said = out.read_text(errors="replace")
                 detail = "Bochs stopped before the guest powered off: " + (
-                    tail(kept, 5) or tail(out, 5) or "no reason logged"
+                    tail(kept, 5) or tail(said, 5) or "no reason logged"
                 )
         triple = bool(TRIPLE_FAULT_RE.search(kept))
-        return make_result(wd, watch, emulator_log=kept, detail=detail, triple_fault=triple)
+        result = make_result(wd, watch, emulator_log=kept, detail=detail, triple_fault=triple)
+        beneath = beneath_from_file(log)
+        (wd / BENEATH_FILE).write_text(beneath_text(beneath))
+        return replace(result, beneath=beneath)
