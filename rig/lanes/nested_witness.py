@@ -12,6 +12,8 @@ timestamp prefix; a prefix, where present, is skipped):
     kvm_nested_vmenter: rip: 0xffffffffc02ed1df vmcs: 0x0000000002168000 nested_rip: ...
     kvm_nested_vmexit_inject: reason: VMCALL ext_inf1: 0x0000000000000000 ext_inf2: ...
     kvm_nested_vmenter_failed: <the consistency check that failed>
+    tracing_mark_write: rig-l1 summarized 9980 VMRESUME round trips after the first 20 of a
+        VMLAUNCH, exits: VMCALL=9980            (one line: L1 counts long round-trip loops)
     tracing_mark_write: rig-l1 trace end
 
 `kvm_exit` is an exit of L2 to KVM (L1 filters it to the VMX instructions of INSTRUCTIONS):
@@ -21,7 +23,11 @@ to L2: the exit L2's driver reads from its VMCS (an `exit`; an `entry_fail` when
 name is followed by FAILED_VMENTRY, bit 31: `reason: INVALID_STATE FAILED_VMENTRY ...`).
 `kvm_nested_vmenter_failed` names a VM-entry check KVM found failed: a `vmfail`, unless an
 `entry_fail` follows it (guest-state checks end as an exit, not as a VMfail). KVM's trace
-does not give the VM-instruction error number: a vmfail's reason is None.
+does not give the VM-instruction error number: a vmfail's reason is None. A line cut in its
+middle (the trace's last, when L1 stopped) is its event with the reason None.
+
+The round trips L1 summarized are no events: the summary is said in the note (the record is
+still whole: nothing happened that it does not account for).
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ _EVENT_RE = re.compile(r"\b(kvm_exit|kvm_nested_vmexit_inject|kvm_nested_vmenter
 _EXIT_REASON_RE = re.compile(r"\breason ([A-Z_ ]*?|0x[0-9a-f]+) rip ")
 _INJECT_REASON_RE = re.compile(r"\breason: ([A-Z_ ]*?|0x[0-9a-f]+) ext_inf1")
 _LOST_RE = re.compile(r"\[LOST (\d+) EVENTS\]")
+SUMMARIZED = "rig-l1 summarized "
 
 
 def exit_reason(words: str) -> int | None:
@@ -123,6 +130,7 @@ def beneath_from_l1_trace(text: str) -> Beneath:
     events: list[VmxEvent] = []
     begun = ended = False
     lost = 0
+    summaries: list[str] = []
     for raw in text.splitlines():
         line = raw.strip().replace("\x00", "")
         if (m := _LOST_RE.search(line)) is not None:
@@ -133,6 +141,8 @@ def beneath_from_l1_trace(text: str) -> Beneath:
             continue
         name, rest = m[1], m[2]
         if name == "tracing_mark_write":
+            if rest.startswith(SUMMARIZED) and begun and not ended:
+                summaries.append("L1 " + rest.removeprefix("rig-l1 "))
             begun = begun or rest.startswith(BEGIN)
             ended = ended or (begun and rest.startswith(END))
             continue
@@ -157,5 +167,5 @@ def beneath_from_l1_trace(text: str) -> Beneath:
         source=SOURCE,
         events=tuple(_fold_failed_checks(events)),
         complete=not notes,
-        note="; ".join(notes),
+        note="; ".join(notes + summaries),
     )
