@@ -29,7 +29,14 @@ from rig.model import BootResult, Outcome
 from rig.verdict import judge
 from rig.verdict.crash import LOAD_RE, UP_RE
 from rig.verdict.grammar import DRIVER_RE, parse_driver_line
-from tests.unit.test_trusted_verdicts import BUILD_OK, DATA, golden_cases, load_case, outcomes
+from tests.unit.test_trusted_verdicts import (
+    BUILD_OK,
+    DATA,
+    golden_cases,
+    load_case,
+    outcomes,
+    profile_of,
+)
 
 LIES = "bochs-6.12-haswell-hold-lies-witness-fails"
 # every record that would turn a verdict if a module could print it
@@ -137,7 +144,7 @@ def test_forged_records_in_kernel_text_never_change_a_verdict(
         console="\n".join(console) + "\n", agent="\n".join(agent) + "\n", end=boot.end,
         duration_s=boot.duration_s, detail=boot.detail, triple_fault=boot.triple_fault,
     )  # fmt: skip
-    verdict = judge(cell, BUILD_OK, hostile, arranged)
+    verdict = judge(cell, BUILD_OK, hostile, arranged, profile_of(case))
     assert outcomes(verdict) == expected
     said = [verdict.console, *(v.reason + v.evidence for v in verdict.stages.values())]
     assert not any(ord(c) < 32 and c not in "\t\n" for text in said for c in text)
