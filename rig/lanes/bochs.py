@@ -8,6 +8,11 @@ IA32_FEATURE_CONTROL on CPU 0 only).
 Bochs' own BIOS locks IA32_FEATURE_CONTROL at 0x5 (VMX on) before any boot loader runs. A boot
 that asks for another value (BootSpec.feature_control: GRUB writes it, as a firmware would)
 runs on SeaBIOS instead, which leaves the MSR at its reset value 0, unlocked.
+
+The witness beneath the guest (rig.lanes.bochs_witness): Bochs logs cpu0's debug level, whose
+VMLAUNCH/VMRESUME/VMEXIT lines (cpu/vmx.cc) are the CPU's own account of the guest's VMX; the
+rest of that level (millions of lines) is dropped by a grep on the log's fifo, so bochs.log
+holds the error/panic lines as before plus the VMX lines. BootResult.beneath: facts only.
 """
 
 from __future__ import annotations

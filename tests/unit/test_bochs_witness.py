@@ -189,3 +189,17 @@ def test_bochsrc_turns_the_witness_on_only_when_asked(tmp_path: Path) -> None:
     plain = bochsrc(spec, *files)
     assert "debug: action=ignore\n" in plain and "cpu0" not in plain
     assert "logprefix: %t%e%d" in plain
+
+
+def test_a_guest_running_cpuid_is_seen_exiting_by_cpuid() -> None:
+    """driver copy whose guest runs CPUID: the driver prints `exit FAIL reason=0xa` (twice, two
+    runs); Bochs saw the same: each VMLAUNCH ends in exit 10, then the teardown witness's VM."""
+    ev = _events("bochs-6.12-haswell-guest-cpuid")
+    assert [(e.kind, e.reason) for e in ev[:4]] == [
+        ("vmlaunch", None),
+        ("exit", 10),
+        ("vmlaunch", None),
+        ("exit", 10),
+    ]
+    assert ev[1].said == "VMEXIT reason = 10 (CPUID) qualification=0x0"
+    assert not any(e.kind == "exit" and e.reason == 18 for e in ev)
