@@ -65,6 +65,7 @@ static int vml_alloc(unsigned int cpu, struct vml_cpu *c, u32 roundtrips)
 	/* Revision identifier in the first 31 bits, bit 31 (shadow VMCS) 0. */
 	*(u32 *)page_address(c->pages[VML_PAGE_VMXON]) = c->caps.revision;
 	*(u32 *)page_address(c->pages[VML_PAGE_VMCS]) = c->caps.revision;
+	c->vmcs_pa = page_to_phys(c->pages[VML_PAGE_VMCS]);
 	c->result = VML_RES_OK;
 	return 0;
 }

@@ -200,6 +200,7 @@ struct vml_cpu {
 	struct vml_controls ctl;
 	struct vml_host_state host;
 	struct page *pages[VML_NPAGES];
+	u64 vmcs_pa;			/* the VMCS's physical address (reported) */
 	u64 *cycles;			/* roundtrips buffer, only during the run */
 };
 

@@ -244,7 +244,8 @@ void vml_report_cpu(const struct vml_module *m, unsigned int cpu,
 				vml_report_vmx_fail(cpu, c, "vmptrld");
 				goto teardown;
 			}
-			pr_info("cpu=%u vmptrld ok\n", cpu);
+			/* the VMCS's address: a witness beneath tells our launches from others' */
+			pr_info("cpu=%u vmptrld ok vmcs=0x%llx\n", cpu, c->vmcs_pa);
 			break;
 		case VML_ST_VMCS:
 			if (here) {

@@ -154,6 +154,7 @@ class VmxEvent:
     # | entry_fail (a VM entry that failed its checks: an exit with bit 31 set)
     reason: int | None = None  # exit, entry_fail: the basic exit reason; vmfail: VM-insn error
     said: str = ""  # the witness's own line, quoted in reasons
+    vmcs: int | None = None  # vmlaunch, vmresume: the current VMCS's address, where seen
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,9 @@ class Beneath:
     events: tuple[VmxEvent, ...] = ()
     complete: bool = True  # the witness's record covers the whole test (not cut or lost)
     note: str = ""  # what it could not see, said in reasons
+    sees: frozenset[str] = frozenset(
+        {"vmxon", "vmxoff", "vmclear", "vmptrld", "vmlaunch", "vmresume", "exit", "vmfail"}
+    )  # the event kinds this witness can report at all (Bochs: no successful VMXON/VMXOFF)
 
 
 # --------------------------------------------------------------------------- verdict

@@ -20,6 +20,28 @@ from rig.verdict.grammar import DriverRecord
 from rig.verdict.sdm import decode_exit_reason
 
 WITNESSED = ("vmxon", "vmlaunch", "vmcall_exit", "teardown")
+NEEDS = {  # the event kinds a witness must be able to see to speak to a stage
+    "vmxon": ("vmxon", "VMXON"),
+    "vmlaunch": ("vmlaunch", "VMLAUNCH"),
+    "vmcall_exit": ("exit", "VM exits"),
+    "teardown": ("vmxoff", "VMXOFF"),
+}
+
+
+def drivers_part(events: Sequence[VmxEvent], records: Sequence[DriverRecord]) -> list[VmxEvent]:
+    """The events of the driver's own VMX use: everything before the first launch of a VMCS
+    the driver never loaded (`vmptrld ok vmcs=`), which is another's (the teardown witness's
+    KVM, after the last rmmod). A driver that names no VMCS: all of them."""
+    ptrs = set()
+    for r in records:
+        if r.stage == "vmptrld" and r.result == "ok" and (n := r.number("vmcs")) is not None:
+            ptrs.add(n)
+    if not ptrs:
+        return list(events)
+    for i, e in enumerate(events):
+        if e.kind in ("vmlaunch", "vmresume") and e.vmcs is not None and e.vmcs not in ptrs:
+            return list(events[:i])
+    return list(events)
 
 
 def _ok(records: Sequence[DriverRecord], stage: str) -> list[DriverRecord]:
@@ -37,7 +59,7 @@ def _seen(events: Sequence[VmxEvent], kind: str) -> list[VmxEvent]:
 
 def disagreement(stage: str, records: Sequence[DriverRecord], b: Beneath) -> str | None:
     """Why the witness contradicts the driver's passing `stage` (None: it agrees)."""
-    ev, who = b.events, f"the CPU beneath ({b.source})"
+    ev, who = drivers_part(b.events, records), f"the CPU beneath ({b.source})"
     if stage == "vmxon":
         said = len(_ok(records, "vmxon"))
         seen = len(_seen(ev, "vmxon"))
@@ -92,9 +114,9 @@ def _first_exits(events: Sequence[VmxEvent]) -> list[VmxEvent]:
     return out
 
 
-def agreement(stage: str, b: Beneath) -> str:
+def agreement(stage: str, b: Beneath, records: Sequence[DriverRecord]) -> str:
     """What the witness saw for a stage it confirms, for the passing reason."""
-    ev = b.events
+    ev = drivers_part(b.events, records)
     if stage == "vmxon":
         return f"{b.source} saw VMXON"
     if stage == "vmlaunch":
@@ -124,13 +146,20 @@ def with_beneath(
             out[stage] = replace(v, reason=why, witness="none")
             continue
         who = beneath.source
+        kind, words = NEEDS[stage]
+        if kind not in beneath.sees:
+            out[stage] = replace(v, reason=f"{v.reason} ({who} does not show {words})",
+                                 witness="none")  # fmt: skip
+            continue
         if not beneath.events and not beneath.complete:
             note = beneath.note or "its record was lost"
             out[stage] = replace(v, reason=f"{v.reason} ({who}'s witness: {note})", witness="none")
             continue
         against = disagreement(stage, records, beneath)
         if against is None:
-            out[stage] = replace(v, reason=f"{v.reason}; {agreement(stage, beneath)}", witness=who)
+            out[stage] = replace(
+                v, reason=f"{v.reason}; {agreement(stage, beneath, records)}", witness=who
+            )
             continue
         if not beneath.complete:  # a cut record cannot prove an absence
             note = beneath.note or "cut short"

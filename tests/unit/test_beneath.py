@@ -94,3 +94,35 @@ def test_with_beneath_leaves_lanes_without_vmx_alone() -> None:
     v = judge(cell, BUILD_OK, boot, arranged)
     assert all(sv.witness == "" for sv in v.stages.values())
     assert with_beneath(v.stages, (), None, lane_vmx=False) == v.stages
+
+
+def test_a_witness_that_cannot_see_a_kind_never_speaks_to_its_stage() -> None:
+    """Bochs logs no successful VMXON or VMXOFF: those stages say so, the others are judged."""
+    bochs = Beneath("Bochs", GOOD, sees=frozenset({"vmlaunch", "vmresume", "exit", "vmfail"}))
+    got = judged(bochs)
+    assert got["vmxon"][0] is Outcome.PASSED and got["vmxon"][2] == "none"
+    assert "(Bochs does not show VMXON)" in got["vmxon"][1]
+    assert "(Bochs does not show VMXOFF)" in got["teardown"][1]
+    assert got["vmcall_exit"][2] == "Bochs"
+
+
+def _with_vmcs(boot_agent: str, vmcs: int) -> str:
+    return boot_agent.replace("vmptrld ok", f"vmptrld ok vmcs={hex(vmcs)}")
+
+
+def test_launches_of_a_vmcs_the_driver_never_loaded_are_someone_elses() -> None:
+    """After the last rmmod the teardown witness's KVM launches its own VMCS: those events
+    are not the driver's. A driver that never launched, but says it did, is caught."""
+    cell, boot, arranged, _ = load_case(PASS_CASE)
+    ours = replace(boot, agent=_with_vmcs(boot.agent, 0x3190000),
+                   console=_with_vmcs(boot.console, 0x3190000))  # fmt: skip
+    kvm = (VmxEvent("vmlaunch", None, "VMLAUNCH VMCS ptr: 0x5000000", vmcs=0x5000000),
+           VmxEvent("exit", 30, "VMEXIT reason = 30 (IO)"))  # fmt: skip
+    honest = (VmxEvent("vmlaunch", None, "VMLAUNCH VMCS ptr: 0x3190000", vmcs=0x3190000),
+              VmxEvent("exit", 18, "VMEXIT reason = 18 (VMCALL)"), *kvm)  # fmt: skip
+    good = judge(cell, BUILD_OK, replace(ours, beneath=Beneath("Bochs", honest)), arranged)
+    assert outcomes(good)["vmcall_exit"] == "passed"
+    assert "Bochs saw exit 18 (VMCALL)" in good.stages["vmcall_exit"].reason
+    liar = judge(cell, BUILD_OK, replace(ours, beneath=Beneath("Bochs", kvm)), arranged)
+    assert liar.stages["vmlaunch"].outcome is Outcome.FAILED
+    assert "saw no VMLAUNCH" in liar.stages["vmlaunch"].reason
