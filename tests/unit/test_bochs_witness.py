@@ -203,3 +203,19 @@ def test_a_guest_running_cpuid_is_seen_exiting_by_cpuid() -> None:
     ]
     assert ev[1].said == "VMEXIT reason = 10 (CPUID) qualification=0x0"
     assert not any(e.kind == "exit" and e.reason == 18 for e in ev)
+
+
+def test_a_driver_that_never_launches_leaves_only_the_teardown_witness_vm() -> None:
+    """driver copy that skips VMLAUNCH but prints `vmlaunch ok` and `exit ok reason=0x12`:
+    Bochs saw no exit 18 at all; its one VMLAUNCH is kvm_intel's (the teardown witness, after
+    the driver's rmmod), whose first exit is 48 (EPT violation). Telling that VMLAUNCH from
+    the driver's is the judge's part (see tests/data/beneath/README.md)."""
+    ev = _events("bochs-6.12-haswell-no-vmlaunch")
+    assert [(e.kind, e.reason) for e in ev] == [
+        ("vmlaunch", None),
+        ("exit", 48),
+        ("vmresume", None),
+        ("exit", 30),
+        ("vmresume", None),
+        ("exit", 12),
+    ]
