@@ -19,8 +19,10 @@ error number of a VMfail is not logged; it is derived here from which check Boch
 (SDM vol. 3C 31.4), None where the message does not decide it (VMfailInvalid has none).
 
 Everything VMX in the guest is in this log: after the driver's runs the teardown witness
-(kvm_intel running a VM) adds its own VMLAUNCH/VMRESUME lines and exits, and the VMCS pointer
-in the VMLAUNCH/VMRESUME lines is what tells them apart. The lane reports; rig.verdict judges.
+(kvm_intel running a VM) adds its own VMLAUNCH/VMRESUME lines and exits. Nothing in the log
+marks where the driver's part ends (the VMCS pointer differs from KVM's, but also between the
+driver's own runs). The lane reports; rig.verdict judges. An entry_fail's `said` is its check
+lines and the exit line joined by " | ".
 
     filtered_log(log) -> fifo               what Bochs writes to the fifo reaches `log` filtered
                                             (VMX debug lines, every error/panic line), capped
