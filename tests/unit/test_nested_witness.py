@@ -55,6 +55,16 @@ def test_good_driver_seen_as_it_ran() -> None:
     assert kinds.count("vmxon") == 2 and kinds[-1] == "vmxoff"  # the driver, then kvm_intel
 
 
+def test_ten_thousand_round_trips_summarized_by_l1() -> None:
+    """--param roundtrips=10000: L1 sent 20 in full and counted the rest (real run); with a
+    1 MiB buffer KVM's ring buffer had overrun (real run too): the record is then not whole."""
+    b = beneath_from_l1_trace(_trace(DATA / "nested-6.12-haswell-roundtrips"))
+    assert b.complete and "summarized 9980 VMRESUME round trips" in b.note
+    assert "VMCALL=9980" in b.note
+    lost = beneath_from_l1_trace(_trace(DATA / "nested-6.12-haswell-roundtrips-lost"))
+    assert not lost.complete and "lost 13351 events" in lost.note
+
+
 def test_cpuid_copy_seen_as_cpuid() -> None:
     """The copy whose guest runs CPUID and whose driver reports 0x12: KVM reflected exit 10."""
     b = beneath_from_l1_trace(_trace(DATA / "nested-6.12-haswell-cpuid"))
