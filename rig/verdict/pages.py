@@ -63,7 +63,7 @@ def judge_pages(
             evidence,
         )
     driver = _driver_said(driver_freed_pages)
-    pages = f", {witness.held_pages} of its {witness.pages} pages" if witness.held_pages else ""
+    pages = f"{witness.held_pages} pages, " if witness.held_pages else ""
     if witness.held and witness.lost:
         return WitnessFinding(
             Outcome.SKIPPED,
@@ -75,8 +75,8 @@ def judge_pages(
     if witness.held:
         return WitnessFinding(
             Outcome.FAILED,
-            f"{driver}, {witness.held} allocations it made were still held after rmmod"
-            f"{pages} (the guest kernel's page allocator and slab, allocation witness): "
+            f"{driver}, {witness.held} allocations it made were still held after rmmod "
+            f"({pages}allocation witness: the guest kernel's kmem tracepoints): "
             f"site {_sites(witness.held_sites, witness.more)}",
             evidence,
         )
