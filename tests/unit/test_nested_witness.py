@@ -65,6 +65,17 @@ def test_ten_thousand_round_trips_summarized_by_l1() -> None:
     assert not lost.complete and "lost 13351 events" in lost.note
 
 
+def test_a_host_state_vmfail_is_seen_as_vmfail() -> None:
+    """--param break_field=host_addr_space_size (real run): the driver reports VMfailValid,
+    error 8; KVM traced its VMLAUNCH and the failed host-state check, and no entry, no exit."""
+    b = beneath_from_l1_trace(_trace(DATA / "nested-6.12-haswell-break-host-addr-space"))
+    kinds = [e.kind for e in b.events]
+    assert kinds[:7] == ["vmxon", "vmclear", "vmptrld", "vmlaunch", "vmfail", "vmclear", "vmxoff"]
+    assert "VM_EXIT_HOST_ADDR_SPACE_SIZE" in b.events[4].said and b.events[4].reason is None
+    first_witness_vmxon = kinds.index("vmxon", 8)  # the driver tried twice, then kvm_intel
+    assert "entry" not in kinds[:first_witness_vmxon] and "exit" not in kinds[:first_witness_vmxon]
+
+
 def test_cpuid_copy_seen_as_cpuid() -> None:
     """The copy whose guest runs CPUID and whose driver reports 0x12: KVM reflected exit 10."""
     b = beneath_from_l1_trace(_trace(DATA / "nested-6.12-haswell-cpuid"))
