@@ -164,7 +164,7 @@ def test_agent_pairs_stacks_past_interrupts_and_other_cpus(tmp_path: Path) -> No
     may allocate (and free) between an event and its stack, another CPU's lines interleave.
     Slab pages are not the module's; a later free of another pfn frees nothing of it."""
     snap = (
-        HEAD.format(40, 40)
+        HEAD.format(42, 42)
         + _ev(0, "1.000001", "tracing_mark_write+0xda/0x270: rig-alloc insmod", "sh-70")
         + _ev(0, "1.000002", "mm_page_alloc: page=ffffea0000a00000 pfn=0x100 order=0 "
                              "migratetype=0 gfp_flags=GFP_KERNEL")
@@ -187,7 +187,12 @@ def test_agent_pairs_stacks_past_interrupts_and_other_cpus(tmp_path: Path) -> No
                              "bytes_req=4096 bytes_alloc=4096 gfp_flags=GFP_KERNEL node=-1")
         + _stack(0, "1.000012", "__kmalloc_cache_noprof+0x1/0x2", "0xffffffffc0001010",
                  "do_one_initcall+0x5b/0x310")
-        + _ev(0, "1.000013", "tracing_mark_write+0xda/0x270: rig-alloc loaded", "sh-70")
+        + _ev(0, "1.000013", "kmalloc: call_site=__kvmalloc_node_noprof+0x1/0x2 "
+                             "ptr=ffff888000003000 bytes_req=16000 bytes_alloc=16384 "
+                             "gfp_flags=GFP_KERNEL node=-1")  # the same object, traced again
+        + _stack(0, "1.000014", "__kmalloc_node_noprof+0x1/0x2", "__kvmalloc_node_noprof+0x1/0x2",
+                 MINE)
+        + _ev(0, "1.000015", "tracing_mark_write+0xda/0x270: rig-alloc loaded", "sh-70")
     )  # fmt: skip
     rest = (
         HEAD.format(5, 9)
