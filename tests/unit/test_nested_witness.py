@@ -76,6 +76,16 @@ def test_a_host_state_vmfail_is_seen_as_vmfail() -> None:
     assert "entry" not in kinds[:first_witness_vmxon] and "exit" not in kinds[:first_witness_vmxon]
 
 
+def test_an_entry_failure_is_seen_as_entry_fail() -> None:
+    """--param break_field=guest_rflags_bit1 (real run, penryn): the driver reports the entry
+    failure 0x80000021; KVM entered (its own checks passed), and reflected the failure."""
+    b = beneath_from_l1_trace(_trace(DATA / "nested-6.12-penryn-break-guest-rflags"))
+    pairs = _pairs(b)
+    assert pairs[3:6] == [["vmlaunch", None], ["entry", None], ["entry_fail", 33]]
+    assert "INVALID_STATE FAILED_VMENTRY" in b.events[5].said
+    assert ["exit", 33] not in pairs
+
+
 def test_cpuid_copy_seen_as_cpuid() -> None:
     """The copy whose guest runs CPUID and whose driver reports 0x12: KVM reflected exit 10."""
     b = beneath_from_l1_trace(_trace(DATA / "nested-6.12-haswell-cpuid"))
