@@ -23,8 +23,9 @@ to L2: the exit L2's driver reads from its VMCS (an `exit`; an `entry_fail` when
 name is followed by FAILED_VMENTRY, bit 31: `reason: INVALID_STATE FAILED_VMENTRY ...`).
 `kvm_nested_vmenter_failed` names a VM-entry check KVM found failed: a `vmfail`, unless an
 `entry_fail` follows it (guest-state checks end as an exit, not as a VMfail). KVM's trace
-does not give the VM-instruction error number: a vmfail's reason is None. A line cut in its
-middle (the trace's last, when L1 stopped) is its event with the reason None.
+does not give the VM-instruction error number: a vmfail's reason is None. An exit line cut
+before its reason ended (the trace's last, when L1 stopped) gives no event: it could be an
+entry failure.
 
 The round trips L1 summarized are no events: the summary is said in the note (the record is
 still whole: nothing happened that it does not account for).
@@ -103,8 +104,10 @@ def _event(name: str, rest: str, line: str) -> VmxEvent | None:
         return VmxEvent(kind="vmfail", reason=None, said=line)
     if name == "kvm_nested_vmexit_inject":
         m = _INJECT_REASON_RE.search(rest)
-        reason = exit_reason(m[1]) if m else None
-        if reason is None:
+        if m is None:  # cut before its reason ended: an exit or an entry failure, unknown
+            return None
+        reason = exit_reason(m[1])
+        if reason is None:  # a reason this table has no name for
             return VmxEvent(kind="exit", reason=None, said=line)
         if reason & FAILED_VMENTRY:
             return VmxEvent(kind="entry_fail", reason=reason & 0xFFFF, said=line)

@@ -119,8 +119,8 @@ def test_a_cut_trace_is_never_complete_and_invents_nothing(case: Path) -> None:
         if not pairs:
             continue
         # what precedes the last line is the whole record's; the last line, cut in its middle,
-        # is its event with the reason unknown (the event happened: KVM began to print it),
-        # or a failed check that stands as vmfail when its entry failure was cut away
+        # is its event or none, or a failed check that stands as vmfail when its entry failure
+        # was cut away
         assert pairs[:-1] == full[: len(pairs) - 1], cut
         last, want = pairs[-1], full[len(pairs) - 1]
         assert last == want or last == [want[0], None] or last[0] == "vmfail", cut
