@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from rig.guest.alloc import parse_alloc
 from rig.guest.protocol import CONSOLE_MARK_RE, TRANSCRIPT_CAP, parse_lines, transcript_text
 from rig.model import (
     NOTHING_ARRANGED,
@@ -52,6 +53,7 @@ from rig.textsafe import shown
 from rig.verdict.beneath import with_beneath
 from rig.verdict.beside import beside_setup_failure
 from rig.verdict.crash import crash_teardown, split_at_crash
+from rig.verdict.pages import judge_pages
 from rig.verdict.profiles import DEFAULT, Profile, build_verdict, reread, settle
 from rig.verdict.reading import TAIL_LINES, GuestReport, Run, parse_guest, read
 from rig.verdict.stages import (
@@ -192,7 +194,26 @@ def judge_run(
             reason = "no conclusion could be drawn from the guest output"
             verdict = sv(stage, Outcome.ERROR, reason, report.tail())
         out[stage] = verdict
+    out["teardown"] = with_pages(out["teardown"], run)
     return out
+
+
+def with_pages(teardown: StageVerdict, run: Run) -> StageVerdict:
+    """The allocation witness's word on a passing teardown (the guest kernel's kmem
+    tracepoints, rig.guest.alloc): allocations the module still held after its rmmod fail it,
+    whatever its `freed ok` said; a witness that could not run is said."""
+    if teardown.outcome is not Outcome.PASSED:
+        return teardown
+    seen = parse_alloc(run.console.lines)
+    freed = [r.number("pages") for r in run.records if r.stage == "freed" and r.result == "ok"]
+    said = sum(n for n in freed if n is not None) if freed else None
+    found = judge_pages(seen if seen.evidence else None, said, module=run.module or "the module")
+    if found is None:
+        return teardown
+    if found.outcome is Outcome.FAILED:
+        evidence = "\n".join([teardown.evidence, *found.evidence]).strip()
+        return sv("teardown", Outcome.FAILED, found.reason, evidence)
+    return replace(teardown, reason=f"{teardown.reason}; {found.reason}")
 
 
 def judge_guest(

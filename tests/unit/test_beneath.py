@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from rig.model import Beneath, Outcome, VmxEvent
+from rig.model import Beneath, BootEnd, BootResult, Outcome, VmxEvent
 from rig.verdict import judge
 from rig.verdict.beneath import with_beneath
 from tests.unit.test_trusted_verdicts import BUILD_OK, DATA, load_case, outcomes
@@ -126,3 +126,30 @@ def test_launches_of_a_vmcs_the_driver_never_loaded_are_someone_elses() -> None:
     liar = judge(cell, BUILD_OK, replace(ours, beneath=Beneath("Bochs", kvm)), arranged)
     assert liar.stages["vmlaunch"].outcome is Outcome.FAILED
     assert "saw no VMLAUNCH" in liar.stages["vmlaunch"].reason
+
+
+# --------------------------------------------------------------------------- allocations
+ALLOC = DATA.parent / "alloc"
+
+
+@pytest.mark.parametrize(
+    ("name", "teardown", "words"),
+    [
+        ("bochs-6.12-haswell-vmlaunch", Outcome.PASSED, "came back"),
+        ("bochs-6.12-haswell-vmlaunch-leaky", Outcome.FAILED,
+         "the driver reports 5 pages freed, 5 allocations it made were still held after rmmod"),
+    ],
+    ids=["good", "leaks-but-says-freed"],
+)  # fmt: skip
+def test_the_allocation_witness_decides_a_teardown_the_driver_passed(
+    name: str, teardown: Outcome, words: str
+) -> None:
+    """Real agent channels of bochs 6.12 runs (tests/data/alloc): the leaking copy prints
+    `freed ok pages=5`, yet the kernel's kmem tracepoints saw its 5 pages still held."""
+    cell, _, arranged, _ = load_case(PASS_CASE)
+    agent = (ALLOC / f"{name}.agent.txt").read_text()
+    boot = BootResult(console="", agent=agent, end=BootEnd.POWEROFF, duration_s=1.0)
+    v = judge(cell, BUILD_OK, boot, replace(arranged, witness=False))
+    assert v.stages["teardown"].outcome is teardown, v.stages["teardown"].reason
+    assert words in v.stages["teardown"].reason
+    assert all(v.stages[s].outcome is Outcome.PASSED for s in ("vmxon", "vmlaunch"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rig.guest.protocol import (
@@ -29,6 +29,7 @@ from rig.model import BootResult, Outcome
 from rig.verdict import judge
 from rig.verdict.crash import LOAD_RE, UP_RE
 from rig.verdict.grammar import DRIVER_RE, parse_driver_line
+from rig.verdict.oops import find_oopses
 from tests.unit.test_trusted_verdicts import (
     BUILD_OK,
     DATA,
@@ -137,6 +138,9 @@ def _in_dumps(agent: list[str], forged: list[tuple[int, list[str]]]) -> list[str
 def test_forged_records_in_kernel_text_never_change_a_verdict(
     case: Path, forged: list[tuple[int, list[str]]]
 ) -> None:
+    # a module that prints an oops of its own fails itself: that is no forgery
+    texts = ["".join(parts) for _, parts in forged] + ["\r".join(parts) for _, parts in forged]
+    assume(not any(find_oopses([f"[   12.345678] {t}"], 0) for t in texts))
     cell, boot, arranged, expected = load_case(case)
     console = _weave(boot.console.split("\n")[:-1], forged, "")
     agent = _in_dumps(boot.agent.split("\n")[:-1], forged)
