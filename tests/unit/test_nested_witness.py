@@ -268,3 +268,11 @@ def test_l1_cap_cuts_the_record() -> None:
     assert len(sent.splitlines()) == 10
     b = beneath_from_l1_trace(sent)
     assert not b.complete and "end marker" in b.note
+
+
+@pytest.mark.skipif(not BUSYBOX.exists(), reason="no /bin/busybox (busybox-static)")
+def test_l1_reader_ends_at_the_end_marker() -> None:
+    """trace_pipe did not always end when L1 turned tracing off (real runs: the reader was
+    killed after 60 s): L1's reader ends on the end marker itself."""
+    text = _trace(DATA / "nested-6.12-haswell-good") + LAUNCH
+    assert _l1_summarizer(text) == _trace(DATA / "nested-6.12-haswell-good")
