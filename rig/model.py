@@ -125,6 +125,7 @@ class BootSpec:
     feature_control: int | None = None
     inject: tuple[str, ...] = ()  # events injected from outside while the driver is loaded
     expect_crash: bool = False  # the guest panics on purpose: a panic does not end the boot
+    cpu_witness: bool = False  # the emulator logs the guest's VMX instructions (BootResult.beneath)
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,14 @@ RUN_OPTIONS: tuple[Option, ...] = (
         default=False,
     ),
     Option(
+        "cpu-witness",
+        "the CPU beneath as witness on the bochs lane: Bochs logs the guest's VMLAUNCH, VMRESUME "
+        "and VM exits, and the judge compares them with the driver's lines (costs a third more "
+        "boot time; the nested lanes' witness, KVM's trace in L1, is always on)",
+        flag=True,
+        default=False,
+    ),
+    Option(
         "inject",
         "event injected into the guest from outside while each run's driver is loaded "
         "(repeatable): nmi = NMIs, mce = action-optional machine checks; the nested lane "
@@ -210,6 +218,7 @@ class RunSettings:
     inject: tuple[str, ...] = ()  # --inject: events the lane injects (INJECTABLE)
     beside: str | None = None  # --beside: a hypervisor holding VMX beside the driver (BESIDE)
     crash: bool = False  # --crash: the kdump path with the driver loaded
+    cpu_witness: bool = False  # --cpu-witness: Bochs logs the guest's VMX (BootResult.beneath)
     require_lanes: tuple[str, ...] = ()
     runs_dir: Path = Path(".rig/runs")
     cache: Path | None = None
@@ -290,6 +299,7 @@ def settings_from(values: Mapping[str, Any], *, default_driver: Path) -> RunSett
         inject=tuple(dict.fromkeys(_injectable(e) for e in many("inject"))),
         beside=_one_of(values.get("beside"), BESIDE, "--beside"),
         crash=bool(values.get("crash")),
+        cpu_witness=bool(values.get("cpu_witness")),
         require_lanes=many("require_lane"),
         runs_dir=Path(values.get("runs_dir") or ".rig/runs").resolve(),
         cache=Path(cache) if cache else None,

@@ -58,6 +58,7 @@ class RunConfig:
     inject: tuple[str, ...] = ()
     beside: str | None = None
     crash: bool = False
+    cpu_witness: bool = False  # --cpu-witness (the bochs lane)
     keep_images: bool = False
     # lanes that must run here: one that cannot is an infrastructure ERROR, not a skip
     required_lanes: tuple[str, ...] = ()
@@ -81,6 +82,7 @@ class RunConfig:
             inject=s.inject,
             beside=s.beside,
             crash=s.crash,
+            cpu_witness=s.cpu_witness,
             required_lanes=s.require_lanes,
         )
 
@@ -226,6 +228,7 @@ class CellRunner:
             inject=self.config.inject,
             beside=self.config.beside,
             crash=self.config.crash,
+            cpu_witness=self.config.cpu_witness,
             witness=plans_witness(self.config, cell),
             mark_boot=lambda: log_boot(workdir),
         )

@@ -167,6 +167,7 @@ class InitramfsFlavour:
                 feature_control=job.feature_control,
                 inject=job.inject,
                 expect_crash=job.crash,
+                cpu_witness=job.cpu_witness,
             )
             t0 = time.monotonic()
             job.mark_boot()

@@ -123,7 +123,7 @@ class BochsBackend:
         out = wd / "bochs.out"
         # Bochs logs into a fifo; its VMX lines and errors reach bochs.log (bochs_witness).
         with filtered_log(log) as fifo:
-            rc.write_text(bochsrc(spec, iso, console, agent, fifo, witness=True))
+            rc.write_text(bochsrc(spec, iso, console, agent, fifo, witness=spec.cpu_witness))
             with owned_process(argv, cwd=wd, stdout=out, pidfile=wd / "emulator.pid") as p:
                 alive = lambda: p.poll() is None  # noqa: E731
                 watch = watch_console(
@@ -147,6 +147,8 @@ class BochsBackend:
                 )
         triple = bool(TRIPLE_FAULT_RE.search(kept))
         result = make_result(wd, watch, emulator_log=kept, detail=detail, triple_fault=triple)
+        if not spec.cpu_witness:
+            return result
         beneath = beneath_from_file(log)
         (wd / BENEATH_FILE).write_text(beneath_text(beneath))
         return replace(result, beneath=beneath)

@@ -46,6 +46,8 @@ from typing import IO
 from rig.model import Beneath, VmxEvent
 
 SOURCE = "Bochs"
+# what it can show at all: no successful VMXON, VMXOFF, VMCLEAR or VMPTRLD is ever logged
+SEES = frozenset({"vmlaunch", "vmresume", "exit", "vmfail", "entry_fail"})
 BENEATH_FILE = "beneath.txt"  # the events, for people, in the cell's directory
 MAX_LINES = 50_000  # VMX lines kept from one log (a driver's 10000 round trips fit)
 MAX_LINE = 1100  # Bochs formats a message into 1024 bytes, plus its prefix
@@ -213,7 +215,7 @@ def beneath_from_bochs_log(text: str, *, ended: bool | None = None, cut: bool = 
         if m := _LAUNCH.search(msg):
             flush()
             entry_failed = False
-            events.append(VmxEvent(m.group(1).lower(), None, msg))
+            events.append(VmxEvent(m.group(1).lower(), None, msg, vmcs=int(m.group(2), 16)))
         elif m := _EXIT.search(msg):
             reason = int(m.group(1))
             if entry_failed or reason in ENTRY_FAILURE_REASONS:
@@ -240,13 +242,13 @@ def beneath_from_bochs_log(text: str, *, ended: bool | None = None, cut: bool = 
         notes.append("Bochs' log was cut at its size cap; the rest was left out")
     if not ended:
         notes.append("Bochs' log has no end (Bochs stopped before the guest powered off)")
-    return Beneath(SOURCE, tuple(events), complete=not notes, note="; ".join(notes))
+    return Beneath(SOURCE, tuple(events), complete=not notes, note="; ".join(notes), sees=SEES)
 
 
 def beneath_from_file(path: Path) -> Beneath:
     """The witness of one cell from its bochs.log (a missing log: nothing seen, incomplete)."""
     if not path.exists():
-        return Beneath(SOURCE, (), complete=False, note="Bochs wrote no log")
+        return Beneath(SOURCE, (), complete=False, note="Bochs wrote no log", sees=SEES)
     lines, ended, cut = vmx_lines(path)
     return beneath_from_bochs_log("\n".join(lines), ended=ended, cut=cut)
 

@@ -29,19 +29,26 @@ NEEDS = {  # the event kinds a witness must be able to see to speak to a stage
 
 
 def drivers_part(events: Sequence[VmxEvent], records: Sequence[DriverRecord]) -> list[VmxEvent]:
-    """The events of the driver's own VMX use: everything before the first launch of a VMCS
+    """The events of the driver's own VMX use: everything before the first event naming a VMCS
     the driver never loaded (`vmptrld ok vmcs=`), which is another's (the teardown witness's
-    KVM, after the last rmmod). A driver that names no VMCS: all of them."""
+    KVM, after the last rmmod), or before the VMXON that began it. A driver that names no VMCS:
+    all of them (a page the driver freed and KVM reused would look like the driver's)."""
     ptrs = set()
     for r in records:
         if r.stage == "vmptrld" and r.result == "ok" and (n := r.number("vmcs")) is not None:
             ptrs.add(n)
     if not ptrs:
         return list(events)
-    for i, e in enumerate(events):
-        if e.kind in ("vmlaunch", "vmresume") and e.vmcs is not None and e.vmcs not in ptrs:
-            return list(events[:i])
-    return list(events)
+    theirs = next((i for i, e in enumerate(events) if e.vmcs is not None and e.vmcs not in ptrs),
+                  None)  # fmt: skip
+    if theirs is None:
+        return list(events)
+    # their VMXON, VMPTRLD and VMLAUNCH come before the first event that names their VMCS
+    # (L1's KVM sees L2's kvm_intel enter VMX operation, then launch): cut at that VMXON
+    start = next((i for i in range(theirs - 1, -1, -1) if events[i].kind == "vmxon"), None)
+    if start is not None and not any(e.vmcs in ptrs for e in events[start:theirs]):
+        return list(events[:start])
+    return list(events[:theirs])
 
 
 def _ok(records: Sequence[DriverRecord], stage: str) -> list[DriverRecord]:
