@@ -18,9 +18,11 @@ timestamp prefix; a prefix, where present, is skipped):
 
 `kvm_exit` is an exit of L2 to KVM (L1 filters it to the VMX instructions of INSTRUCTIONS):
 the instruction was executed, not that it succeeded. `kvm_nested_vmenter` is KVM entering
-L2's guest for L2 (an `entry`). `kvm_nested_vmexit_inject` is an exit of L3 that KVM reflects
-to L2: the exit L2's driver reads from its VMCS (an `exit`; an `entry_fail` when the reason's
-name is followed by FAILED_VMENTRY, bit 31: `reason: INVALID_STATE FAILED_VMENTRY ...`).
+L2's guest for L2 (an `entry`); its `vmcs:` (L2's current VMCS: the address the driver's
+`vmptrld ok vmcs=` names) is the `vmcs` of the entry and of the VMLAUNCH or VMRESUME it
+follows. `kvm_nested_vmexit_inject` is an exit of L3 that KVM reflects to L2: the exit L2's
+driver reads from its VMCS (an `exit`; an `entry_fail` when the reason's name is followed by
+FAILED_VMENTRY, bit 31: `reason: INVALID_STATE FAILED_VMENTRY ...`).
 `kvm_nested_vmenter_failed` names a VM-entry check KVM found failed: a `vmfail`, unless an
 `entry_fail` follows it (guest-state checks end as an exit, not as a VMfail). KVM's trace
 does not give the VM-instruction error number: a vmfail's reason is None. An exit line cut
@@ -34,6 +36,7 @@ still whole: nothing happened that it does not account for).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from rig.model import Beneath, VmxEvent
 
@@ -72,6 +75,7 @@ _EXIT_REASON_RE = re.compile(r"\breason ([A-Z_ ]*?|0x[0-9a-f]+) rip ")
 _INJECT_REASON_RE = re.compile(r"\breason: ([A-Z_ ]*?|0x[0-9a-f]+) ext_inf1")
 _LOST_RE = re.compile(r"\[LOST (\d+) EVENTS\]")
 SUMMARIZED = "rig-l1 summarized "
+_VMCS_RE = re.compile(r"\bvmcs: 0x([0-9a-f]+)\b")
 
 
 def exit_reason(words: str) -> int | None:
@@ -99,7 +103,8 @@ def _event(name: str, rest: str, line: str) -> VmxEvent | None:
         kind = INSTRUCTIONS.get(reason) if reason is not None else None
         return VmxEvent(kind=kind, said=line) if kind else None
     if name == "kvm_nested_vmenter":
-        return VmxEvent(kind="entry", said=line)
+        m = _VMCS_RE.search(rest)
+        return VmxEvent(kind="entry", said=line, vmcs=int(m[1], 16) if m else None)
     if name == "kvm_nested_vmenter_failed":
         return VmxEvent(kind="vmfail", reason=None, said=line)
     if name == "kvm_nested_vmexit_inject":
@@ -152,8 +157,12 @@ def beneath_from_l1_trace(text: str) -> Beneath:
         if ended:
             continue
         ev = _event(name, rest, line)
-        if ev is not None:
-            events.append(ev)
+        if ev is None:
+            continue
+        prev = events[-1] if events else None
+        if ev.kind == "entry" and prev is not None and prev.kind in ("vmlaunch", "vmresume"):
+            events[-1] = replace(prev, vmcs=ev.vmcs)  # the VMCS that instruction entered
+        events.append(ev)
     notes = []
     if not text.strip():
         notes.append("L1 streamed no trace (its KVM tracepoints were not read)")

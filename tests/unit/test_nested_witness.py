@@ -86,6 +86,20 @@ def test_an_entry_failure_is_seen_as_entry_fail() -> None:
     assert ["exit", 33] not in pairs
 
 
+def test_each_entry_names_its_vmcs_and_so_does_its_launch() -> None:
+    """KVM's `vmcs:` (L2's current VMCS, what the driver's `vmptrld ok vmcs=` names) is set on
+    each entry and on the VMLAUNCH / VMRESUME it follows: the driver's VMCS, then L2's
+    kvm_intel's (the teardown witness), told apart. A VMLAUNCH that VMfails names none."""
+    b = beneath_from_l1_trace(_trace(DATA / "nested-6.12-haswell-good"))
+    named = [(e.kind, e.vmcs) for e in b.events if e.vmcs is not None]
+    assert named[:2] == [("vmlaunch", 0x2168000), ("entry", 0x2168000)]
+    assert {v for _, v in named[2:]} == {0x215D000}
+    assert all(e.vmcs is not None for e in b.events if e.kind in ("vmlaunch", "vmresume"))
+    assert all(e.vmcs is None for e in b.events if e.kind not in ("vmlaunch", "vmresume", "entry"))
+    fail = beneath_from_l1_trace(_trace(DATA / "nested-6.12-haswell-break-host-addr-space"))
+    assert fail.events[3].kind == "vmlaunch" and fail.events[3].vmcs is None
+
+
 def test_cpuid_copy_seen_as_cpuid() -> None:
     """The copy whose guest runs CPUID and whose driver reports 0x12: KVM reflected exit 10."""
     b = beneath_from_l1_trace(_trace(DATA / "nested-6.12-haswell-cpuid"))
