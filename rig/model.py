@@ -152,10 +152,11 @@ class VmxEvent:
     """One VMX event seen beneath the guest, in the order it happened."""
 
     kind: str  # vmxon | vmxoff | vmclear | vmptrld | vmlaunch | vmresume | exit | vmfail
-    # | entry_fail (a VM entry that failed its checks: an exit with bit 31 set)
+    # | entry (a VM entry began; it ran only if an exit follows) | entry_fail (a VM entry that
+    # failed its checks: an exit with bit 31 set)
     reason: int | None = None  # exit, entry_fail: the basic exit reason; vmfail: VM-insn error
     said: str = ""  # the witness's own line, quoted in reasons
-    vmcs: int | None = None  # vmlaunch, vmresume: the current VMCS's address, where seen
+    vmcs: int | None = None  # vmlaunch, vmresume, entry: the current VMCS's address, if seen
 
 
 @dataclass(frozen=True)

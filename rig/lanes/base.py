@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from rig.model import BootEnd, BootResult, BootSpec
+from rig.model import Beneath, BootEnd, BootResult, BootSpec
 from rig.procs import record_pid
 
 # A panic ends the guest; after one we give the console a moment to flush the trace, then stop.
@@ -59,6 +59,7 @@ class Backend(Protocol):
 CONSOLE_FILE = "console.txt"  # the guest kernel's console (first serial port)
 AGENT_FILE = "agent.txt"  # the guest agent's protocol channel (second serial port)
 L1_CONSOLE_FILE = "l1-console.txt"  # the nested lanes' L1 console
+BENEATH_FILE = "beneath.txt"  # what the witness beneath the guest saw, for people
 
 
 TRIPLE_FAULT_RE = re.compile(r"triple fault|3rd \(\d+\) exception|shutdown status", re.IGNORECASE)
@@ -268,3 +269,13 @@ def make_result(
         panic_to_stop_s=watch.panic_to_stop_s,
         triple_fault=triple_fault,
     )
+
+
+def beneath_text(b: Beneath) -> str:
+    """beneath.txt: a header, then one event a line: `kind reason said` (reason `-`: none)."""
+    head = f"# {b.source}: {len(b.events)} events, complete={b.complete}"
+    rows = [head + (f" ({b.note})" if b.note else "")]
+    for e in b.events:
+        reason = "-" if e.reason is None else str(e.reason)
+        rows.append(f"{e.kind} {reason} {e.said}")
+    return "\n".join(rows) + "\n"

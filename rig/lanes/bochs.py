@@ -25,20 +25,17 @@ from pathlib import Path
 from rig.errors import InfraError, ToolMissing
 from rig.lanes.base import (
     AGENT_FILE,
+    BENEATH_FILE,
     CONSOLE_FILE,
     TRIPLE_FAULT_RE,
+    beneath_text,
     make_result,
     owned_process,
     tail,
     watch_console,
 )
 from rig.lanes.bochs_media import boot_iso
-from rig.lanes.bochs_witness import (
-    BENEATH_FILE,
-    beneath_from_file,
-    beneath_text,
-    filtered_log,
-)
+from rig.lanes.bochs_witness import beneath_from_file, filtered_log
 from rig.model import BootEnd, BootResult, BootSpec
 
 BOCHS_BIN = "bochs-bin"

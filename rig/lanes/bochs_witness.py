@@ -28,7 +28,6 @@ lines and the exit line joined by " | ".
                                             (VMX debug lines, every error/panic line), capped
     vmx_lines(path, cap) -> (lines, ended, cut)  the VMX lines of a bochs.log, streamed, bounded
     beneath_from_bochs_log(text) -> Beneath
-    beneath_text(beneath) -> str            beneath.txt: `kind reason said`, one per line
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ from rig.model import Beneath, VmxEvent
 SOURCE = "Bochs"
 # what it can show at all: no successful VMXON, VMXOFF, VMCLEAR or VMPTRLD is ever logged
 SEES = frozenset({"vmlaunch", "vmresume", "exit", "vmfail", "entry_fail"})
-BENEATH_FILE = "beneath.txt"  # the events, for people, in the cell's directory
 MAX_LINES = 50_000  # VMX lines kept from one log (a driver's 10000 round trips fit)
 MAX_LINE = 1100  # Bochs formats a message into 1024 bytes, plus its prefix
 
@@ -251,13 +249,3 @@ def beneath_from_file(path: Path) -> Beneath:
         return Beneath(SOURCE, (), complete=False, note="Bochs wrote no log", sees=SEES)
     lines, ended, cut = vmx_lines(path)
     return beneath_from_bochs_log("\n".join(lines), ended=ended, cut=cut)
-
-
-def beneath_text(b: Beneath) -> str:
-    """beneath.txt: a header, then one event a line: `kind reason said` (reason `-`: none)."""
-    head = f"# {b.source}: {len(b.events)} events, complete={b.complete}"
-    rows = [head + (f" ({b.note})" if b.note else "")]
-    for e in b.events:
-        reason = "-" if e.reason is None else str(e.reason)
-        rows.append(f"{e.kind} {reason} {e.said}")
-    return "\n".join(rows) + "\n"

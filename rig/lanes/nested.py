@@ -37,10 +37,12 @@ from rig.artifacts import Artifacts, Cache, stderr_progress, write_cpio
 from rig.errors import InfraError, ToolMissing
 from rig.lanes.base import (
     AGENT_FILE,
+    BENEATH_FILE,
     CONSOLE_FILE,
     PANIC_RE,
     POWEROFF_RE,
     ConsoleWatch,
+    beneath_text,
     owned_process,
     read_text,
     tail,
@@ -316,6 +318,7 @@ class NestedBackend:
         beneath = beneath_from_l1_trace(read_text(trace))
         with contextlib.suppress(OSError):
             (wd / "nested-facts.txt").write_text("\n".join(facts(l1_text)) + "\n")
+            (wd / BENEATH_FILE).write_text(beneath_text(beneath))
         return BootResult(
             console=read_text(console),
             agent=read_text(agent),

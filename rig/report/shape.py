@@ -33,6 +33,8 @@ LOG_FILES: dict[str, str] = {
     "libvirt": "libvirt-child.log",  # the libvirt child's log (libvirt lanes)
     "l1_console": "l1-console.txt",  # the nested lanes' L1 (the KVM host inside Bochs): its console
     "l1_facts": "nested-facts.txt",  # its RIG-L1 facts: preflight, QEMU's dropped features
+    "l1_trace": "l1-trace.txt",  # KVM's trace in L1: the nested lanes' witness beneath L2
+    "beneath": "beneath.txt",  # what the witness beneath saw, one event a line
     "verdict": "verdict.json",  # the cell's judged verdict, every stage with its evidence
 }
 """The per-cell files of `runs/<run-id>/cells/<cell-id>/` that reports link and CI uploads."""

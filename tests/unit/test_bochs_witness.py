@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from rig.lanes.base import beneath_text
 from rig.lanes.bochs import bochsrc
 from rig.lanes.bochs_witness import (
     CUT_MARK,
     beneath_from_bochs_log,
     beneath_from_file,
-    beneath_text,
     filtered_log,
     vmfail_error,
     vmx_lines,
