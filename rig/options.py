@@ -256,11 +256,19 @@ def _one_of(value: Any, allowed: tuple[str, ...], what: str) -> str | None:
     return str(value)
 
 
+PROFILES = ("vmlaunch-rig", "vmlaunch-original")
+"""The module profiles' names (rig.verdict.profiles.PROFILES defines them; a test keeps the
+two lists one)."""
+
+
 def _profile(name: Any) -> str:
     """A module profile's name (UsageError naming the known ones)."""
-    from rig.verdict.profiles import NATIVE, profile_named  # the verdict package is heavier
-
-    return profile_named(str(name) if name else NATIVE).name
+    chosen = str(name) if name else PROFILES[0]
+    if chosen not in PROFILES:
+        raise UsageError(
+            f"--profile {chosen!r}: no such module profile", fix=f"one of: {', '.join(PROFILES)}"
+        )
+    return chosen
 
 
 def _injectable(event: str) -> str:

@@ -300,3 +300,13 @@ def test_an_unknown_profile_is_exit_2_before_anything_is_built(tmp_path: Path) -
     assert p.returncode == 2, p.stdout + p.stderr
     assert "no such module profile" in p.stderr and "vmlaunch-rig, vmlaunch-original" in p.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_the_options_know_every_profile_and_no_other() -> None:
+    """rig.options checks --profile before anything runs, below the verdict stage: its list of
+    names is the verdict's."""
+    from rig import options
+    from rig.verdict import profiles
+
+    assert tuple(profiles.PROFILES) == options.PROFILES
+    assert options.PROFILES[0] == profiles.NATIVE
