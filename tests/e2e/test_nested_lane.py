@@ -28,8 +28,14 @@ def test_nested_haswell_passes_under_kvm_nested_vmx(rig: RigRunner) -> None:
     assert "0x2b" not in revs, revs  # Bochs' own revision: the driver ran on Bochs, not KVM
     assert re.search(r"exit ok reason=0x12", out)
     # the teardown witness ran in L2: its kvm_intel under L1's nested KVM, and a VM (L3)
-    teardown = run.reasons("nested-6.12-haswell")["teardown"]
+    reasons = run.reasons("nested-6.12-haswell")
+    teardown = reasons["teardown"]
     assert "KVM loaded and ran a VM after the rmmod" in teardown, teardown
+    # the witness beneath L2: KVM in L1 saw each VMX stage the driver reported, and agreed
+    for stage, saw in (("vmxon", "VMXON"), ("vmlaunch", "VMLAUNCH enter the guest"),
+                       ("vmcall_exit", "exit 18 (VMCALL)"), ("teardown", "VMXOFF")):  # fmt: skip
+        assert f"KVM in L1 saw {saw}" in reasons[stage], reasons[stage]
+    assert "exit 18" in (cell_dir / "beneath.txt").read_text()
     # the cell's scratch (L0's ISO, the cell's cpio) is gone, and no emulator is left
     assert not any((cell_dir / n).exists() for n in ("l0.iso", "l0-iso", "l2-cpio", "initrd.gz"))
     assert (cell_dir / "l1-console.txt").exists()

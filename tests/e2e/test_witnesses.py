@@ -5,6 +5,8 @@ catch what its own lines hide.
   VMCALL, that reports exit reason 0x12 anyway and that keeps its pages at rmmod while printing
   `freed ok pages=5`: vmcall_exit FAILS on Bochs' word (exit 10), teardown FAILS on the guest
   kernel's page allocator's (its kmem tracepoints), and vmlaunch passes confirmed by Bochs.
+- the nested lane (its witness, KVM's trace in L1, is always on): the same copy fails
+  vmcall_exit on KVM's word (it reflected exit 10 to L2) and teardown on the page allocator's.
 """
 
 from __future__ import annotations
@@ -57,3 +59,21 @@ def test_bochs_and_the_page_allocator_catch_what_the_driver_hides(
     assert "(Bochs does not show VMXON)" in reasons["vmxon"]
     beneath = next(run.runs_dir.glob("*/cells/bochs-6.12-haswell/beneath.txt")).read_text()
     assert "exit 10" in beneath, beneath
+
+
+def test_kvm_in_l1_and_the_page_allocator_catch_what_the_driver_hides(
+    rig: RigRunner, tmp_path: Path
+) -> None:
+    run = rig("--lane", "nested", "--kernel", "6.12", "--cpu", "haswell",
+              "--driver", str(lying_copy(tmp_path)))  # fmt: skip
+    assert run.rc == 1, run.output[-3000:]
+    cell = run.cells["nested-6.12-haswell"]
+    reasons = run.reasons("nested-6.12-haswell")
+    assert cell["vmxon"].outcome is Outcome.PASSED and "KVM in L1 saw VMXON" in reasons["vmxon"]
+    assert cell["vmcall_exit"].outcome is Outcome.FAILED
+    assert (
+        "the driver reports exit reason 0x12, the CPU beneath (KVM in L1) saw exit 10 (CPUID)"
+        in reasons["vmcall_exit"]
+    ), reasons["vmcall_exit"]
+    assert cell["teardown"].outcome is Outcome.FAILED
+    assert "still held after rmmod" in reasons["teardown"], reasons["teardown"]
