@@ -64,9 +64,12 @@ def _seen(events: Sequence[VmxEvent], kind: str) -> list[VmxEvent]:
     return [e for e in events if e.kind == kind]
 
 
-def disagreement(stage: str, records: Sequence[DriverRecord], b: Beneath) -> str | None:
-    """Why the witness contradicts the driver's passing `stage` (None: it agrees)."""
-    ev, who = drivers_part(b.events, records), f"the CPU beneath ({b.source})"
+def disagreement(
+    stage: str, records: Sequence[DriverRecord], ev: Sequence[VmxEvent], source: str
+) -> str | None:
+    """Why the witness (`ev`: its events of the driver's part) contradicts the driver's
+    passing `stage` (None: it agrees)."""
+    who = f"the CPU beneath ({source})"
     if stage == "vmxon":
         said = len(_ok(records, "vmxon"))
         seen = len(_seen(ev, "vmxon"))
@@ -123,19 +126,18 @@ def _launch_exits(events: Sequence[VmxEvent]) -> list[list[VmxEvent]]:
     return out
 
 
-def agreement(stage: str, b: Beneath, records: Sequence[DriverRecord]) -> str:
+def agreement(stage: str, ev: Sequence[VmxEvent], source: str) -> str:
     """What the witness saw for a stage it confirms, for the passing reason."""
-    ev = drivers_part(b.events, records)
     if stage == "vmxon":
-        return f"{b.source} saw VMXON"
+        return f"{source} saw VMXON"
     if stage == "vmlaunch":
-        return f"{b.source} saw VMLAUNCH enter the guest"
+        return f"{source} saw VMLAUNCH enter the guest"
     if stage == "vmcall_exit":
         exits = next(iter(_launch_exits(ev)), [])
         if exits and exits[-1].reason is not None:
-            return f"{b.source} saw exit {_exit_word(exits[-1].reason)}"
-        return f"{b.source} saw the exit"
-    return f"{b.source} saw VMXOFF"
+            return f"{source} saw exit {_exit_word(exits[-1].reason)}"
+        return f"{source} saw the exit"
+    return f"{source} saw VMXOFF"
 
 
 def with_beneath(
@@ -146,6 +148,7 @@ def with_beneath(
 ) -> dict[str, StageVerdict]:
     """The VMX stages with the witness's word added (FAILED where it contradicts the driver)."""
     out = dict(stages)
+    ev = drivers_part(beneath.events, records) if beneath is not None else []
     for stage in WITNESSED:
         v = out.get(stage)
         if v is None or v.outcome is not Outcome.PASSED or not lane_vmx:
@@ -164,11 +167,9 @@ def with_beneath(
             note = beneath.note or "its record was lost"
             out[stage] = replace(v, reason=f"{v.reason} ({who}'s witness: {note})", witness="none")
             continue
-        against = disagreement(stage, records, beneath)
+        against = disagreement(stage, records, ev, who)
         if against is None:
-            out[stage] = replace(
-                v, reason=f"{v.reason}; {agreement(stage, beneath, records)}", witness=who
-            )
+            out[stage] = replace(v, reason=f"{v.reason}; {agreement(stage, ev, who)}", witness=who)
             continue
         if not beneath.complete:  # a cut record cannot prove an absence
             note = beneath.note or "cut short"

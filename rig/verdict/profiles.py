@@ -36,6 +36,7 @@ from functools import cached_property
 
 from rig.errors import UsageError
 from rig.model import Beneath, ModuleBuild, Outcome, StageVerdict
+from rig.verdict.beneath import drivers_part
 from rig.verdict.grammar import DRIVER_RE, KV_RE, STAGE_OF, DriverRecord, split_attempts
 from rig.verdict.reading import GuestReport, Run, Stream
 from rig.verdict.sdm import decode_exit_reason
@@ -199,7 +200,7 @@ def went_further(
     own = [r for r in first if STAGE_OF.get(r.stage) in ("vmlaunch", "vmcall_exit")]
     if v.reason.startswith("not reached") or any(r.result in ("FAIL", "declined") for r in own):
         return out  # the module's own failure, or it never got there
-    events = beneath.events
+    events = drivers_part(beneath.events, first)  # not the teardown witness's KVM
     launch = next((i for i, e in enumerate(events) if e.kind == "vmlaunch"), None)
     kinds = ("exit", "entry_fail", "vmfail", "vmlaunch")
     after = (
