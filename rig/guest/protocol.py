@@ -273,7 +273,12 @@ TRANSCRIPT_CAP = 2**20  # characters of a transcript kept in verdict.json and th
 def transcript_text(agent: str, console: str, cap: int = TRANSCRIPT_CAP) -> str:
     """The one transcript people read: protocol and kernel lines in order; past `cap`
     characters its head (a quarter) and its tail, with the cut said where it is."""
-    text = "".join(f"{line}\n" for line in merge_channels(agent, console))
+    return bounded_text(merge_channels(agent, console), cap)
+
+
+def bounded_text(lines: Sequence[str], cap: int = TRANSCRIPT_CAP) -> str:
+    """Merged lines as the transcript people read (see transcript_text)."""
+    text = "".join(f"{line}\n" for line in lines)
     if len(text) <= cap:
         return text
     head_end = text.rfind("\n", 0, cap // 4) + 1

@@ -35,7 +35,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from rig.guest.alloc import parse_alloc
-from rig.guest.protocol import CONSOLE_MARK_RE, TRANSCRIPT_CAP, parse_lines, transcript_text
+from rig.guest.protocol import (
+    CONSOLE_MARK_RE,
+    TRANSCRIPT_CAP,
+    bounded_text,
+    merge_channels,
+    parse_lines,
+)
 from rig.model import (
     NOTHING_ARRANGED,
     SEVERITY,
@@ -55,7 +61,7 @@ from rig.verdict.beside import beside_setup_failure
 from rig.verdict.crash import crash_teardown, split_at_crash
 from rig.verdict.pages import judge_pages
 from rig.verdict.profiles import DEFAULT, Profile, build_verdict, reread, settle
-from rig.verdict.reading import TAIL_LINES, GuestReport, Run, parse_guest, read
+from rig.verdict.reading import TAIL_LINES, GuestReport, Run, read
 from rig.verdict.stages import (
     GUEST_STAGES,
     Judged,
@@ -286,8 +292,10 @@ def judge(
 ) -> CellVerdict:
     """One StageVerdict per stage in STAGES for this cell, knowing what the run arranged;
     the module's lines read by its profile (rig.verdict.profiles; ours by default)."""
-    # what people read: the agent's protocol and the kernel's lines, in one transcript
-    transcript = "" if boot is None else transcript_text(boot.agent, boot.console)
+    # what people read and what is judged: the agent's protocol and the kernel's lines, merged
+    # once into one transcript
+    merged = [] if boot is None else merge_channels(boot.agent, boot.console)
+    transcript = "" if boot is None else bounded_text(merged)
 
     def verdict(stages: dict[str, StageVerdict]) -> CellVerdict:
         return CellVerdict(
@@ -321,7 +329,7 @@ def judge(
     elif boot is None:
         stages.update(all_stages(Outcome.ERROR, "the guest was not booted", stages=GUEST_STAGES))
     else:
-        report = reread(parse_guest(boot), profile)
+        report = reread(read(parse_lines(merged)), profile)
         if not report.begin:
             detail = boot.detail or f"boot ended: {boot.end.value}"
             stages.update(
