@@ -65,6 +65,12 @@ class InfraError(RigError):
     exit_code = ExitCode.INFRA
 
 
+class KernelUnbuildable(InfraError):
+    """A kernel the rig builds from a tree did not build, or its config cannot hold what the
+    guests need, or a patch does not apply: a bisection skips that commit, a run's cells are
+    infrastructure errors (exit 3): it says nothing about the driver."""
+
+
 class ToolMissing(InfraError):
     """A host program the rig needs is not installed."""
 

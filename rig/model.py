@@ -27,6 +27,29 @@ class KernelSpec:
     mirror: str = "http://deb.debian.org/debian"
     extra_suites: tuple[str, ...] = ()  # e.g. ("bookworm-security",) for newest 6.1
     check_valid_until: bool = True  # False for suites whose Release looks expired (sid)
+    # A kernel you built instead of a Debian package (rig/artifacts/built.py): `build`, a
+    # kernel build directory (bzImage, .config, Module.symvers), or `tree` + `ref`, a git tree
+    # the rig builds at that commit with `config` ("minimal", a file, or "debian:NAME").
+    # `suite` is then the toolchain suite that builds it (and the driver against it).
+    build: str = ""
+    tree: str = ""
+    ref: str = ""  # a full commit SHA once resolved (the cache keys by it)
+    config: str = ""
+    patch: str = ""  # a patch applied to the tree before the build (bisection --patch)
+    config_from: KernelSpec | None = None  # config "debian:NAME": that Debian kernel
+
+    @property
+    def kind(self) -> str:
+        """'debian' (a package), 'build' (a build directory) or 'tree' (a git tree + ref)."""
+        return "build" if self.build else "tree" if self.tree else "debian"
+
+    def describe(self) -> str:
+        """What the kernel is, for reports: the ABI, or where it was built from."""
+        if self.build:
+            return f"build {self.build}"
+        if self.tree:
+            return f"tree {self.tree} @ {self.ref[:12]} ({self.config or 'minimal'})"
+        return self.abi
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,14 @@ class KernelArtifacts:
     vmlinuz: Path
     headers: Path  # /usr/src/linux-headers-<abi> inside the chroot
     chroot: Path  # the suite's toolchain chroot that built modules for this kernel
+    # A kernel you built: its build directory and source tree on the host, which module
+    # builds see read-only (None: the headers are in the chroot), its release and the
+    # directory holding its KVM modules; `key` names it in the keys of what is built from it.
+    kbuild: Path | None = None
+    ksrc: Path | None = None
+    release: str = ""
+    kvm_dir: Path | None = None
+    key: str = ""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rig.errors import UsageError
+from rig.matrix.load import one_off_kernel
 from rig.matrix.select import Matrix, parse_shard, shard
 from rig.model import Cell
 
@@ -93,7 +94,11 @@ class Option:
 
 RUN_OPTIONS: tuple[Option, ...] = (
     Option("lane", "lane name (repeatable)", repeat=True),
-    Option("kernel", "kernel name (repeatable)", repeat=True),
+    Option(
+        "kernel",
+        "kernel name, or a kernel build directory (a path: ./DIR) (repeatable)",
+        repeat=True,
+    ),
     Option("cpu", "CPU generation (repeatable)", repeat=True),
     Option(
         "all",
@@ -317,9 +322,16 @@ def settings_from(values: Mapping[str, Any], *, default_driver: Path) -> RunSett
 
 def select(matrix: Matrix, settings: RunSettings) -> list[Cell]:
     """The cells of a run: --lane/--kernel/--cpu (and --all) select, then --shard splits."""
+    names: list[str] = []
+    for k in settings.kernels:  # a path (it has a '/') is a kernel you built
+        if "/" in k:
+            spec = one_off_kernel(k, matrix.kernels)
+            matrix = matrix.with_kernels([spec])
+            k = spec.name
+        names.append(k)
     cells = matrix.select(
         lanes=settings.lanes,
-        kernels=settings.kernels,
+        kernels=names,
         cpus=settings.cpus,
         everything=settings.everything,
     )

@@ -159,7 +159,7 @@ class StageItem(pytest.Item):
             ("cell", cell.id),
             ("lane", cell.lane.name),
             ("kernel", cell.kernel.name),
-            ("kernel_abi", cell.kernel.abi),
+            ("kernel_abi", cell.kernel.abi or cell.kernel.describe()),
             ("cpu", cell.cpu.name),
             ("cpu_model", cell.cpu_model or ""),
             ("stage", stage),

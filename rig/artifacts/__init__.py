@@ -1,6 +1,7 @@
 """Artifact stage: kernels (toolchain chroot, headers, vmlinuz) and module builds, cached.
 
-Artifacts(cache).kernel(spec) -> KernelArtifacts
+Artifacts(cache).kernel(spec) -> KernelArtifacts   a Debian package (kernel.py), a build
+                                                  directory (built.py), a tree (kbuild.py)
 Artifacts(cache).module(kernel, src) -> ModuleBuild
 Artifacts(cache).kvm_modules(kernel) -> Path  (irqbypass.ko, kvm.ko, kvm-intel.ko)
 Artifacts(cache).witness() -> Path           (the static kvm-witness program)
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rig.artifacts.built import built_kernel
 from rig.artifacts.cache import (
     EMBED_KIND,
     Cache,
@@ -21,6 +23,7 @@ from rig.artifacts.cache import (
     slot_in_use,
     stderr_progress,
 )
+from rig.artifacts.kbuild import tree_kernel
 from rig.artifacts.kernel import kernel_artifacts
 from rig.artifacts.kvm import KVM_MODULES, installed_version, kvm_modules, witness_program
 from rig.artifacts.module import (
@@ -50,6 +53,17 @@ class Artifacts:
     progress: Progress = stderr_progress
 
     def kernel(self, spec: KernelSpec) -> KernelArtifacts:
+        """Any kind of kernel: a Debian package, a build directory, a tree at a commit."""
+        if spec.kind == "build":
+            return built_kernel(self.cache, spec, self.progress)
+        if spec.kind == "tree":
+            base: str | None = None
+            if spec.config_from is not None:
+                debian = self.kernel(spec.config_from)
+                base = (debian.chroot / debian.headers.relative_to("/") / ".config").read_text()
+            elif spec.config and spec.config != "minimal":
+                base = Path(spec.config).read_text()
+            return tree_kernel(self.cache, spec, base, self.progress)
         return kernel_artifacts(self.cache, spec, self.progress)
 
     def module(self, kernel: KernelArtifacts, src: Path) -> ModuleBuild:

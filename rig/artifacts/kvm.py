@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rig.artifacts.cache import Cache, Progress, digest
 from rig.artifacts.steps import in_root, require_tool, run_step
-from rig.errors import InfraError
+from rig.errors import InfraError, UsageError
 from rig.model import KernelArtifacts
 from rig.paths import GUESTS_DIR
 
@@ -54,6 +54,15 @@ def installed_version(root: Path, package: str) -> str | None:
 def kvm_modules(cache: Cache, kernel: KernelArtifacts, progress: Progress) -> Path:
     """A cached directory holding the kernel's irqbypass.ko, kvm.ko and kvm-intel.ko."""
     spec = kernel.spec
+    if spec.kind != "debian":
+        if kernel.kvm_dir is None:
+            raise UsageError(
+                f"kernel {spec.name} ({spec.describe()}) has no KVM modules: the teardown "
+                "witness and the nested lane's L1 load kvm.ko and kvm-intel.ko",
+                fix="build it with CONFIG_KVM=m and CONFIG_KVM_INTEL=m (as modules: a "
+                "built-in KVM holds VMX from boot from 6.12 on)",
+            )
+        return kernel.kvm_dir
     key = digest("kvm-modules", spec.suite, spec.abi, spec.version, spec.mirror)
     with cache.building("kvm-modules", f"{spec.name}-{key}") as (final, tmp):
         if tmp is not None:

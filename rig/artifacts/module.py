@@ -16,6 +16,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from rig.artifacts.built import KBUILD_MNT, KSRC_MNT
 from rig.artifacts.cache import Cache, Progress, digest
 from rig.artifacts.steps import (
     BUILD_DIR,
@@ -108,7 +109,8 @@ def build_module(
     # packages), not by its contents. That is sound because nothing but the rig's own steps
     # writes a chroot: module builds see it read-only (`sandboxed`), so no build can change
     # the compiler or headers a later build of another tree uses.
-    key = digest("module", kernel.spec.abi, kernel.chroot.parent.name, tree_digest(src))
+    mine = (kernel.key,) if kernel.key else ()  # a kernel you built: what went into it
+    key = digest("module", kernel.spec.abi, *mine, kernel.chroot.parent.name, tree_digest(src))
     with cache.building("modules", f"{name}-{kernel.spec.name}-{key}") as (final, tmp):
         if tmp is not None:
             _build_module(kernel, src, name, tmp, progress)
@@ -126,13 +128,32 @@ def build_module(
 BUILD_TIMEOUT_S = 600
 
 
+def _make(kernel: KernelArtifacts) -> list[str]:
+    """The make command line: against the chroot's headers, or the kernel you built (its
+    sources and build directory, seen read-only at KSRC_MNT and KBUILD_MNT)."""
+    if kernel.kbuild is None:
+        return ["make", "-C", str(kernel.headers), f"M={BUILD_DIR}"]
+    if kernel.ksrc is None or kernel.ksrc == kernel.kbuild:
+        return ["make", "-C", KBUILD_MNT, f"M={BUILD_DIR}", "modules"]
+    return ["make", "-C", KSRC_MNT, f"O={KBUILD_MNT}", f"M={BUILD_DIR}", "modules"]
+
+
+def _kernel_binds(kernel: KernelArtifacts) -> list[tuple[Path, str]]:
+    if kernel.kbuild is None:
+        return []
+    binds = [(kernel.kbuild, KBUILD_MNT)]
+    if kernel.ksrc is not None and kernel.ksrc != kernel.kbuild:
+        binds.append((kernel.ksrc, KSRC_MNT))
+    return binds
+
+
 def _build_module(
     kernel: KernelArtifacts, src: Path, name: str, out: Path, progress: Progress
 ) -> None:
     """Build in the sandbox, in `out`/build (out is the entry's temporary directory in the
     cache, outside the chroot: a killed build's leftovers go with it); keep the .ko, the log
     and result.json."""
-    progress(f"module {name}: building against {kernel.spec.abi} ...")
+    progress(f"module {name}: building against {kernel.release or kernel.spec.abi} ...")
     if not (kernel.chroot / SETPRIV.lstrip("/")).exists():
         raise InfraError(
             f"the toolchain chroot {kernel.chroot} has no {SETPRIV} (util-linux)",
@@ -143,9 +164,7 @@ def _build_module(
     try:
         copy_sources(src, build_dir)
         hand_to_build_user(build_dir)
-        argv = sandboxed(
-            kernel.chroot, ["make", "-C", str(kernel.headers), f"M={BUILD_DIR}"], build_dir
-        )
+        argv = sandboxed(kernel.chroot, _make(kernel), build_dir, ro_binds=_kernel_binds(kernel))
         try:
             proc = subprocess.run(
                 argv, capture_output=True, text=True, errors="replace",

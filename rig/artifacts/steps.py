@@ -91,14 +91,24 @@ BUILD_DIR = "/tmp/build"
 SETPRIV = "/usr/bin/setpriv"  # util-linux, essential in every Debian suite
 
 
-def sandboxed(root: Path, argv: Sequence[str], build_dir: Path) -> list[str]:
+def sandboxed(
+    root: Path,
+    argv: Sequence[str],
+    build_dir: Path,
+    *,
+    ro_binds: Sequence[tuple[Path, str]] = (),
+    rw_binds: Sequence[tuple[Path, str]] = (),
+    env: Sequence[tuple[str, str]] = (),
+) -> list[str]:
     """argv, code the rig does not trust (a module's Makefile and whatever it runs), run in
     the toolchain chroot `root` by bubblewrap. What it guarantees:
 
     - `root` is mounted read-only (nosuid, nodev) as /, and /proc (the sandbox's own) is
       read-only too: the build cannot change the chroot that later builds use.
-    - It can write only `build_dir` (seen at BUILD_DIR, its working directory) and a private
+    - It can write only `build_dir` (seen at BUILD_DIR, its working directory), the
+      `rw_binds` (a kernel's O= directory and its ccache, seen under /tmp) and a private
       tmpfs at /tmp; nothing else it does survives it. The caller copies the products out.
+      `ro_binds` (a kernel's sources and build directory) it sees read-only under /tmp.
     - It runs as uid and gid BUILD_UID (nobody) on the host too (there is no user namespace
       mapping it to root), with no supplementary groups, no capabilities (effective,
       permitted, inheritable, ambient and bounding sets empty) and no-new-privs (setuid bits
@@ -124,14 +134,25 @@ def sandboxed(root: Path, argv: Sequence[str], build_dir: Path) -> list[str]:
         "--dev", "/dev",
         "--perms", "1777", "--tmpfs", "/tmp",
         "--bind", str(build_dir), BUILD_DIR,
+        *_binds("--ro-bind", ro_binds), *_binds("--bind", rw_binds),
         "--chdir", BUILD_DIR,
         "--clearenv", "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin",
         "--setenv", "LC_ALL", "C.UTF-8", "--setenv", "HOME", "/tmp",
+        *[a for k, v in env for a in ("--setenv", k, v)],
         "--",
         SETPRIV, f"--reuid={BUILD_UID}", f"--regid={BUILD_UID}", "--clear-groups",
         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
         "--", *argv,
     ]  # fmt: skip
+
+
+def _binds(flag: str, binds: Sequence[tuple[Path, str]]) -> list[str]:
+    out: list[str] = []
+    for src, dest in binds:
+        if not dest.startswith("/tmp/") or ".." in dest.split("/"):
+            raise ValueError(f"sandbox mount point {dest!r} is not under /tmp")
+        out += [flag, str(src), dest]
+    return out
 
 
 def hand_to_build_user(tree: Path) -> None:

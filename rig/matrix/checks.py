@@ -61,12 +61,35 @@ def cross_check(data: Any, doc: Document) -> None:
             if not any(isinstance(m, str) and m for m in models.values()):
                 doc.at(("cpus", cpu), f"CPU '{cpu}' has no model in any lane", "at least one")
 
+    kernel_section = data.get("kernels")
+    debian = (
+        {n for n, k in (kernel_section or {}).items() if isinstance(k, dict) and "abi" in k}
+        if isinstance(kernel_section, dict)
+        else set()
+    )
+    if isinstance(kernel_section, dict):
+        for name, k in kernel_section.items():
+            if isinstance(k, dict):
+                _check_kernel(name, k, doc)
+            config = k.get("config") if isinstance(k, dict) else None
+            if (isinstance(config, str) and config.startswith("debian:")
+                    and config[7:] not in debian):  # fmt: skip
+                doc.at(("kernels", name, "config"),
+                       f"kernel '{name}' takes its config from '{config[7:]}', which is "
+                       "not a Debian kernel of this matrix",
+                       "debian:NAME of one of: " + ", ".join(sorted(debian)))  # fmt: skip
+
     lane_section = data.get("lanes")
     if isinstance(lane_section, dict):
         for name, lane in lane_section.items():
             if isinstance(lane, dict):
                 _check_lane(name, lane, doc)
                 known(("lanes", name, "l1_kernel"), "kernel", lane.get("l1_kernel"))
+                l1 = lane.get("l1_kernel")
+                if isinstance(l1, str) and l1 in axes["kernel"] and l1 not in debian:
+                    doc.at(("lanes", name, "l1_kernel"),
+                           f"the nested lane's L1 kernel '{l1}' is not a Debian kernel",
+                           "a Debian kernel (L1 is made of its packages)")  # fmt: skip
 
     excludes = data.get("exclude")
     if isinstance(excludes, list):
@@ -89,6 +112,24 @@ def cross_check(data: Any, doc: Document) -> None:
             if isinstance(items, list):
                 for i, name in enumerate(items):
                     known((*where, plural, i), axis, name)
+
+
+def _check_kernel(name: str, k: dict[str, Any], doc: Document) -> None:
+    """A kernel is one kind: a Debian package, a build directory or a tree and a ref."""
+    kinds = [key for key in ("abi", "build", "tree") if key in k]
+    if len(kinds) != 1:
+        doc.at(("kernels", name),
+               f"kernel '{name}' has {' and '.join(kinds) or 'none of abi, build, tree'}",
+               "one of {suite, abi} (a Debian package), {build: DIR} (a kernel you built) "
+               "or {tree: DIR, ref: REF} (a git tree the rig builds)")  # fmt: skip
+    if "abi" in k and "suite" not in k:
+        doc.at(("kernels", name), "missing key 'suite'", "'suite' in this mapping")
+    if ("tree" in k) != ("ref" in k):
+        doc.at(("kernels", name), f"kernel '{name}' has only one of tree and ref", "both")
+    for key, only in (("config", "tree"), ("version", "abi"), ("extra_suites", "abi")):
+        if key in k and only not in k:
+            doc.at(("kernels", name, key), f"'{key}' is only for kernels with '{only}'",
+                   f"no '{key}' here", key=True)  # fmt: skip
 
 
 def _check_lane(name: str, lane: dict[str, Any], doc: Document) -> None:

@@ -1,6 +1,7 @@
 """Loading matrix.yaml: read the source, validate it, build the Matrix.
 
     load_matrix(path) -> Matrix          read, validate (every problem with FILE:LINE:COL)
+    one_off_kernel(path, taken)          `rig run --kernel PATH`: a build directory as a kernel
     parse_matrix(data, source) -> Matrix the same from bytes/str already in memory
 
 Every problem raises `MatrixFileError` (a `MatrixError`, exit code 2) that lists all problems
@@ -9,11 +10,14 @@ found, one `FILE:LINE:COL: what; expected ...` line each.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from rig.errors import MatrixError
+from rig.errors import MatrixError, UsageError
 from rig.matrix.checks import cross_check
 from rig.matrix.schema import MatrixModel, pydantic_problems
 from rig.matrix.select import Exclusion, Matrix, Slice
@@ -21,20 +25,47 @@ from rig.matrix.source import MAX_BYTES, MatrixFileError, Problem, read_document
 from rig.model import CpuSpec, KernelSpec, LaneSpec
 
 DEFAULT_MATRIX_NAME = "matrix.yaml"
+DEFAULT_TOOLCHAIN_SUITE = "trixie"
+"""The suite whose toolchain builds a kernel you built (and the driver against it) when the
+matrix names none."""
+
+
+def _beside(source: str, path: str | None) -> str:
+    """A path of the matrix, relative to the matrix file's directory, made absolute."""
+    if not path:
+        return ""
+    base = Path(source).parent if Path(source).is_file() else Path.cwd()
+    return str((base / path).resolve())
+
+
+def _config_beside(source: str, config: str | None) -> str:
+    if not config or config == "minimal" or config.startswith("debian:"):
+        return config or ""
+    return _beside(source, config)
 
 
 def to_matrix(model: MatrixModel, source: str) -> Matrix:
     kernels = {
         name: KernelSpec(
             name=name,
-            suite=k.suite,
-            abi=k.abi,
+            suite=k.suite or ("" if k.build else DEFAULT_TOOLCHAIN_SUITE),
+            abi=k.abi or "",
             version=k.version,
             mirror=k.mirror,
             extra_suites=tuple(k.extra_suites),
             check_valid_until=k.check_valid_until,
+            build=_beside(source, k.build),
+            tree=_beside(source, k.tree),
+            ref=k.ref or "",
+            config=_config_beside(source, k.config),
         )
         for name, k in model.kernels.items()
+    }
+    kernels = {  # a tree kernel whose config is a Debian kernel's knows that kernel
+        name: replace(spec, config_from=kernels[spec.config[7:]])
+        if spec.config.startswith("debian:") and spec.config[7:] in kernels
+        else spec
+        for name, spec in kernels.items()
     }
     cpus = {name: CpuSpec(name=name, models=dict(models)) for name, models in model.cpus.items()}
     lanes = {
@@ -127,3 +158,26 @@ def load_matrix(path: str | Path) -> Matrix:
             fix="check the path and its permissions",
         ) from err
     return parse_matrix(data, source)
+
+
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def one_off_kernel(path: str, taken: Iterable[str]) -> KernelSpec:
+    """`rig run --kernel PATH`: a kernel build directory as a kernel of this run, named by
+    its release (made unique among `taken`); UsageError when PATH is not a built kernel."""
+    build = Path(path).resolve()
+    release_file = build / "include/config/kernel.release"
+    if not build.is_dir() or not release_file.is_file():
+        raise UsageError(
+            f"--kernel {path}: not a kernel name of the matrix, nor a kernel build directory "
+            "(no include/config/kernel.release)",
+            fix="pass a matrix kernel name, or the directory you built a kernel in "
+            "(make bzImage modules, or its O= directory)",
+        )
+    stem = _NAME_CHARS.sub("_", release_file.read_text().strip())[:26] or "built"
+    name, n = stem, 1
+    while name in set(taken):
+        n += 1
+        name = f"{stem}-{n}"
+    return KernelSpec(name=name, suite="", abi="", build=str(build))

@@ -64,6 +64,20 @@ DebVersion = Annotated[str, AfterValidator(lambda v: _deb_version(v))]
 Mirror = Annotated[str, _checker(_MIRROR_RE, "mirror", "an http(s) URL without spaces")]
 Uri = Annotated[str, AfterValidator(lambda v: _uri(v))]
 Reason = Annotated[str, AfterValidator(lambda v: _reason(v))]
+_HOSTPATH_RE = re.compile(r"[A-Za-z0-9._/+~-][A-Za-z0-9._/+~@:-]{0,1023}")
+_GITREF_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+~^@{}-]{0,199}")
+_KCONFIG_RE = re.compile(
+    r"minimal|debian:[A-Za-z0-9][A-Za-z0-9._-]{0,31}|[A-Za-z0-9._/+~-]{1,1024}"
+)
+HostPath = Annotated[
+    str, _checker(_HOSTPATH_RE, "path", "a path of letters, digits and . _ / + ~ - @ :")
+]
+GitRef = Annotated[
+    str, _checker(_GITREF_RE, "ref", "a git commit, tag or branch (like v6.12 or HEAD~3)")
+]
+KernelConfig = Annotated[
+    str, _checker(_KCONFIG_RE, "config", "minimal, debian:NAME (a Debian kernel) or a FILE")
+]
 
 
 def _model_name(value: str) -> str:
@@ -107,12 +121,21 @@ class DefaultsModel(_Strict):
 
 
 class KernelModel(_Strict):
-    suite: Suite
-    abi: Abi
+    """A Debian package ({suite, abi, ...}), a kernel build directory ({build: DIR}) or a git
+    tree the rig builds ({tree: DIR, ref: REF, config?: minimal|FILE|debian:NAME}); `suite`
+    is then the toolchain that builds it and the driver (default trixie)."""
+
+    suite: Suite = ""
+    abi: Abi | None = None
     version: DebVersion = ""
     mirror: Mirror = "http://deb.debian.org/debian"
     extra_suites: list[Suite] = Field(default_factory=list)
     check_valid_until: bool = True
+    build: HostPath | None = None
+    tree: HostPath | None = None
+    ref: GitRef | None = None
+    config: KernelConfig | None = None
+    # which keys go together (one kind, suite for a Debian kernel): rig.matrix.checks
 
 
 class LaneModel(_Strict):

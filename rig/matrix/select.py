@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,10 @@ class Matrix:
     lane_overrides: dict[str, tuple[int | None, int | None, int | None]] = field(
         default_factory=dict
     )
+
+    def with_kernels(self, specs: Iterable[KernelSpec]) -> Matrix:
+        """This matrix with more kernels (one-off kernels of `rig run --kernel PATH`)."""
+        return replace(self, kernels={**self.kernels, **{k.name: k for k in specs}})
 
     # ----------------------------------------------------------------- selection
     def select(
@@ -200,7 +204,7 @@ def cells_json(cells: Iterable[Cell]) -> list[dict[str, str | None]]:
             "id": c.id,
             "lane": c.lane.name,
             "kernel": c.kernel.name,
-            "kernel_abi": c.kernel.abi,
+            "kernel_abi": c.kernel.abi or c.kernel.describe(),
             "cpu": c.cpu.name,
             "cpu_model": c.cpu_model,
             "skip_reason": c.skip_reason,

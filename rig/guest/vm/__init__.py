@@ -22,6 +22,12 @@ class VmFlavour:
     def unsupported(self, job: GuestJob, lane: Backend) -> str | None:
         if not isinstance(lane, DomainLane):
             return f"lane {lane.name} cannot run full-VM guests (they need disks and a network)"
+        kernel = job.cell.kernel
+        if kernel.kind != "debian":
+            return (
+                f"a full-VM guest installs the kernel's Debian packages; kernel {kernel.name} "
+                f"({kernel.describe()}) has none: run it with --guest initramfs"
+            )
         if (
             job.preload
             or job.kernel_args
