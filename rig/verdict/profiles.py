@@ -24,7 +24,9 @@ records that line stands for, in our grammar without its `vmlaunch: cpu=N` head:
 Witness hook: implied records (text `implied: ...`) and `unprinted` are exactly what the module
 did not say. `unsaid(report, profile)` lists them per stage; a witness beneath the guest
 (rig.model.Beneath) is what can decide them, and until a lane has one the reasons say
-"no witness on this lane".
+"no witness on this lane". A stage the module failed is not decided by the witness, but where
+its record can only be this module's one VMX operation (`one_operation`), the reason says
+what it saw of that stage's instructions ("KVM in L1 saw VMPTRLD, no VMLAUNCH").
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from rig.errors import UsageError
-from rig.model import Beneath, ModuleBuild, Outcome, StageVerdict
+from rig.model import Beneath, ModuleBuild, Outcome, StageVerdict, VmxEvent
 from rig.verdict.beneath import drivers_part
 from rig.verdict.grammar import DRIVER_RE, KV_RE, STAGE_OF, DriverRecord, split_attempts
 from rig.verdict.reading import GuestReport, Run, Stream
@@ -230,6 +232,44 @@ def went_further(
     return out
 
 
+def one_operation(
+    report: GuestReport, first: Sequence[DriverRecord], beneath: Beneath | None
+) -> list[VmxEvent] | None:
+    """The witness's events of the module's VMX operation, from its VMXON to the VMXOFF after
+    it, where the record can hold no other's: one run, the whole record, a witness that sees
+    VMXON and VMXOFF, and exactly one VMXON in it, which the module says it executed (so not
+    the teardown witness's KVM, nor a hypervisor beside it). None: the record cannot tell."""
+    if beneath is None or not beneath.complete or len(report.runs) != 1:
+        return None
+    if not {"vmxon", "vmxoff"} <= beneath.sees:
+        return None
+    if not any(r.stage == "vmxon" and r.result in ("ok", "FAIL") for r in first):
+        return None
+    events = drivers_part(beneath.events, first)
+    ons = [i for i, e in enumerate(events) if e.kind == "vmxon"]
+    if len(ons) != 1:
+        return None
+    off = next((i for i in range(ons[0], len(events)) if events[i].kind == "vmxoff"), None)
+    return events[ons[0] : None if off is None else off + 1]
+
+
+SEEN = {  # per stage, the instructions a witness can confirm the module executed
+    "vmxon": (("vmxon", "VMXON"),),
+    "vmlaunch": (("vmptrld", "VMPTRLD"), ("vmlaunch", "VMLAUNCH")),
+    "vmcall_exit": (("exit", "a VM exit"),),
+    "teardown": (("vmxoff", "VMXOFF"),),
+}
+
+
+def seen_of(stage: str, events: Sequence[VmxEvent], who: str) -> str:
+    """What the witness saw of a stage's instructions: `KVM in L1 saw VMPTRLD, no VMLAUNCH`."""
+    kinds = {e.kind for e in events}
+    words = [w if k in kinds else f"no {w.removeprefix('a ')}" for k, w in SEEN[stage]]
+    if stage == "vmlaunch" and kinds & {"vmfail", "entry_fail"}:
+        words.append("a failed VM entry")
+    return f"{who} saw {', '.join(words)}"
+
+
 def settle(
     stages: Mapping[str, StageVerdict],
     report: GuestReport,
@@ -248,6 +288,7 @@ def settle(
     run = report.runs[-1]
     first = first_attempt(run)
     missing = unsaid(report, profile)
+    operation = one_operation(report, first, beneath)
     out = went_further(stages, first, beneath) if not report.end else dict(stages)
     for stage, v in out.items():
         if stage == "build" or v.reason.startswith("not reached"):
@@ -264,6 +305,15 @@ def settle(
                 reason += f"; the module's last line: '{message(word.raw)[:120]}'"
                 if word.result == "info" and word.text:
                     reason += f" ({word.text})"
+        who = beneath.source if beneath is not None else ""
+        # (a reason went_further wrote says what the witness saw already)
+        if (
+            operation is not None
+            and outcome is Outcome.FAILED
+            and stage in SEEN
+            and who not in reason
+        ):
+            reason += f"; {seen_of(stage, operation, who)}"
         if missing.get(stage):
             reason += f"; not printed by the module: {', '.join(missing[stage])}"
         out[stage] = replace(v, outcome=outcome, reason=reason)
@@ -294,9 +344,13 @@ ORIGINAL = Profile(
         (r"Error allocating vmcs guest region",
          ("?vmxon ok", "alloc FAIL errno=-12 region=vmcs")),
         (r"vmptrld has failed!", ("?vmxon ok", "vmptrld FAIL -- VMPTRLD set CF or ZF")),
-        # do_vmclear runs only on a failed VMWRITE's path (then VMXOFF, frees, and init goes on)
+        # do_vmclear runs only on a failed VMWRITE's path: VMCLEAR, then vmxon_exit (VMXOFF,
+        # frees), after popping four registers it never pushed, so do_vmwrite returns into
+        # garbage (nested 6.12: KVM in L1 refuses VMWRITE 0x200c, then RIP 0x3 in insmod)
         (r"vmclear done!",
-         ("?vmxon ok", "?vmptrld ok", "vmcs FAIL -- a VMWRITE failed (its one path to VMCLEAR)")),
+         ("?vmxon ok", "?vmptrld ok",
+          "vmcs FAIL -- a VMWRITE failed (its one path to VMCLEAR: VMXOFF and the frees follow, "
+          "then it returns on a stack it popped four registers off)")),
         (r"Doing vmlaunch now\.\.",
          ("?vmxon ok", "?vmptrld ok", "?vmcs ok",
           "vmlaunch info -- VMLAUNCH next: a VMfail prints 'After vmexit' at once, so a crash "

@@ -310,3 +310,60 @@ def test_the_options_know_every_profile_and_no_other() -> None:
 
     assert tuple(profiles.PROFILES) == options.PROFILES
     assert options.PROFILES[0] == profiles.NATIVE
+
+
+# --------------------------------------------------------------------------- nested lane
+NESTED_GOLDEN = DATA / "nested-6.12-haswell-original-vmwrite-fails"
+NESTED_TRACE = DATA.parent / "beneath" / "nested-6.12-haswell-original" / "l1-trace.txt"
+
+
+def nested_original(beneath: Beneath | None = None) -> CellVerdict:
+    """The real nested run (golden console), judged with KVM in L1's trace of the same boot."""
+    from rig.lanes.nested_witness import beneath_from_l1_trace
+    from tests.unit.test_trusted_verdicts import load_case
+
+    cell, crashed, arranged, _ = load_case(NESTED_GOLDEN)
+    seen = beneath_from_l1_trace(NESTED_TRACE.read_text()) if beneath is None else beneath
+    return judge(cell, WARNED, replace(crashed, beneath=seen), arranged, ORIGINAL)
+
+
+def test_on_the_nested_lane_kvm_in_l1_says_what_the_original_ran() -> None:
+    """The real nested run: under KVM's nested VMX a VMWRITE failed (`vmclear done!` is its
+    one path), which ran VMCLEAR, VMXOFF and the frees, then crashed insmod (RIP 0x3). KVM in
+    L1 saw VMXON, VMPTRLD, VMCLEAR, VMXOFF and no VMLAUNCH: vmxon passes on its word, vmlaunch
+    fails on the module's, the crash fails teardown, and each reason says what KVM saw."""
+    v = nested_original()
+    assert outcomes(v) == {"build": P, "vmxon": P, "vmlaunch": F, "vmcall_exit": S, "teardown": F}
+    assert v.stages["vmxon"].witness == "KVM in L1"
+    assert v.stages["vmxon"].reason.endswith("; KVM in L1 saw VMXON")
+    why = v.stages["vmlaunch"].reason
+    assert why.startswith("vmcs FAIL: a VMWRITE failed (its one path to VMCLEAR")
+    assert "returns on a stack it popped" in why
+    assert "KVM in L1 saw VMPTRLD, no VMLAUNCH" in why and "vmptrld ok (implied" in why
+    assert v.stages["vmcall_exit"].reason == "not reached: vmlaunch failed"
+    why = v.stages["teardown"].reason
+    assert "NULL pointer dereference, address: 0000000000000003" in why
+    assert "KVM in L1 saw VMXOFF" in why and "unload (its exit function is empty" in why
+
+
+def test_the_witness_speaks_to_a_failed_stage_only_where_its_record_is_the_modules() -> None:
+    """A record that is cut, or that holds a second VMXON (the teardown witness's KVM, or a
+    hypervisor beside the module), cannot say which instructions were the module's: no words
+    about a failed stage then; nor on a witness that cannot see VMXON (Bochs)."""
+    from rig.lanes.nested_witness import beneath_from_l1_trace
+
+    whole = beneath_from_l1_trace(NESTED_TRACE.read_text())
+    vmxon = whole.events[0]
+    launched = (VmxEvent("vmlaunch", None, "kvm_exit: vcpu 0 reason VMLAUNCH"),)
+    for other in (
+        replace(whole, complete=False, note="cut"),
+        replace(whole, events=(*whole.events, vmxon, *launched)),
+        replace(whole, sees=frozenset({"vmlaunch", "exit"})),
+    ):
+        v = nested_original(other)
+        assert outcomes(v)["vmlaunch"] is F and outcomes(v)["teardown"] is F
+        assert "saw VMPTRLD" not in v.stages["vmlaunch"].reason
+        assert "saw VMXOFF" not in v.stages["teardown"].reason
+    # a VMLAUNCH inside the module's operation is said as such (a crash after it, no exit)
+    v = nested_original(replace(whole, events=(*whole.events[:2], *launched, *whole.events[2:])))
+    assert "KVM in L1 saw VMPTRLD, VMLAUNCH" in v.stages["vmlaunch"].reason
