@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rig.commands import (
-    cmd_bisect,
     cmd_clean,
     cmd_doctor,
     cmd_images,
@@ -126,18 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     iu.add_argument("--matrix", type=Path, default=None, help="matrix file (default matrix.yaml)")
     iu.add_argument("--kernel", action="append", default=[], help="kernel name (repeatable)")
 
-    bis = sub.add_parser("bisect", help="find the first bad kernel (good/bad/skip, repeats)")
-    bis.add_argument("--matrix", type=Path, default=None)
-    bis.add_argument("--lane", required=True)
-    bis.add_argument("--cpu", required=True)
-    bis.add_argument("--good", required=True, help="a kernel name known to pass")
-    bis.add_argument("--bad", required=True, help="a kernel name known to fail")
-    bis.add_argument("--repeat", type=int, default=1, help="runs per kernel (flaky results)")
-    bis.add_argument("--driver", type=Path, default=DEFAULT_DRIVER)
-    bis.add_argument("--param", action="append", default=[])
-    bis.add_argument("--junit", type=Path, default=Path("rig-bisect.xml"))
-    bis.add_argument("--runs-dir", type=Path, default=Path(".rig/runs"))
-    bis.add_argument("--cache", type=Path, default=None)
+    bis = sub.add_parser(
+        "bisect",
+        help="find the first bad kernel: matrix kernels, a Debian line's versions, a git tree",
+        description="Bisect by kernel: the matrix's kernels, the package versions of one "
+        "Debian line (--debian), or the commits of a kernel git tree (--kernel-tree, built "
+        "by the rig). Exit: 0 culprit found, verified and confident; 1 inconclusive, low "
+        "confidence or checks disagree; 2 bad input or ends that do not test as said; 3 too "
+        "many infrastructure errors.",
+    )
+    from rig.bisect.command import add_arguments as bisect_arguments
+
+    bisect_arguments(bis)
 
     from rig.report.command import add_arguments as report_arguments
 
@@ -156,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bisect(args: argparse.Namespace) -> int:
+    from rig.bisect.command import cmd_bisect
+
+    return cmd_bisect(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -165,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": cmd_doctor,
         "images": cmd_images,
         "report": cmd_report,
-        "bisect": cmd_bisect,
+        "bisect": _bisect,
         "clean": cmd_clean,
     }
     try:

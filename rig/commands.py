@@ -10,20 +10,15 @@ import argparse
 import re
 import shutil
 import sys
-import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 from rig.artifacts import EMBED_KIND, HOST_FILES, HOST_TOOLS, Artifacts, Cache, default_cache_root
-from rig.bisect import Mark
 from rig.errors import ExitCode, UsageError
 from rig.hostcheck import kvm_usable
 from rig.lanes import backend_for
 from rig.matrix import load_matrix
-from rig.model import CellVerdict, Outcome, worst
 from rig.options import (
-    check_param,
     pytest_words,
     select,
     settings_from,
@@ -31,7 +26,6 @@ from rig.options import (
 )
 from rig.paths import DEFAULT_DRIVER, DEFAULT_MATRIX
 from rig.runner import RunConfig, arrangements, check_required
-from rig.textsafe import shown
 
 
 def _default_matrix() -> Path:
@@ -223,92 +217,6 @@ def _kernel_of(entry: str) -> str:
 
 def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(p) if p.isdigit() else -1 for p in re.split(r"[.\-+~]", name))
-
-
-def bisect_case(
-    suite: ET.Element, lane: str, name: str, verdict: CellVerdict, mark: Mark, seconds: float
-) -> str:
-    """One probe of `rig bisect`: its testcase in `suite`, and its line for the terminal. The
-    reasons quote guest lines: the JUnit gets them XML-1.0-safe (finish_suite), the terminal
-    with control characters shown as `\\xNN`, never raw (an ANSI escape, a carriage return)."""
-    reasons = "; ".join(f"{s}: {v.outcome.value} ({v.reason})" for s, v in verdict.stages.items())
-    case = ET.SubElement(suite, "testcase", classname=f"vmlaunch-rig-bisect.{lane}", name=name,
-                         time=f"{seconds:.3f}")  # fmt: skip
-    if worst(v.outcome for v in verdict.stages.values()) is Outcome.ERROR:
-        ET.SubElement(case, "error", message="infrastructure: cannot judge").text = reasons
-    elif mark is Mark.BAD:
-        ET.SubElement(case, "failure", message="bad").text = reasons
-    elif mark is Mark.SKIP:
-        ET.SubElement(case, "skipped", message="skip: cannot judge").text = reasons
-    return shown(reasons[:160])
-
-
-def cmd_bisect(args: argparse.Namespace) -> int:
-    from rig.bisect import bisect, mark_of
-    from rig.runner import CellRunner, RunConfig
-    from rig.runs import new_run_id, run_lock, sweep
-
-    matrix = load_matrix((args.matrix or _default_matrix()).resolve())
-    names = sorted(matrix.kernels, key=_version_key)
-    for end in (args.good, args.bad):
-        if end not in names:
-            raise UsageError(f"unknown kernel {end!r}", fix=f"one of: {', '.join(names)}")
-    lo, hi = names.index(args.good), names.index(args.bad)
-    if lo >= hi:
-        raise UsageError("--good must be an older kernel than --bad")
-    if args.repeat < 1:
-        raise UsageError("--repeat takes at least 1")
-    params = tuple(check_param(p) for p in args.param)
-    matrix.cell(args.lane, args.good, args.cpu)  # validates lane and cpu names (exit 2)
-    run_id = new_run_id()
-    runs_root = args.runs_dir.resolve()
-    sweep(runs_root)
-    cache_root = args.cache or default_cache_root()
-    from rig.report.shape import finish_suite
-
-    cases = ET.Element("testsuite", name="vmlaunch-rig-bisect")
-    started = time.monotonic()
-    with run_lock(runs_root / run_id) as run_dir:
-        runner = CellRunner(
-            config=RunConfig(run_id=run_id, run_dir=run_dir, driver=args.driver.resolve(),
-                             module_params=params),
-            artifacts=Artifacts(Cache(cache_root)),
-            embed_pool=cache_root / "libvirt-embed",
-        )  # fmt: skip
-        attempt = 0
-        infra: list[str] = []
-
-        def probe(kernel: str) -> Mark:
-            nonlocal attempt
-            attempt += 1
-            t = time.monotonic()
-            verdict = runner.run(matrix.cell(args.lane, kernel, args.cpu))
-            mark = mark_of(verdict)
-            if worst(v.outcome for v in verdict.stages.values()) is Outcome.ERROR:
-                infra.append(kernel)
-            name = f"{args.lane}-{kernel}-{args.cpu}::try{attempt}"
-            line = bisect_case(cases, args.lane, name, verdict, mark, time.monotonic() - t)
-            print(f"  {kernel:8} try {attempt:3}: {mark.value:4}  {line}")
-            return mark
-
-        try:
-            result = bisect(names[lo : hi + 1], probe, repeats=args.repeat)
-        except ValueError as exc:
-            raise UsageError(str(exc), fix="check --good/--bad with `rig run`") from exc
-        finally:
-            finish_suite(cases, time.monotonic() - started).write(
-                args.junit, encoding="unicode", xml_declaration=True
-            )
-    if result.first_bad:
-        print(f"first bad kernel: {result.first_bad} (last good: {result.last_good})")
-        return int(ExitCode.OK)
-    print(f"inconclusive: the first bad is one of {', '.join(result.suspects)} "
-          f"(skipped kernels hide the boundary; last good: {result.last_good})")  # fmt: skip
-    if infra:
-        print(f"rig bisect: {len(infra)} probe(s) were infrastructure errors: {', '.join(infra)}",
-              file=sys.stderr)  # fmt: skip
-        return int(ExitCode.INFRA)
-    return int(ExitCode.CHECK_FAILED)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
     apt_sources(spec)        the sources.list lines of a kernel's suites
     compare_versions(a, b)   Debian version order, as `dpkg --compare-versions`
+    download_debs(urls, dest) packages fetched from the pool by URL (versions the index lost)
 
 Version order is python-debian's (`debian.debian_support.Version`), not a copy of dpkg's
 algorithm.
@@ -9,8 +10,18 @@ algorithm.
 
 from __future__ import annotations
 
+import http.client
+import re
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
 from debian.debian_support import Version
 
+from rig.errors import InfraError
 from rig.model import KernelSpec
 
 SECURITY_SUFFIX = "-security"
@@ -38,3 +49,44 @@ def compare_versions(a: str, b: str) -> int:
     """
     va, vb = Version(a), Version(b)
     return (va > vb) - (va < vb)
+
+
+DOWNLOAD_TIMEOUT_S = 120.0  # per read: a 180 MB image takes ~1 s from deb.debian.org
+MISSING = frozenset({404, 410})
+_DEB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~_-]{0,254}\.deb")
+
+
+def download_debs(
+    urls: Sequence[str], dest: Path, *, timeout_s: float = DOWNLOAD_TIMEOUT_S
+) -> list[Path]:
+    """Fetch each URL (pool_debs) into dest under its Debian file name; the paths, in order.
+
+    Any failure, a 404 too (the pool changed since the probe), is an InfraError naming the
+    URL; a file half written stays behind for the caller's temporary directory to go.
+    """
+    out: list[Path] = []
+    for url in urls:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise InfraError(f"not an http(s) URL: {url}", fix="use pool_debs' URLs")
+        name = urllib.parse.unquote(url.rsplit("/", 1)[-1])
+        if not _DEB_RE.fullmatch(name):
+            raise InfraError(f"not a Debian package's file name: {name!r}", where=url)
+        path = dest / name
+        request = urllib.request.Request(url, headers={"User-Agent": "vmlaunch-rig"})  # noqa: S310
+        try:
+            with (
+                urllib.request.urlopen(request, timeout=timeout_s) as response,  # noqa: S310
+                path.open("wb") as f,
+            ):
+                shutil.copyfileobj(response, f, 1 << 20)
+        except urllib.error.HTTPError as exc:
+            gone = " (no longer in the pool)" if exc.code in MISSING else ""
+            raise InfraError(f"download failed: HTTP {exc.code}{gone}", where=url) from exc
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            raise InfraError(
+                f"download failed ({getattr(exc, 'reason', exc)})",
+                where=url,
+                fix="check network access to the Debian mirror",
+            ) from exc
+        out.append(path)
+    return out

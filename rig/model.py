@@ -37,6 +37,9 @@ class KernelSpec:
     config: str = ""
     patch: str = ""  # a patch applied to the tree before the build (bisection --patch)
     config_from: KernelSpec | None = None  # config "debian:NAME": that Debian kernel
+    # A Debian version the suite's index no longer lists: its packages' pool URLs (image,
+    # headers, kbuild), installed from the files (rig bisect --debian)
+    pool: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:

@@ -37,10 +37,15 @@ def xml_safe(text: str) -> str:
     return _XML_FORBIDDEN.sub(_hex, text)
 
 
+_SHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def shown(text: str) -> str:
     """`text` for a terminal or CI log: each control character other than tab and newline as
-    `\\xNN` (an ANSI escape prints as `\\x1b[2J`, a carriage return as `\\x0d`)."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    `\\xNN` (an ANSI escape prints as `\\x1b[2J`, a carriage return as `\\x0d`), and a lone
+    surrogate (no terminal can print it: UTF-8 has none) as `\\udNNN`."""
+    return _SHOWN.sub(lambda m: f"\\{'u' if ord(m.group()) > 0xFF else 'x'}"
+                      f"{ord(m.group()):0{4 if ord(m.group()) > 0xFF else 2}x}", text)  # fmt: skip
 
 
 def no_markers(text: str) -> str:

@@ -76,7 +76,7 @@ def git(tree: Path, *args: str) -> str:
 
 def resolve_ref(tree: Path, ref: str) -> str:
     """`ref` as a full commit SHA, by `git rev-parse` in your tree (which it only reads)."""
-    if not (tree / "Makefile").is_file() and not (tree / "HEAD").is_file():
+    if not tree.is_dir():
         raise UsageError(f"{tree} is not a kernel git tree", fix="pass --kernel-tree DIR")
     return git(tree, "rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}")
 
@@ -156,9 +156,14 @@ def _build(
     # one checkout and O= directory per (tree, base config, toolchain), locked while used
     where = digest("tree-obj", str(tree.resolve()), _sha_file((base or "").encode()), root.name,
                    root.parent.name)  # fmt: skip
-    checkout, obj, ccache = (cache.slot(k, where) for k in ("ktrees", "kobj", "ccache"))
-    checkout.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(checkout) + ".lock"):
+    checkout, obj = (cache.slot(k, where) for k in ("ktrees", "kobj"))
+    ccache = cache.slot("ccache", root.parent.name)  # one per toolchain: paths do not matter
+    for d in (checkout, obj, ccache):
+        d.parent.mkdir(parents=True, exist_ok=True)
+    # the locks `rig images prune` asks for: nothing in use is pruned (one build at a time
+    # per toolchain: the machines this runs on have few cores)
+    with FileLock(str(checkout) + ".lock"), FileLock(str(obj) + ".lock"), \
+            FileLock(str(ccache) + ".lock"):  # fmt: skip
         meta: dict[str, object] = {"commit": sha, "ok": False}
         reason = _checkout(tree, checkout, sha, patch, log)
         for d in (obj, ccache):

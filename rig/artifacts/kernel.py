@@ -3,6 +3,7 @@ vmlinuz, from the Debian archive, cached by the kernel's package pin."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tarfile
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from rig.artifacts.cache import Cache, Progress, digest
 from rig.artifacts.steps import in_root, require_tool, run_step
-from rig.debian import apt_sources
+from rig.debian import apt_sources, download_debs
 from rig.errors import InfraError
 from rig.model import KernelArtifacts, KernelSpec
 
@@ -51,6 +52,11 @@ def _build_kernel(spec: KernelSpec, out: Path, progress: Progress) -> None:
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     progress(f"kernel {spec.name}: apt-get install linux-headers-{spec.abi} ...")
     run_step(in_root(root, ["apt-get", *aptopts, "update"], env), log=log, what="apt-get update")
+    if spec.pool:
+        _from_pool(spec, root, out, aptopts, env, log)
+        run_step(in_root(root, ["apt-get", "clean"]), log=log, what="apt-get clean")
+        progress(f"kernel {spec.name}: ready in {time.monotonic() - t0:.0f} s (from the pool)")
+        return
     pin = f"={spec.version}" if spec.version else ""
     run_step(
         in_root(root, ["apt-get", *aptopts, "install", "-y", "--no-install-recommends",
@@ -101,3 +107,26 @@ def _extract_vmlinuz(deb: Path, abi: str, dest: Path) -> bool:
                     dest.write_bytes(src.read())
                     break
     return dest.exists()
+
+
+def _from_pool(
+    spec: KernelSpec, root: Path, out: Path, aptopts: list[str], env: dict[str, str], log: Path
+) -> None:
+    """A version the index no longer lists: its debs downloaded by URL and installed as files
+    (apt brings their dependencies from the index); the vmlinuz from the image or binary."""
+    debs = root / "var/tmp/rig-debs"
+    shutil.rmtree(debs, ignore_errors=True)
+    debs.mkdir(parents=True)
+    try:
+        files = download_debs(spec.pool, debs)
+        install = [f for f in files if not f.name.startswith("linux-binary-")]
+        run_step(
+            in_root(root, ["apt-get", *aptopts, "install", "-y", "--no-install-recommends",
+                           *[f"/var/tmp/rig-debs/{f.name}" for f in install], "binutils"], env),
+            log=log, what=f"install linux-headers-{spec.abi} {spec.version} from the pool files",
+        )  # fmt: skip
+        kernels = [f for f in files if f.name.startswith(("linux-image-", "linux-binary-"))]
+        if not any(_extract_vmlinuz(f, spec.abi, out / "vmlinuz") for f in kernels):
+            raise InfraError(f"no vmlinuz in {', '.join(f.name for f in kernels)}", where=str(log))
+    finally:
+        shutil.rmtree(debs, ignore_errors=True)

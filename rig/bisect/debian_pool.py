@@ -33,26 +33,22 @@ linux-base-<abi> usr/lib/modules/<abi>/config. From 6.19 linux-image-<abi> is a 
 from __future__ import annotations
 
 import http.client
-import re
 import shutil
 import subprocess
 import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from rig.bisect.debian_line import LineVersion, archive_root
-from rig.debian import SECURITY_SUFFIX
+from rig.debian import MISSING, SECURITY_SUFFIX
 from rig.errors import InfraError, ToolMissing
 
 HEAD_TIMEOUT_S = 30.0
-DOWNLOAD_TIMEOUT_S = 120.0  # per read: a 180 MB image takes ~1 s from deb.debian.org
-_MISSING = frozenset({404, 410})
-_DEB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~_-]{0,254}\.deb")
 
 
 @dataclass(frozen=True)
@@ -191,7 +187,7 @@ def probe(
             if code == 200:
                 found.append((f, url))
                 break
-            if code not in _MISSING:
+            if code not in MISSING:
                 raise InfraError(
                     f"the mirror answered HTTP {code} for {f.filename}",
                     where=url,
@@ -227,42 +223,6 @@ def pool_debs(
     if not reach.reachable:
         raise VersionUnreachable(reach)
     return reach.urls
-
-
-def download_debs(
-    urls: Sequence[str], dest: Path, *, timeout_s: float = DOWNLOAD_TIMEOUT_S
-) -> list[Path]:
-    """Fetch each URL (pool_debs) into dest under its Debian file name; the paths, in order.
-
-    Any failure, a 404 too (the pool changed since the probe), is an InfraError naming the
-    URL; a file half written stays behind for the caller's temporary directory to go.
-    """
-    out: list[Path] = []
-    for url in urls:
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise InfraError(f"not an http(s) URL: {url}", fix="use pool_debs' URLs")
-        name = urllib.parse.unquote(url.rsplit("/", 1)[-1])
-        if not _DEB_RE.fullmatch(name):
-            raise InfraError(f"not a Debian package's file name: {name!r}", where=url)
-        path = dest / name
-        request = urllib.request.Request(url, headers={"User-Agent": "vmlaunch-rig"})  # noqa: S310
-        try:
-            with (
-                urllib.request.urlopen(request, timeout=timeout_s) as response,  # noqa: S310
-                path.open("wb") as f,
-            ):
-                shutil.copyfileobj(response, f, 1 << 20)
-        except urllib.error.HTTPError as exc:
-            gone = " (no longer in the pool)" if exc.code in _MISSING else ""
-            raise InfraError(f"download failed: HTTP {exc.code}{gone}", where=url) from exc
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            raise InfraError(
-                f"download failed ({getattr(exc, 'reason', exc)})",
-                where=url,
-                fix="check network access to the Debian mirror",
-            ) from exc
-        out.append(path)
-    return out
 
 
 # --------------------------------------------------------------------------- config

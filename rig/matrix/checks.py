@@ -122,11 +122,13 @@ def _check_kernel(name: str, k: dict[str, Any], doc: Document) -> None:
                f"kernel '{name}' has {' and '.join(kinds) or 'none of abi, build, tree'}",
                "one of {suite, abi} (a Debian package), {build: DIR} (a kernel you built) "
                "or {tree: DIR, ref: REF} (a git tree the rig builds)")  # fmt: skip
+        return  # what else it may hold depends on its kind: one problem, not a cascade
     if "abi" in k and "suite" not in k:
         doc.at(("kernels", name), "missing key 'suite'", "'suite' in this mapping")
-    if ("tree" in k) != ("ref" in k):
+    if "tree" in k and "ref" not in k:
         doc.at(("kernels", name), f"kernel '{name}' has only one of tree and ref", "both")
-    for key, only in (("config", "tree"), ("version", "abi"), ("extra_suites", "abi")):
+    for key, only in (("config", "tree"), ("ref", "tree"), ("version", "abi"),
+                      ("extra_suites", "abi")):  # fmt: skip
         if key in k and only not in k:
             doc.at(("kernels", name, key), f"'{key}' is only for kernels with '{only}'",
                    f"no '{key}' here", key=True)  # fmt: skip

@@ -176,8 +176,8 @@ def one_off_kernel(path: str, taken: Iterable[str]) -> KernelSpec:
             "(make bzImage modules, or its O= directory)",
         )
     stem = _NAME_CHARS.sub("_", release_file.read_text().strip())[:26] or "built"
-    name, n = stem, 1
-    while name in set(taken):
+    name, n, names = stem, 1, set(taken)  # once: `taken` may be an iterator
+    while name in names:
         n += 1
         name = f"{stem}-{n}"
     return KernelSpec(name=name, suite="", abi="", build=str(build))

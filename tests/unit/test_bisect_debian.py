@@ -47,13 +47,13 @@ from rig.bisect.debian_pool import (
     VersionUnreachable,
     config_member,
     config_members,
-    download_debs,
     extract_config,
     http_status,
     pool_debs,
     pool_files,
     probe,
 )
+from rig.debian import download_debs
 from rig.errors import InfraError, ToolMissing, UsageError
 from rig.matrix.pinning import parse_stanzas
 from rig.matrix.schema import _ABI_RE, _DEBVER_RE, _KERNEL_RE, _SUITE_RE

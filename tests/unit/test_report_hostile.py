@@ -19,8 +19,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from rig.bisect import mark_of
-from rig.commands import bisect_case
+from rig.bisect.decide import run_mark, step_mark
+from rig.bisect.engine import Outcome as Outcome_
+from rig.bisect.engine import Step
+from rig.bisect.output import print_outcome, write_junit
+from rig.bisect.record import BisectArgs, RunRecord
 from rig.errors import UsageError
 from rig.model import STAGES, CellVerdict, Outcome, StageVerdict
 from rig.report import read_junit
@@ -219,19 +222,26 @@ def _verdict(reason: str, outcome: Outcome = Outcome.FAILED) -> CellVerdict:
 
 @pytest.mark.parametrize("outcome", [Outcome.FAILED, Outcome.ERROR, Outcome.SKIPPED])
 def test_m2_bisect_junit_with_guest_controls_parses_and_reports(
-    tmp_path: Path, outcome: Outcome
+    tmp_path: Path, outcome: Outcome, capsys: pytest.CaptureFixture[str]
 ) -> None:
     reason = f"kernel oops: BUG: {HOSTILE} at vmx_launch+0x12"
-    suite = ET.Element("testsuite", name="vmlaunch-rig-bisect")
     verdict = _verdict(reason, outcome)
-    line = bisect_case(suite, "bochs", f"{CELL}::try1", verdict, mark_of(verdict), 1.5)
+    mark, why = run_mark(verdict)
+    run = RunRecord("0123456789ab", "step", 0, mark, why, 1.0, 2.0, "cells/x", {})
+    step = Step("0123456789ab", "step", step_mark([mark]), [run])
+    outcome_ = Outcome_(first_bad=None, last_good="base", suspects=["0123456789ab"],
+                        steps=[step])  # fmt: skip
+    args = BisectArgs(source="git", good="base", bad="end", lane="bochs", cpu="haswell",
+                      driver="/d", driver_digest="0")  # fmt: skip
     path = tmp_path / "bisect.xml"
-    finish_suite(suite, 2.0).write(path, encoding="unicode", xml_declaration=True)  # as cmd_bisect
+    write_junit(path, args, outcome_)  # as `rig bisect` writes it
+    print_outcome(args, outcome_, tmp_path)
+    line = capsys.readouterr().out
     root = ET.parse(path).getroot()
     text = "".join(root.itertext())
     assert "#x1B[2J#x01#x00" in text and "#xD800" in text and "<b>&amp;" in text, text
     assert not re.search("[\x00-\x08\x0b-\x0c\x0e-\x1f]", text)
-    # the terminal line: the same reasons, every control shown, never raw
+    # the terminal: the same reasons, every control shown, never raw
     assert "\\x1b[2J\\x01\\x00\\x0d\\x85\\x9b\\x7f" in line, line
     assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", line)
     p = rig("report", str(path), "--html", str(tmp_path / "r" / "index.html"), cwd=tmp_path)
@@ -274,13 +284,15 @@ def test_m2_xml_safe_text_always_parses_inside_an_element_and_an_attribute(text:
 @example(text=MEGABYTE)
 def test_m2_shown_text_has_no_control_but_tab_and_newline(text: str) -> None:
     out = shown(text)
-    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", out)
-    if not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text):
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]", out)
+    out.encode()  # printable: a lone surrogate would raise here
+    if not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]", text):
         assert out == text
 
 
 def test_m2_shown_and_xml_safe_by_example() -> None:
     assert shown("a\x1b[2J\x01\tb\r\n\x85") == "a\\x1b[2J\\x01\tb\\x0d\n\\x85"
+    assert shown("x\ud800y") == "x\\ud800y"
     assert xml_safe("a\x1b[2J\x01\tb\r\n\x85\ud800") == "a#x1B[2J#x01\tb\r\n\x85#xD800"
 
 
