@@ -123,7 +123,8 @@ def tree_kernel(
     root = toolchain(cache, spec.suite, spec.mirror, progress)
     key = digest("tree-kernel", tree_id, _sha_file(patch), _sha_file((base_config or "").encode()),
                  fragment, root.parent.name)  # fmt: skip
-    with cache.building("treekernels", f"{spec.name}-{key}") as (final, tmp):
+    # keyed by content alone: a bisection's clone and your tree share the build of a commit
+    with cache.building("treekernels", key) as (final, tmp):
         if tmp is not None:
             _build(cache, tree, sha, patch, base_config, fragment, root, tmp, progress)
     meta = json.loads((final / "result.json").read_text())
@@ -147,6 +148,14 @@ def build_facts(kernel: KernelArtifacts) -> dict[str, object]:
     return dict(json.loads(meta.read_text())) if meta.is_file() else {}
 
 
+def work_dirs(cache: Cache, tree: Path, base: str | None, root: Path) -> tuple[Path, Path]:
+    """The rig's checkout of `tree` and the O= directory its kernels with this base config
+    and toolchain are built in (reused from build to build)."""
+    where = digest("tree-obj", str(tree.resolve()), _sha_file((base or "").encode()), root.name,
+                   root.parent.name)  # fmt: skip
+    return cache.slot("ktrees", where), cache.slot("kobj", where)
+
+
 def _build(
     cache: Cache, tree: Path, sha: str, patch: bytes, base: str | None, fragment: str,
     root: Path, out: Path, progress: Progress,
@@ -154,9 +163,7 @@ def _build(
     log = out / "build.log"
     t0 = time.monotonic()
     # one checkout and O= directory per (tree, base config, toolchain), locked while used
-    where = digest("tree-obj", str(tree.resolve()), _sha_file((base or "").encode()), root.name,
-                   root.parent.name)  # fmt: skip
-    checkout, obj = (cache.slot(k, where) for k in ("ktrees", "kobj"))
+    checkout, obj = work_dirs(cache, tree, base, root)
     ccache = cache.slot("ccache", root.parent.name)  # one per toolchain: paths do not matter
     for d in (checkout, obj, ccache):
         d.parent.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,11 @@ low confidence, or the checks disagree; 2 bad input or ends that do not test as 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,6 +122,21 @@ def _run_dir(ns: argparse.Namespace, runs_root: Path) -> tuple[Path, BisectArgs]
     return run_dir, args
 
 
+@contextlib.contextmanager
+def _only_one(run_dir: Path) -> Iterator[None]:
+    """One process per bisection: a second --resume of a live one is exit 2, never a second
+    writer of its records."""
+    with (run_dir / "bisect.lock").open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"{run_dir}: this bisection is running in another process",
+                fix="wait for it, or stop it, then --resume",
+            ) from None
+        yield
+
+
 def cmd_bisect(ns: argparse.Namespace) -> int:
     from rig.runner import CellRunner, RunConfig
 
@@ -129,7 +147,7 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
     cache_root = ns.cache or default_cache_root()
     artifacts = Artifacts(Cache(cache_root))
     sweep(runs_root)
-    with run_lock(run_dir):
+    with run_lock(run_dir), _only_one(run_dir):
         if not ns.resume:
             args.save(run_dir)
         print(

@@ -142,10 +142,15 @@ def _check_ends(old: Step, new: Step, fix: bool) -> None:
     for end, want, name in ((old, Mark.BAD if fix else Mark.GOOD, "old"),
                             (new, Mark.GOOD if fix else Mark.BAD, "new")):  # fmt: skip
         if end.mark is not want:
+            hint = ("pick ends that really pass and fail (`rig run --kernel` shows it)"
+                    if end.mark is not Mark.SKIP else
+                    "an end that tests skip cannot anchor a bisection: its stage was not "
+                    "judged (on a lane without VMX only build and teardown are: --stage "
+                    "build), or its kernel did not build or boot")  # fmt: skip
             raise EndsWrong(
                 f"the {name} end {end.label} tested {end.mark.value}, not {want.value}: "
                 f"{end.reason}",
-                fix="pick ends that really pass and fail (`rig run --kernel` shows it)",
+                fix=hint,
             )
 
 

@@ -32,13 +32,13 @@ def print_outcome(args: BisectArgs, outcome: Outcome, run_dir: Path) -> None:
     noun = {"git": "commit", "debian": "version"}.get(args.source, "kernel")
     what = f"first fixed {noun}" if args.fix else f"first bad {noun}"
     if outcome.first_bad is None:
-        suspects = ", ".join(s[:12] for s in outcome.suspects)
+        suspects = shown(", ".join(s[:12] for s in outcome.suspects))
         print(
             f"inconclusive: the {what} is one of {suspects} (skipped steps hide the "
             f"boundary; last good: {outcome.last_good[:12]})"
         )
     else:
-        print(f"{what}: {outcome.first_bad}")
+        print(f"{what}: {shown(outcome.first_bad)}")
         for key in ("subject", "author", "date"):
             if key in outcome.about:
                 print(f"  {key}: {shown(outcome.about[key])}")
@@ -55,13 +55,13 @@ def print_outcome(args: BisectArgs, outcome: Outcome, run_dir: Path) -> None:
     for name, step in outcome.checks.items():
         print(f"  check {name}: {step.mark.value} ({shown(step.reason[:120])})")
     for note in outcome.notes:
-        print(f"  note: {note}")
+        print(f"  note: {shown(note)}")
     low = " (low: below 0.66, do not trust it alone)" if outcome.confidence < LOW_CONFIDENCE else ""
     print(
         f"  confidence {outcome.confidence:.2f}{low}{'; the bug is flaky' if outcome.flaky else ''}"
     )
     if outcome.next_step:
-        print(f"  next: {outcome.next_step}")
+        print(f"  next: {shown(outcome.next_step)}")
     print(f"records: {run_dir} (steps.jsonl, bisect.json{', bisect.log' if outcome.log else ''})")
 
 

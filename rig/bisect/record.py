@@ -98,6 +98,7 @@ class Records:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / STEPS_FILE
         self.all: list[RunRecord] = []
+        self._cut: int | None = None  # where a line cut by a kill begins (dropped on add)
         if self.path.exists():
             lines = self.path.read_bytes().splitlines(keepends=True)
             kept = 0  # bytes of the whole records before this line
@@ -105,19 +106,20 @@ class Records:
                 try:
                     self.all.append(RunRecord.parse(raw.decode()))
                 except (ValueError, TypeError, KeyError):
+                    # a line cut by a kill mid-write is the run in flight: it is done again
                     if n != len(lines):
                         raise UsageError(f"{self.path}:{n}: not a run record") from None
-                    # a line cut by a kill mid-write is the run in flight: it is done again,
-                    # and cut off, so that the next record starts a line of its own
-                    with self.path.open("r+b") as fh:
-                        fh.truncate(kept)
-                        os.fsync(fh.fileno())
+                    self._cut = kept
                 kept += len(raw)
 
     def runs(self, label: str, role: str) -> list[RunRecord]:
         return [r for r in self.all if r.label == label and r.role == role]
 
     def add(self, record: RunRecord) -> None:
+        if self._cut is not None:  # the cut line goes, so that this one starts a line
+            with self.path.open("r+b") as fh:
+                fh.truncate(self._cut)
+            self._cut = None
         with self.path.open("a") as fh:
             fh.write(record.line() + "\n")
             fh.flush()

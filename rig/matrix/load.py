@@ -35,7 +35,7 @@ def _beside(source: str, path: str | None) -> str:
     if not path:
         return ""
     base = Path(source).parent if Path(source).is_file() else Path.cwd()
-    return str((base / path).resolve())
+    return str((base / Path(path).expanduser()).resolve())
 
 
 def _config_beside(source: str, config: str | None) -> str:
