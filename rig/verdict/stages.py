@@ -12,6 +12,7 @@ A rule answers None while its stage has not finished (the guest may still be run
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -392,6 +393,9 @@ def all_stages(
     return {s: sv(s, outcome, reason, evidence) for s in stages}
 
 
+_ERROR_WORD = re.compile(r"\berror\b", re.IGNORECASE)
+
+
 def judge_build(build: ModuleBuild | None) -> StageVerdict:
     if build is None:
         return sv("build", Outcome.ERROR, "no build result: the artifact stage failed")
@@ -404,7 +408,9 @@ def judge_build(build: ModuleBuild | None) -> StageVerdict:
     if build.ok:
         return sv("build", Outcome.PASSED, "module built (0 warnings)")
     log_lines = build.log.splitlines()
-    errors = [ln for ln in log_lines if "error" in ln.lower()][:20]
+    # the compiler's diagnostics first, then make's (not a file name like vmx_errors.o)
+    diag = [ln for ln in log_lines if "error:" in ln.lower()]
+    errors = [*diag, *[ln for ln in log_lines if _ERROR_WORD.search(ln) and ln not in diag]][:20]
     tail = log_lines[-30:]
     evidence = "\n".join(dict.fromkeys([*errors, *tail]))
     first = errors[0].strip() if errors else (tail[-1].strip() if tail else "no output")
