@@ -159,8 +159,8 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
 
         def tester(spec: KernelSpec, label: str, role: str, run: int) -> RunRecord:
             t0 = time.monotonic()
-            try:  # a kernel the rig builds: built here, so that "does not build" is a skip
-                kernel = artifacts.kernel(spec) if spec.kind != "debian" else None
+            try:  # built (or fetched) here: "does not build" is a skip, and timed apart
+                kernel = artifacts.kernel(spec)
             except KernelUnbuildable as exc:
                 return RunRecord(
                     label,
@@ -189,7 +189,7 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
             t1 = time.monotonic()
             verdict = runner.run(cell)
             mark, reason = run_mark(verdict, args.stage)
-            facts = {k: v for k, v in build_facts(kernel).items() if k != "ok"} if kernel else {}
+            facts = {k: v for k, v in build_facts(kernel).items() if k != "ok"}
             facts["stages"] = {
                 n: [v.outcome.value, v.reason[:300]] for n, v in verdict.stages.items()
             }

@@ -373,7 +373,11 @@ def update_matrix(
             f"unknown kernel(s) {', '.join(unknown)}",
             fix=f"pick from {', '.join(matrix.kernels)}",
         )
-    specs = [matrix.kernels[k] for k in (kernels or list(matrix.kernels))]
+    named = [matrix.kernels[k] for k in (kernels or list(matrix.kernels))]
+    specs = [k for k in named if k.kind == "debian"]  # kernels you built are not pinned
+    for k in named:
+        if k.kind != "debian":
+            out(f"{k.name:6} {k.describe()}: built, not a package: nothing to pin")
     pins: list[Pin] = []
     for spec in dict.fromkeys(specs):
         pin = resolver(spec)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from rig import cli
-from rig.model import STAGES, Cell, CellVerdict, Outcome, StageVerdict
+from rig.artifacts import Artifacts
+from rig.model import STAGES, Cell, CellVerdict, KernelArtifacts, KernelSpec, Outcome, StageVerdict
 from rig.runner import CellRunner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,7 +148,11 @@ def test_bisect_exit_codes(
     def run(_self: CellRunner, cell: Cell, index: int = 0) -> CellVerdict:
         return _verdict(cell, marks[cell.kernel.name])
 
+    def kernel(_self: Artifacts, spec: KernelSpec) -> KernelArtifacts:
+        return KernelArtifacts(spec, tmp_path / "vmlinuz", tmp_path, tmp_path)
+
     monkeypatch.setattr(CellRunner, "run", run)
+    monkeypatch.setattr(Artifacts, "kernel", kernel)  # no download: the cells are scripted
     got = cli.main(["bisect", "--matrix", str(REPO / "matrix.yaml"), "--lane", "bochs",
                     "--cpu", "haswell", "--good", "5.10", "--bad", "6.12",
                     "--junit", str(tmp_path / "b.xml"),
