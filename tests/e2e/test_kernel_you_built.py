@@ -1,8 +1,9 @@
 """Kernels you built, for real (issue 19): the planted tree's base commit as a matrix kernel
-({tree: DIR, ref: REF, config: minimal}, built by the rig), then the build directory it left
-as `rig run --kernel PATH` (an O= directory with its `source` link, as `make O=...` leaves
-it), each on bochs (haswell, penryn) and tcg (penryn): the driver is built against it, the
-teardown witness loads its own KVM modules, the page witness reads its tracepoints.
+({tree: DIR, ref: REF, config: minimal}, built by the rig), then that kernel as a build
+directory of yours, `rig run --kernel PATH` (an O= directory with its `source` link, as
+`make O=...` leaves it), each on bochs (haswell, penryn) and tcg (penryn): the driver is
+built against it, the teardown witness loads its own KVM modules, the page witness reads its
+tracepoints.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from rig.artifacts import Cache, default_cache_root
-from rig.artifacts.kbuild import work_dirs
-from rig.artifacts.toolchain import toolchain
-from rig.model import Outcome
+from rig.artifacts import Artifacts, Cache, default_cache_root
+from rig.artifacts.built import BZIMAGE, KVM_IN_BUILD
+from rig.model import KernelSpec, Outcome
 from rig.report import CaseResult
 from tests.e2e.conftest import REPO, RigRunner
-from tests.e2e.planted_tree import MIRROR, planted_tree
+from tests.e2e.planted_tree import planted_tree
 
 EXPECTED = {
     "bochs": dict.fromkeys(("build", "vmxon", "vmlaunch", "vmcall_exit", "teardown"),
@@ -51,12 +51,22 @@ def test_a_tree_kernel_and_its_build_directory_run_on_bochs_and_tcg(
     assert "every allocation of vmlaunch came back" in run.reasons("bochs-planted-haswell")[
         "teardown"]  # fmt: skip
 
-    # the build directory the rig left, as yours: O= output and its `source` link
-    checkout, obj = work_dirs(cache, tree, None, toolchain(cache, "trixie", MIRROR, print))
+    # the same kernel as a build directory of yours (`make O=DIR` leaves bzImage, .config,
+    # Module.symvers, generated headers, its KVM modules and a `source` link): made from what
+    # the rig kept of that build (the O= directory it used may belong to another tree's
+    # clone: builds are shared by content)
+    kernel = Artifacts(cache).kernel(
+        KernelSpec(name="planted", suite="trixie", abi="", tree=str(tree), ref="rig-base",
+                   config="minimal"))  # fmt: skip
+    assert kernel.kbuild is not None and kernel.ksrc is not None and kernel.kvm_dir is not None
     out = tmp_path / "out"
-    shutil.copytree(obj, out, symlinks=True)
-    (out / "source").unlink()
-    (out / "source").symlink_to(checkout)
+    shutil.copytree(kernel.kbuild, out, symlinks=True)
+    (out / BZIMAGE).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(kernel.vmlinuz, out / BZIMAGE)
+    for name, rel in KVM_IN_BUILD:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kernel.kvm_dir / name, out / rel)
+    (out / "source").symlink_to(kernel.ksrc)
     release = (out / "include/config/kernel.release").read_text().strip()
     again = rig("--kernel", str(out), "--lane", "bochs", "--lane", "tcg",
                 "--cpu", "haswell", "--cpu", "penryn", "-n", "2")  # fmt: skip
