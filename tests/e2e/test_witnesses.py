@@ -61,6 +61,22 @@ def test_bochs_and_the_page_allocator_catch_what_the_driver_hides(
     assert "exit 10" in beneath, beneath
 
 
+def test_the_good_driver_passes_every_stage_bochs_witnessed(rig: RigRunner) -> None:
+    """The driver as it is, with Bochs' log beneath: every stage passes, the launch and the
+    exit confirmed by Bochs (JUnit property `witness`), the facts kept in the cell."""
+    run = rig(*BOCHS, "--cpu-witness")
+    assert run.rc == 0, run.output[-3000:]
+    cell = run.cells["bochs-6.12-haswell"]
+    reasons = run.reasons("bochs-6.12-haswell")
+    assert {s: c.outcome for s, c in cell.items()} == dict.fromkeys(cell, Outcome.PASSED)
+    assert "Bochs saw VMLAUNCH enter the guest" in reasons["vmlaunch"], reasons["vmlaunch"]
+    for stage in ("vmlaunch", "vmcall_exit"):
+        assert cell[stage].properties.get("witness") == "Bochs", (stage, cell[stage].properties)
+    assert "every allocation of vmlaunch came back" in reasons["teardown"], reasons["teardown"]
+    beneath = next(run.runs_dir.glob("*/cells/bochs-6.12-haswell/beneath.txt")).read_text()
+    assert "exit 18" in beneath, beneath
+
+
 def test_kvm_in_l1_and_the_page_allocator_catch_what_the_driver_hides(
     rig: RigRunner, tmp_path: Path
 ) -> None:
