@@ -39,6 +39,12 @@ class RigError(Exception):
         self.fix = fix
         super().__init__(self.render())
 
+    def moved(self, old: str, new: str) -> None:
+        """A file it names moved (a failed build's log kept out of its deleted temp dir)."""
+        self.what = self.what.replace(old, new)
+        self.where = self.where.replace(old, new) if self.where else self.where
+        self.args = (self.render(),)
+
     def render(self) -> str:
         parts = []
         if self.where:

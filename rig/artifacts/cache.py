@@ -22,6 +22,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from rig.errors import InfraError, RigError
 from rig.runs import lock_held, real_dir
 
 RECIPE_VERSION = "2"
@@ -71,6 +72,8 @@ class Cache:
     """A content-addressed directory store with per-key locks."""
 
     root: Path
+    min_free: int = 1 << 30
+    """A build starts only with this much free space on the cache's file system."""
 
     def slot(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -93,13 +96,31 @@ class Cache:
             # We hold the key's lock: any temp dir of this key is a killed build's leftover.
             for stale in final.parent.glob(f".{key}.*"):
                 shutil.rmtree(stale, ignore_errors=True)
+            self._room_for(kind, key)
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
             try:
                 yield final, tmp
                 tmp.rename(final)
-            except BaseException:
+            except BaseException as exc:
+                log = tmp / "build.log"
+                kept = final.parent / f"{key}.failed.log"
+                if log.is_file() and not log.is_symlink():
+                    log.replace(kept)  # the log an error names outlives the temp dir
+                    if isinstance(exc, RigError):
+                        exc.moved(str(log), str(kept))
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+
+    def _room_for(self, kind: str, key: str) -> None:
+        free = shutil.disk_usage(self.root).free
+        if free < self.min_free:
+            raise InfraError(
+                f"only {free >> 20} MiB free on the file system holding the cache; building "
+                f"{kind}/{key} needs at least {self.min_free >> 20} MiB to start",
+                where=str(self.root),
+                fix="free disk space: `rig cache prune` deletes what no run uses, or set "
+                "RIG_CACHE_DIR to a directory on a larger disk",
+            )
 
     @contextlib.contextmanager
     def held(self, kind: str, key: str) -> Iterator[bool]:
@@ -125,6 +146,10 @@ class Cache:
         """
         result = Prune()
         for kind_dir in self._real_dirs(self.root, result.skipped):
+            for failed in sorted(kind_dir.glob("*.failed.log")):
+                if _plain_file(failed):  # the last failed build's log of a key
+                    failed.unlink()
+                    result.removed.append(self._rel(failed))
             for entry in self._real_dirs(kind_dir, result.skipped):
                 name = entry.name
                 temp = name.startswith(".")  # `.KEY.XXXX`: a build's temp dir

@@ -44,6 +44,7 @@ def _build_kernel(spec: KernelSpec, out: Path, progress: Progress) -> None:
          "debootstrap", "--variant=minbase", "--include=make,kmod,ca-certificates",
          spec.suite, str(root), spec.mirror],
         log=log, what=f"debootstrap {spec.suite}",
+        inner_log=root / "debootstrap" / "debootstrap.log",
     )  # fmt: skip
     (root / "etc/apt/sources.list").write_text(apt_sources(spec))
     aptopts = ["-o", "Acquire::Retries=3"]

@@ -48,8 +48,42 @@ def require_file(path: Path) -> Path:
     return path
 
 
-def run_step(argv: Sequence[str], *, log: Path, what: str, timeout: float = 1800) -> None:
-    """Run a build step, appending its output to `log`; raise InfraError with the tail."""
+LOW_DISK = 1 << 30
+"""Below this much free space on a build's file system, a failed step is blamed on the disk."""
+
+
+def disk_note(path: Path, low: int = LOW_DISK) -> str:
+    """A sentence naming a nearly full file system under `path` ("" when there is room)."""
+    probe = path if path.exists() else path.parent
+    free = shutil.disk_usage(probe).free
+    if free >= low:
+        return ""
+    return (
+        f"the file system holding {probe} has only {free >> 20} MiB free: "
+        "a full disk is the likely cause"
+    )
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_step(
+    argv: Sequence[str],
+    *,
+    log: Path,
+    what: str,
+    timeout: float = 1800,
+    inner_log: Path | None = None,
+) -> None:
+    """Run a build step, appending its output to `log`; raise InfraError with the tail.
+
+    `inner_log` is a log the step writes elsewhere (debootstrap's own): its tail joins the
+    error, since the step's output often only points at it. A nearly full disk is named.
+    """
     with log.open("ab") as fh:
         fh.write(f"$ {' '.join(argv)}\n".encode())
         fh.flush()
@@ -60,12 +94,15 @@ def run_step(argv: Sequence[str], *, log: Path, what: str, timeout: float = 1800
         except subprocess.TimeoutExpired as exc:
             raise InfraError(f"{what}: timed out after {timeout:.0f} s", where=str(log)) from exc
     if proc.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise InfraError(
-            f"{what} failed (exit {proc.returncode}); last lines:\n{tail}",
-            where=str(log),
-            fix="check network access to the Debian mirror and the package names in matrix.yaml",
-        )
+        text = f"{what} failed (exit {proc.returncode}); last lines:\n{_tail(log, 15)}"
+        inner = _tail(inner_log, 12) if inner_log is not None else ""
+        if inner:
+            text += f"\nlast lines of {inner_log}:\n{inner}"
+        disk = disk_note(log)
+        fix = "check network access to the Debian mirror and the package names in matrix.yaml"
+        if disk:
+            fix = "free disk space (rig cache prune, or RIG_CACHE_DIR on a larger disk)"
+        raise InfraError(f"{disk}\n{text}" if disk else text, where=str(log), fix=fix)
 
 
 def in_root(

@@ -41,6 +41,7 @@ def toolchain(cache: Cache, suite: str, mirror: str, progress: Progress) -> Path
                  "--kill-child", "debootstrap", "--variant=minbase",
                  f"--include={','.join(TOOLCHAIN_PACKAGES)}", suite, str(tmp / "root"), mirror],
                 log=tmp / "build.log", what=f"debootstrap {suite} (kernel toolchain)",
+                inner_log=tmp / "root" / "debootstrap" / "debootstrap.log",
             )  # fmt: skip
     return final / "root"
 

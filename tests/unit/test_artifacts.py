@@ -22,10 +22,12 @@ from rig.artifacts.steps import (
     BUILD_UID,
     SETPRIV,
     copy_product,
+    disk_note,
     hand_to_build_user,
+    run_step,
     sandboxed,
 )
-from rig.errors import ToolMissing, UsageError
+from rig.errors import InfraError, ToolMissing, UsageError
 from rig.guest.initramfs import initramfs_image
 from rig.lanes.bochs_media import grub_config
 from rig.model import GuestImage, KernelArtifacts, KernelSpec
@@ -76,6 +78,42 @@ def test_a_failed_build_leaves_nothing_half_made(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert not (tmp_path / "kind/key").exists()
     assert [p.name for p in (tmp_path / "kind").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_build_does_not_start_on_a_nearly_full_disk(tmp_path: Path) -> None:
+    cache = Cache(tmp_path, min_free=1 << 62)  # more than any disk has free
+    with pytest.raises(InfraError) as err, cache.building("toolchains", "trixie-k") as (_f, _t):
+        pytest.fail("the build started")
+    assert "MiB free on the file system holding the cache" in err.value.what
+    assert err.value.where == str(tmp_path)
+    assert "rig cache prune" in (err.value.fix or "")
+    assert [p.name for p in (tmp_path / "toolchains").iterdir()] == ["trixie-k.lock"]
+
+
+def test_a_failed_steps_log_outlives_its_temp_dir_with_the_inner_logs_tail(
+    tmp_path: Path,
+) -> None:
+    cache = Cache(tmp_path)
+    with pytest.raises(InfraError) as err, cache.building("toolchains", "k") as (_final, tmp):
+        assert tmp is not None
+        inner = tmp / "root/debootstrap/debootstrap.log"
+        inner.parent.mkdir(parents=True)
+        inner.write_text("dpkg: error processing archive make.deb: No space left on device\n")
+        run_step(["sh", "-c", "echo 'W: Failure while installing base packages'; exit 1"],
+                 log=tmp / "build.log", what="debootstrap trixie", inner_log=inner)  # fmt: skip
+    kept = tmp_path / "toolchains/k.failed.log"
+    assert err.value.where == str(kept)
+    assert "Failure while installing base packages" in kept.read_text()
+    assert "No space left on device" in str(err.value)  # the inner log's tail, in the message
+    assert not list((tmp_path / "toolchains").glob(".k.*"))  # the temp dir is gone
+    assert "toolchains/k.failed.log" in cache.prune().removed
+
+
+def test_a_nearly_full_disk_is_named_and_a_roomy_one_is_not(tmp_path: Path) -> None:
+    assert disk_note(tmp_path / "build.log") == ""
+    note = disk_note(tmp_path / "build.log", low=1 << 62)
+    assert note.startswith(f"the file system holding {tmp_path} has only ")
+    assert "a full disk is the likely cause" in note
 
 
 def test_module_name_from_kbuild(tmp_path: Path) -> None:
