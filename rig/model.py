@@ -129,12 +129,24 @@ class ModuleBuild:
 
 
 @dataclass(frozen=True)
+class WarmStart:
+    """The same guest split for a lane that restores snapshots (rig.guest.carrier): `base`
+    boots and waits with no /rig; `carrier` brings the cell's /rig after a restore. `key`
+    names everything the base guest is made of (kernel, base initrd, command line)."""
+
+    base: Path
+    carrier: Path
+    key: str
+
+
+@dataclass(frozen=True)
 class GuestImage:
     """What a guest boots: a kernel, an initrd and the kernel's command line."""
 
     kernel: Path
     initrd: Path
     cmdline: str
+    warm: WarmStart | None = None  # the run asked for snapshots and this guest can have one
 
 
 # --------------------------------------------------------------------------- provision
@@ -179,6 +191,8 @@ class BootResult:
     # the CPU beneath as witness: what the emulator or hypervisor under the guest saw of its
     # VMX instructions and exits (None: this lane has no such witness)
     beneath: Beneath | None = None
+    # the guest was restored from this snapshot (its cache key), not booted: "" = booted
+    restored: str = ""
 
 
 @dataclass(frozen=True)
@@ -281,3 +295,4 @@ class CellVerdict:
     build_log: str = ""
     emulator_log: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    restored: str = ""  # the guest came from this snapshot (BootResult.restored): "" = booted

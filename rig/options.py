@@ -179,6 +179,14 @@ RUN_OPTIONS: tuple[Option, ...] = (
         default=False,
     ),
     Option(
+        "snapshot",
+        "boot once, test many (the bochs lane): each (kernel, CPU model) boots once to a guest "
+        "waiting for its module, Bochs saves the machine, and every cell restores it and gets "
+        "its module on the CD (cached by everything that went in; other lanes boot as usual)",
+        flag=True,
+        default=False,
+    ),
+    Option(
         "inject",
         "event injected into the guest from outside while each run's driver is loaded "
         "(repeatable): nmi = NMIs, mce = action-optional machine checks; the nested lane "
@@ -224,6 +232,7 @@ class RunSettings:
     beside: str | None = None  # --beside: a hypervisor holding VMX beside the driver (BESIDE)
     crash: bool = False  # --crash: the kdump path with the driver loaded
     cpu_witness: bool = False  # --cpu-witness: Bochs logs the guest's VMX (BootResult.beneath)
+    snapshot: bool = False  # --snapshot: lanes that can restore a saved guest do
     require_lanes: tuple[str, ...] = ()
     runs_dir: Path = Path(".rig/runs")
     cache: Path | None = None
@@ -313,6 +322,7 @@ def settings_from(values: Mapping[str, Any], *, default_driver: Path) -> RunSett
         beside=_one_of(values.get("beside"), BESIDE, "--beside"),
         crash=bool(values.get("crash")),
         cpu_witness=bool(values.get("cpu_witness")),
+        snapshot=bool(values.get("snapshot")),
         require_lanes=many("require_lane"),
         runs_dir=Path(values.get("runs_dir") or ".rig/runs").resolve(),
         cache=Path(cache) if cache else None,

@@ -210,6 +210,8 @@ class StageItem(pytest.Item):
         if self.cell.lane.backend == "libvirt":
             uri = _runner(self.config).uri_for(self.index) or self.cell.lane.uri or "embed"
             self.user_properties.append(("uri", uri))
+        if verdict.restored:  # restored from a saved guest, not booted (--snapshot)
+            self.user_properties.append(("snapshot", verdict.restored))
         for key, secs in verdict.timings.items():
             self.user_properties.append((f"time_{key}_s", f"{secs:.1f}"))
         cell_dir = _runner(self.config).config.run_dir / "cells" / self.cell.id

@@ -59,6 +59,7 @@ class RunConfig:
     beside: str | None = None
     crash: bool = False
     cpu_witness: bool = False  # --cpu-witness (the bochs lane)
+    snapshot: bool = False  # --snapshot (the bochs lane restores saved guests)
     keep_images: bool = False
     # lanes that must run here: one that cannot is an infrastructure ERROR, not a skip
     required_lanes: tuple[str, ...] = ()
@@ -83,6 +84,7 @@ class RunConfig:
             beside=s.beside,
             crash=s.crash,
             cpu_witness=s.cpu_witness,
+            snapshot=s.snapshot,
             required_lanes=s.require_lanes,
         )
 
@@ -152,7 +154,8 @@ BOOT_FILE = "boot.json"
 
 def record_boot(workdir: Path, boot: BootResult) -> None:
     """How the guest ended, beside its console and agent channel (for reports, golden data)."""
-    fact = {"end": boot.end.value, "detail": boot.detail, "duration_s": round(boot.duration_s, 1)}
+    fact = {"end": boot.end.value, "detail": boot.detail, "duration_s": round(boot.duration_s, 1),
+            "restored": boot.restored}  # fmt: skip
     (workdir / BOOT_FILE).write_text(json.dumps(fact) + "\n")
 
 
@@ -229,6 +232,7 @@ class CellRunner:
             beside=self.config.beside,
             crash=self.config.crash,
             cpu_witness=self.config.cpu_witness,
+            snapshot=self.config.snapshot,
             witness=plans_witness(self.config, cell),
             mark_boot=lambda: log_boot(workdir),
         )

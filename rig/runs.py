@@ -278,6 +278,7 @@ def verdict_to_json(verdict: CellVerdict) -> dict[str, Any]:
         "console": verdict.console,
         "build_log": verdict.build_log,
         "emulator_log": verdict.emulator_log,
+        "restored": verdict.restored,
     }
 
 
@@ -301,6 +302,7 @@ def verdict_from_json(data: dict[str, Any]) -> CellVerdict:
         build_log=str(data.get("build_log", "")),
         emulator_log=str(data.get("emulator_log", "")),
         timings={k: float(v) for k, v in data.get("timings", {}).items()},
+        restored=str(data.get("restored", "")),
     )
 
 

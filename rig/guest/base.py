@@ -33,6 +33,7 @@ class GuestJob:
     beside: str | None = None  # "kvm": KVM loaded first, holding VMX with a VM open
     crash: bool = False  # load the driver, then crash the guest into a kexec crash kernel
     cpu_witness: bool = False  # the lane's emulator logs the guest's VMX (--cpu-witness)
+    snapshot: bool = False  # --snapshot: a lane that can restores the guest from a snapshot
     witness: bool = False  # after the last run, KVM loads and runs a VM (the teardown witness)
     mark_boot: Callable[[], None] = lambda: None  # called as the guest is started
 

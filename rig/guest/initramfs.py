@@ -14,9 +14,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rig.artifacts import KVM_MODULES, Artifacts, require_file, require_tool, write_cpio
+from rig.artifacts import KVM_MODULES, Artifacts, Cache, require_file, require_tool, write_cpio
 from rig.errors import InfraError, RigError
 from rig.guest.base import GuestJob, GuestRun
+from rig.guest.carrier import warm_start
 from rig.guest.crash import CRASH_KERNEL_MIB, DRAIN, DRAIN_AT, add_crash_kernel
 from rig.lanes import Backend
 from rig.lanes.base import tail
@@ -69,6 +70,7 @@ def initramfs_image(
     witness: Sequence[Path] = (),
     beside: str | None = None,
     crash: KernelArtifacts | None = None,
+    warm: Cache | None = None,
 ) -> GuestImage:
     """The appliance: loads each (ko, repeat, params) in turn, dumps dmesg after each run.
 
@@ -100,11 +102,14 @@ def initramfs_image(
             shutil.copy2(path, root / "rig/witness" / path.name)
     if beside:
         (root / "rig/beside").write_text(beside + "\n")
+    cmdline = " ".join([BASE_CMDLINE, *kernel_args])
+    start = None
+    if warm is not None and crash is None:
+        start = warm_start(warm, kernel, root / "rig", workdir, cmdline)
     initrd = workdir / "initrd.gz"
     write_cpio(root, initrd, compress=True)
     shutil.rmtree(root)
-    cmdline = " ".join([BASE_CMDLINE, *kernel_args])
-    return GuestImage(kernel=kernel.vmlinuz, initrd=initrd, cmdline=cmdline)
+    return GuestImage(kernel=kernel.vmlinuz, initrd=initrd, cmdline=cmdline, warm=start)
 
 
 class InitramfsFlavour:
@@ -155,6 +160,7 @@ class InitramfsFlavour:
                 witness=witness,
                 beside=job.beside,
                 crash=kernel if job.crash else None,
+                warm=job.artifacts.cache if job.snapshot else None,
             )
             timings["image"] = time.monotonic() - t0
             spec = BootSpec(
@@ -177,7 +183,7 @@ class InitramfsFlavour:
             return GuestRun(build, None, timings, error=exc)
         finally:
             shutil.rmtree(job.workdir / "crash-initramfs", ignore_errors=True)
-            for scratch in ("boot.iso", "initrd.gz"):
+            for scratch in ("boot.iso", "initrd.gz", "carrier.img"):
                 (job.workdir / scratch).unlink(missing_ok=True)
             shutil.rmtree(job.workdir / "initramfs", ignore_errors=True)
         return GuestRun(build, boot, timings, witness=bool(witness))

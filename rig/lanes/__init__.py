@@ -14,7 +14,8 @@ from rig.model import LaneSpec
 
 def backend_for(lane: LaneSpec, *, embed_pool: Path, uri: str | None = None) -> Backend:
     if lane.backend == "bochs":
-        return BochsBackend(name=lane.name)
+        # snapshots live in the cache root, beside the embedded pool (cli/plugin)
+        return BochsBackend(name=lane.name, cache_root=embed_pool.parent)
     if lane.backend == "libvirt":
         return LibvirtBackend(
             name=lane.name,

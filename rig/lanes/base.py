@@ -209,18 +209,20 @@ def owned_process(
     stdout: Path,
     pidfile: Path | None = None,
     deathsig: str = "KILL",
+    stdin_pipe: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start argv in its own process group, dying with us (PR_SET_PDEATHSIG via setpriv).
 
     On exit the whole group is killed and reaped, whatever happened inside the block. A child
     that must clean up after itself (the libvirt child destroys its domain) gets deathsig TERM.
+    `stdin_pipe`: the child's stdin is a pipe (Bochs asked where to save), else /dev/null.
     """
     full = ["setpriv", "--pdeathsig", deathsig, "--", *argv]
     with stdout.open("wb") as out:
         proc = subprocess.Popen(
             full,
             cwd=cwd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -233,6 +235,8 @@ def owned_process(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        if proc.stdin is not None:
+            proc.stdin.close()
         if pidfile is not None:
             pidfile.unlink(missing_ok=True)
 

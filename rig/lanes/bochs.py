@@ -17,17 +17,22 @@ holds the error/panic lines as before plus the VMX lines. BootResult.beneath: fa
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from rig.artifacts import Cache, digest
 from rig.errors import InfraError, ToolMissing
 from rig.lanes.base import (
     AGENT_FILE,
     BENEATH_FILE,
     CONSOLE_FILE,
     TRIPLE_FAULT_RE,
+    ConsoleWatch,
     beneath_text,
     make_result,
     owned_process,
@@ -35,8 +40,9 @@ from rig.lanes.base import (
     watch_console,
 )
 from rig.lanes.bochs_media import boot_iso
+from rig.lanes.bochs_snapshot import restore_config, restore_dir, save_machine
 from rig.lanes.bochs_witness import beneath_from_file, filtered_log
-from rig.model import BootEnd, BootResult, BootSpec
+from rig.model import BootEnd, BootResult, BootSpec, GuestImage
 
 BOCHS_BIN = "bochs-bin"
 BIOS = Path("/usr/share/bochs/BIOS-bochs-latest")
@@ -49,11 +55,20 @@ _LOG_KEEP = re.compile(r"VMFAIL|VMENTER|VMEXIT FAIL|PANIC|triple fault|>>PANIC<<
 
 
 def bochsrc(
-    spec: BootSpec, iso: Path, console: Path, agent: Path, log: Path, *, witness: bool = False
+    spec: BootSpec,
+    iso: Path,
+    console: Path,
+    agent: Path,
+    log: Path,
+    *,
+    witness: bool = False,
+    save: bool = False,
 ) -> str:
     """The Bochs configuration for one boot. Every value is checked, nothing user-typed leaks.
 
     `witness`: Bochs logs the guest's VM entries and exits (rig.lanes.bochs_witness).
+    `save`: Bochs asks its questions on stdin, so that the rig can answer a save's
+    (rig.lanes.bochs_snapshot).
     """
     if not _MODEL_RE.fullmatch(spec.cpu_model):
         raise InfraError(f"not a Bochs CPU model name: {spec.cpu_model!r}")
@@ -67,7 +82,7 @@ def bochsrc(
             "clock: sync=none, time0=local",
             f"romimage: file={BIOS if spec.feature_control is None else SEABIOS}",
             f"vgaromimage: file={VGABIOS}",
-            'display_library: rfb, options="timeout=0"',
+            f'display_library: rfb, options="timeout=0{", no_gui_console" if save else ""}"',
             f'ata0-master: type=cdrom, path="{iso}", status=inserted',
             "boot: cdrom",
             f'com1: enabled=1, mode=file, dev="{console}"',
@@ -90,6 +105,8 @@ class BochsBackend:
     name: str = "bochs"
     firmware_step: bool = True  # GRUB on the boot ISO writes MSRs before the kernel
     injects: frozenset[str] = frozenset()  # Bochs delivers no NMI or #MC from outside
+    # the artifact cache, where snapshots live (None: every guest boots fresh)
+    cache_root: Path | None = None
 
     def unavailable(self) -> str | None:
         if shutil.which(BOCHS_BIN) is None:
@@ -111,21 +128,73 @@ class BochsBackend:
             )
         wd = spec.workdir
         console, agent, log = wd / CONSOLE_FILE, wd / AGENT_FILE, wd / "bochs.log"
-        rc, cmds = wd / "bochsrc", wd / "bochs.rc"
         for stale in (console, agent):
             stale.unlink(missing_ok=True)
-        iso = boot_iso(spec.image, wd, spec.feature_control)
+        cmds = wd / "bochs.rc"
         cmds.write_text("c\n")  # bochs-bin has the debugger built in: continue at once
-        argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", "-f", str(rc), "-rc", str(cmds)]
-        out = wd / "bochs.out"
+        snapshot = self._snapshot(spec) if restorable(spec) and self.cache_root else None
+        if snapshot is not None and not fit_medium(spec, snapshot):
+            snapshot = None  # a carrier bigger than the CD the guest knows: boot fresh
         # Bochs logs into a fifo; its VMX lines and errors reach bochs.log (bochs_witness).
         with filtered_log(log) as fifo:
-            rc.write_text(bochsrc(spec, iso, console, agent, fifo, witness=spec.cpu_witness))
-            with owned_process(argv, cwd=wd, stdout=out, pidfile=wd / "emulator.pid") as p:
+            if snapshot is not None:
+                warm = spec.image.warm
+                assert warm is not None
+                state = wd / "state"
+                shutil.rmtree(state, ignore_errors=True)
+                config = restore_config((snapshot / "config").read_text(), console=console,
+                                        agent=agent, log=fifo, medium=warm.carrier)  # fmt: skip
+                restore_dir(snapshot, state, config)
+                argv = ["-r", str(state)]
+            else:
+                rc = wd / "bochsrc"
+                iso = boot_iso(spec.image, wd, spec.feature_control)
+                rc.write_text(bochsrc(spec, iso, console, agent, fifo, witness=spec.cpu_witness))
+                argv = ["-f", str(rc)]
+            argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", *argv, "-rc", str(cmds)]
+            with owned_process(argv, cwd=wd, stdout=wd / "bochs.out",
+                               pidfile=wd / "emulator.pid") as p:  # fmt: skip
                 alive = lambda: p.poll() is None  # noqa: E731
                 watch = watch_console(
                     console, alive=alive, timeout_s=spec.timeout_s, panic_ends=not spec.expect_crash
                 )
+        result = self._result(spec, watch)
+        if snapshot is not None:
+            shutil.rmtree(wd / "state", ignore_errors=True)
+            result = replace(result, restored=snapshot.parent.name)
+        return result
+
+    def _snapshot(self, spec: BootSpec) -> Path:
+        """The saved machine of this guest, CPU model and Bochs (made on first use)."""
+        warm = spec.image.warm
+        assert warm is not None and self.cache_root is not None
+        emulator = [file_id(p) for p in (bochs_binary(), BIOS, VGABIOS)]
+        key = digest("bochs-snapshot", SNAPSHOT_RECIPE, warm.key, spec.cpu_model,
+                     spec.memory_mib, emulator)  # fmt: skip
+        cache = Cache(self.cache_root)
+        with cache.building("bochs-snapshots", f"{spec.cpu_model}-{key}") as (final, tmp):
+            if tmp is not None:
+                boot, save = tmp / "boot", tmp / "save"
+                boot.mkdir()
+                save.mkdir()
+                image = GuestImage(kernel=spec.image.kernel, initrd=warm.base,
+                                   cmdline=spec.image.cmdline)  # fmt: skip
+                iso = boot_iso(image, boot)
+                rc, cmds = boot / "bochsrc", boot / "bochs.rc"
+                text = bochsrc(replace(spec, image=image), iso, boot / CONSOLE_FILE,
+                               boot / AGENT_FILE, boot / "bochs.log", save=True)  # fmt: skip
+                rc.write_text(text)
+                cmds.write_text("c\n")
+                argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", "-f", str(rc), "-rc", str(cmds)]
+                ready = save_machine(argv, boot, save, boot / AGENT_FILE, spec.timeout_s)
+                made = {"ready_s": round(ready, 1), "medium_bytes": iso.stat().st_size}
+                iso.unlink()
+                (tmp / "made.json").write_text(json.dumps(made) + "\n")
+        return final / "save"
+
+    def _result(self, spec: BootSpec, watch: ConsoleWatch) -> BootResult:
+        wd = spec.workdir
+        log, out = wd / "bochs.log", wd / "bochs.out"
         bochs_log = log.read_text(errors="replace") if log.exists() else ""
         kept = "\n".join(
             line
@@ -149,3 +218,42 @@ class BochsBackend:
         beneath = beneath_from_file(log)
         (wd / BENEATH_FILE).write_text(beneath_text(beneath))
         return replace(result, beneath=beneath)
+
+
+SNAPSHOT_RECIPE = "1"  # bump when what a snapshot holds changes
+
+
+def restorable(spec: BootSpec) -> bool:
+    """A boot a snapshot can stand in for: the guest comes split, Bochs' own BIOS, no log of
+    the guest's VMX (its debug level is set at boot), no crash kernel."""
+    return (
+        spec.image.warm is not None
+        and spec.feature_control is None
+        and not spec.cpu_witness
+        and not spec.expect_crash
+        and not spec.inject
+    )
+
+
+def fit_medium(spec: BootSpec, snapshot: Path) -> bool:
+    """Size the cell's carrier as the CD the saved guest knows (its capacity was read at boot:
+    Bochs stops on a read past a medium's end, and the kernel reads ahead). False when the
+    carrier does not fit in it."""
+    warm = spec.image.warm
+    assert warm is not None
+    made = json.loads((snapshot.parent / "made.json").read_text())
+    size, medium = warm.carrier.stat().st_size, int(made["medium_bytes"])
+    if size > medium:
+        return False
+    os.truncate(warm.carrier, medium)  # zeros past the payload (sparse)
+    return True
+
+
+def bochs_binary() -> Path:
+    found = shutil.which(BOCHS_BIN)
+    return Path(found) if found else Path(BOCHS_BIN)
+
+
+def file_id(path: Path) -> str:
+    """A file's identity for cache keys: its sha256 (Bochs and its BIOS images are small)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else f"missing:{path}"

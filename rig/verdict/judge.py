@@ -311,6 +311,7 @@ def judge(
             build_log=shown(build.log) if build is not None else "",
             emulator_log=bounded_log(boot.emulator_log) if boot is not None else "",
             timings={"boot": boot.duration_s} if boot is not None else {},
+            restored=boot.restored if boot is not None else "",
         )
 
     if cell.skip_reason:

@@ -1,0 +1,152 @@
+"""The initramfs guest split for snapshots: a base that boots and waits, and a carrier per cell.
+
+    storage_modules(kernel, dest) -> list[str]      the CD-ROM's drivers, in load order
+    base_initramfs(cache, kernel) -> Path            initrd with no /rig (cached): loads them,
+                                                     says `RIG-SNAPSHOT ready`, waits for a carrier
+    pack_carrier(rig_dir, out) -> int                the cell's /rig as a CD medium (bytes)
+    warm_start(cache, kernel, rig_dir, workdir, cmdline) -> WarmStart    both, and their key
+
+A snapshot is saved while the base guest waits (rig.lanes.bochs_snapshot); each restore swaps
+the CD's medium for the cell's carrier. The guest (guests/initramfs/init, `take_carrier`)
+flushes /dev/sr0's buffers, reads the header line `RIGCARRIER1 <length> <sha256>` from the
+first 2048-byte block, then that many bytes from the next blocks, checks the sha256 and
+unpacks the gzipped cpio at /: /rig holds exactly what a fresh boot's initramfs holds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from rig.artifacts import Cache, digest, require_file, require_tool, write_cpio
+from rig.errors import InfraError
+from rig.guest.crash import DRAIN, DRAIN_AT
+from rig.model import KernelArtifacts, WarmStart
+from rig.paths import BUSYBOX, GUESTS_DIR
+
+CARRIER_DIR = "lib/rig-carrier"
+STORAGE = ("sr_mod", "ata_piix")  # the CD-ROM on Bochs' first ATA channel, and what they need
+BLOCK = 2048  # a CD's sector
+MAGIC = "RIGCARRIER1"
+
+
+def _modules_dir(kernel: KernelArtifacts) -> Path:
+    for base in ("usr/lib/modules", "lib/modules"):
+        mods = kernel.chroot / base / kernel.spec.abi
+        if (mods / "modules.dep").is_file():
+            return mods
+    raise InfraError(
+        f"no modules.dep for {kernel.spec.abi} in {kernel.chroot}: a snapshot's guest loads "
+        "its CD-ROM drivers as modules",
+        fix="run without --snapshot (a fresh boot needs no modules)",
+    )
+
+
+def _load_order(dep_text: str, wanted: tuple[str, ...]) -> list[str]:
+    """Module paths (as modules.dep names them) to load for `wanted`, dependencies first."""
+    deps: dict[str, list[str]] = {}
+    for line in dep_text.splitlines():
+        if ":" in line:
+            mod, _, rest = line.partition(":")
+            deps[mod] = rest.split()
+    by_name = {re.sub(r"\.ko(\.xz|\.zst|\.gz)?$", "", Path(m).name).replace("-", "_"): m
+               for m in deps}  # fmt: skip
+    order: list[str] = []
+    for name in wanted:
+        if name not in by_name:
+            raise InfraError(f"the kernel has no module {name} (built in, or not built)")
+        # modules.dep lists every dependency, the deepest last: load it in reverse
+        for m in [*reversed(deps[by_name[name]]), by_name[name]]:
+            if m not in order:
+                order.append(m)
+    return order
+
+
+def storage_modules(kernel: KernelArtifacts, dest: Path) -> list[str]:
+    """The CD-ROM's drivers, uncompressed into `dest`: their file names in load order."""
+    mods = _modules_dir(kernel)
+    names = []
+    for rel in _load_order((mods / "modules.dep").read_text(), STORAGE):
+        src = mods / rel
+        data = src.read_bytes()
+        if rel.endswith(".xz"):
+            data = lzma.decompress(data)
+        elif not rel.endswith(".ko"):
+            raise InfraError(f"{src}: a module compression the rig does not read")
+        name = re.sub(r"\.ko\.xz$", ".ko", Path(rel).name)
+        (dest / name).write_bytes(data)
+        names.append(name)
+    return names
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def base_initramfs(cache: Cache, kernel: KernelArtifacts) -> Path:
+    """The snapshot's initrd: busybox, /init and the CD-ROM drivers; no /rig. Cached by the
+    kernel and every file that goes in, so the same bytes make the same snapshot key."""
+    require_tool("cpio")
+    require_file(BUSYBOX)
+    inputs = [BUSYBOX, DRAIN, GUESTS_DIR / "initramfs/init"]
+    key = digest("base-initrd", str(kernel.vmlinuz), kernel.key, [_sha256(p) for p in inputs])
+    with cache.building("snapshot-initrds", f"{kernel.spec.name}-{key}") as (final, tmp):
+        if tmp is not None:
+            root = tmp / "root"
+            for d in ("bin", "proc", "sys", "dev", CARRIER_DIR):
+                (root / d).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(BUSYBOX, root / "bin/busybox")
+            shutil.copy2(DRAIN, root / DRAIN_AT)
+            shutil.copy2(GUESTS_DIR / "initramfs/init", root / "init")
+            (root / "init").chmod(0o755)
+            order = storage_modules(kernel, root / CARRIER_DIR)
+            (root / CARRIER_DIR / "order").write_text("\n".join(order) + "\n")
+            write_cpio(root, tmp / "initrd.gz", compress=True)
+            shutil.rmtree(root)
+    return final / "initrd.gz"
+
+
+def warm_start(
+    cache: Cache, kernel: KernelArtifacts, rig_dir: Path, workdir: Path, cmdline: str
+) -> WarmStart:
+    """The base initrd and this cell's carrier; the key of the guest a snapshot holds."""
+    base = base_initramfs(cache, kernel)
+    carrier = workdir / "carrier.img"
+    pack_carrier(rig_dir, carrier)
+    key = digest("warm", _sha256(kernel.vmlinuz), _sha256(base), cmdline)
+    return WarmStart(base=base, carrier=carrier, key=key)
+
+
+def carrier_bytes(payload: bytes) -> bytes:
+    """A CD medium: the header block, then `payload`, padded to whole blocks."""
+    header = f"{MAGIC} {len(payload)} {hashlib.sha256(payload).hexdigest()}\n".encode()
+    padded = payload + b"\0" * (-len(payload) % BLOCK)
+    return header.ljust(BLOCK, b"\0") + padded
+
+
+def pack_carrier(rig_dir: Path, out: Path) -> int:
+    """`rig_dir` (a /rig tree, as write_plan makes it) as the carrier file `out`: its size."""
+    stage = out.parent / f".{out.name}.tree"
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(rig_dir, stage / "rig", symlinks=True)
+    raw = stage / "rig.cpio"
+    write_cpio(stage, raw, compress=False)
+    data = carrier_bytes(gzip.compress(raw.read_bytes(), compresslevel=6))
+    shutil.rmtree(stage)
+    out.write_bytes(data)
+    return len(data)
+
+
+def cpio_names(data: bytes) -> list[str]:
+    """The member names of an uncompressed newc archive (for checks and tests)."""
+    proc = subprocess.run(["cpio", "-t", "--quiet"], input=data, capture_output=True, check=True)
+    return proc.stdout.decode().split()

@@ -1,0 +1,187 @@
+"""The pieces of a snapshot-restored cell that need no emulator: the carrier medium, the
+storage modules' load order, and the RFB client that presses Bochs' Suspend button (against
+a real socket peer speaking RFB 3.3)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import socket
+import struct
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rig.errors import InfraError
+from rig.guest.carrier import BLOCK, MAGIC, _load_order, carrier_bytes, cpio_names, pack_carrier
+from rig.guest.initramfs import write_plan
+from rig.lanes.bochs import restorable
+from rig.lanes.bochs_rfb import HEADER_Y, SUSPEND_FROM_RIGHT, RfbError, press_suspend
+from rig.lanes.bochs_snapshot import restore_config, restore_dir
+from rig.model import BootSpec, GuestImage, WarmStart
+
+_D = "kernel/drivers/"
+DEP_6_12 = "\n".join(
+    [
+        f"{_D}scsi/scsi_common.ko.xz:",
+        f"{_D}cdrom/cdrom.ko.xz:",
+        f"{_D}scsi/scsi_mod.ko.xz: {_D}scsi/scsi_common.ko.xz",
+        f"{_D}scsi/sr_mod.ko.xz: {_D}scsi/scsi_mod.ko.xz {_D}scsi/scsi_common.ko.xz "
+        f"{_D}cdrom/cdrom.ko.xz",
+        f"{_D}ata/libata.ko.xz: {_D}scsi/scsi_mod.ko.xz {_D}scsi/scsi_common.ko.xz",
+        f"{_D}ata/ata_piix.ko.xz: {_D}ata/libata.ko.xz {_D}scsi/scsi_mod.ko.xz "
+        f"{_D}scsi/scsi_common.ko.xz",
+    ]
+)  # modules.dep of Debian's 6.12, the lines that matter
+
+
+def test_storage_modules_load_dependencies_first_and_once() -> None:
+    order = [Path(m).name for m in _load_order(DEP_6_12, ("sr_mod", "ata_piix"))]
+    assert order == ["cdrom.ko.xz", "scsi_common.ko.xz", "scsi_mod.ko.xz", "sr_mod.ko.xz",
+                     "libata.ko.xz", "ata_piix.ko.xz"]  # fmt: skip
+    for i, mod in enumerate(order):  # every dependency before its user
+        deps = next(line for line in DEP_6_12.splitlines() if line.startswith("kernel/")
+                    and line.split(":")[0].endswith(mod)).split(":")[1].split()  # fmt: skip
+        assert all(order.index(Path(d).name) < i for d in deps)
+
+
+def test_a_kernel_without_the_module_is_named() -> None:
+    with pytest.raises(InfraError, match="no module sr_mod"):
+        _load_order("kernel/drivers/ata/ata_piix.ko:\n", ("sr_mod",))
+
+
+@given(st.binary(max_size=3 * BLOCK + 7))
+def test_a_carrier_is_whole_blocks_with_a_header_the_guest_can_check(payload: bytes) -> None:
+    data = carrier_bytes(payload)
+    assert len(data) % BLOCK == 0
+    header = data[:BLOCK].split(b"\n")[0].decode()
+    magic, length, digest = header.split(" ")
+    assert magic == MAGIC
+    body = data[BLOCK : BLOCK + int(length)]
+    assert body == payload and hashlib.sha256(body).hexdigest() == digest
+    assert set(data[BLOCK + len(payload) :]) <= {0}
+
+
+def test_the_carrier_holds_the_cells_rig_directory(tmp_path: Path) -> None:
+    ko = tmp_path / "vmlaunch.ko"
+    ko.write_bytes(b"\x7fELF module")
+    write_plan(tmp_path / "rig", [(ko, 3, ["x=1"])], run_id="r1", cell_id="bochs-6.12-haswell")
+    size = pack_carrier(tmp_path / "rig", tmp_path / "carrier.img")
+    data = (tmp_path / "carrier.img").read_bytes()
+    assert size == len(data)
+    length = int(data[:BLOCK].split(b" ")[1])
+    names = cpio_names(gzip.decompress(data[BLOCK : BLOCK + length]))
+    assert {"rig/plan", "rig/run-id", "rig/cell-id", "rig/rig-agent",
+            "rig/modules/vmlaunch.ko"} <= set(names)  # fmt: skip
+    assert not list(tmp_path.glob(".carrier*"))  # its staging tree is gone
+
+
+class _RfbPeer:
+    """A display speaking RFB 3.3 the way Bochs' rfb GUI does: records pointer events."""
+
+    def __init__(self, width: int, height: int, security: int = 1) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.events: list[tuple[int, int, int]] = []
+        self.size, self.security = (width, height), security
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.sendall(b"RFB 003.003\n")
+            assert conn.recv(12) == b"RFB 003.003\n"
+            conn.sendall(struct.pack(">I", self.security))
+            if self.security != 1:
+                return
+            assert conn.recv(1) == b"\x01"
+            conn.sendall(struct.pack(">HH", *self.size) + b"\0" * 16 + struct.pack(">I", 5)
+                         + b"bochs")  # fmt: skip
+            conn.sendall(b"\0" * 4096)  # an update nobody asked for
+            data = b""
+            while len(data) < 12:
+                chunk = conn.recv(12 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+            for i in range(0, len(data), 6):
+                _t, buttons, x, y = struct.unpack(">BBHH", data[i : i + 6])
+                self.events.append((buttons, x, y))
+
+
+def test_suspend_is_pressed_and_released_in_the_headerbar_left_of_power() -> None:
+    peer = _RfbPeer(720, 530)
+    assert press_suspend(peer.port) == (720, 530)
+    peer.thread.join(5)
+    x = 720 - SUSPEND_FROM_RIGHT
+    assert 720 - 64 <= x < 720 - 32  # the Suspend button's 32 pixels
+    assert peer.events == [(1, x, HEADER_Y), (0, x, HEADER_Y)]
+
+
+def test_a_display_that_asks_for_a_password_is_refused() -> None:
+    peer = _RfbPeer(720, 530, security=2)
+    with pytest.raises(RfbError, match="security type 2"):
+        press_suspend(peer.port)
+
+
+def _spec(tmp_path: Path, **kw: object) -> BootSpec:
+    warm = WarmStart(base=tmp_path / "b", carrier=tmp_path / "c", key="k")
+    image = GuestImage(kernel=tmp_path / "k", initrd=tmp_path / "i", cmdline="", warm=warm)
+    base = BootSpec(image=image, cpu_model="corei7_haswell_4770", memory_mib=512, vcpus=1,
+                    timeout_s=60, workdir=tmp_path)  # fmt: skip
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_only_a_plain_boot_of_a_split_guest_is_restored(tmp_path: Path) -> None:
+    assert restorable(_spec(tmp_path))
+    assert not restorable(replace(_spec(tmp_path), image=replace(_spec(tmp_path).image, warm=None)))
+    assert not restorable(_spec(tmp_path, feature_control=0x5))  # SeaBIOS, GRUB's wrmsr
+    assert not restorable(_spec(tmp_path, cpu_witness=True))  # Bochs' log level, set at boot
+    assert not restorable(_spec(tmp_path, expect_crash=True))
+    assert not restorable(_spec(tmp_path, inject=("nmi",)))
+
+
+SAVED = """\
+plugin_ctrl: voodoo=false, biosdev=true, usb_uhci=true, busmouse=false, serial=true, unmapped=true
+ata0-master: type=cdrom, path="/old/boot.iso", status=inserted, model="Generic 1234", x=1
+log: /old/bochs.log
+com1: enabled=true, mode=file, dev="/old/console.txt"
+com2: enabled=true, mode=file, dev="/old/agent.txt"
+"""
+
+
+def test_a_restore_names_the_cells_files_and_puts_plugins_in_a_boots_order(
+    tmp_path: Path,
+) -> None:
+    cell = tmp_path / "cell"
+    config = restore_config(SAVED, console=cell / "console.txt", agent=cell / "agent.txt",
+                            log=cell / "bochs.log", medium=cell / "carrier.img")  # fmt: skip
+    assert f'dev="{cell}/console.txt"' in config and f'dev="{cell}/agent.txt"' in config
+    assert f'path="{cell}/carrier.img", status=inserted, model="Generic 1234"' in config
+    assert f'log: "{cell}/bochs.log"' in config
+    assert "/old/" not in config
+    assert config.splitlines()[0].endswith("serial=true, unmapped=true, usb_uhci=true")
+    with pytest.raises(InfraError, match=r"com2\.dev"):
+        restore_config(SAVED.replace("com2", "com3"), console=cell, agent=cell, log=cell,
+                       medium=cell)  # fmt: skip
+    with pytest.raises(InfraError, match="not usable"):
+        restore_config(SAVED, console=Path('/a"b'), agent=cell, log=cell, medium=cell)
+
+
+def test_a_cells_restore_dir_links_the_save_and_owns_its_config(tmp_path: Path) -> None:
+    save = tmp_path / "save"
+    save.mkdir()
+    (save / "config").write_text(SAVED)
+    (save / "memory.ram").write_bytes(b"\0" * 4096)
+    restore_dir(save, tmp_path / "state", "mine")
+    assert (tmp_path / "state/memory.ram").resolve() == save / "memory.ram"
+    assert not (tmp_path / "state/config").is_symlink()
+    assert (tmp_path / "state/config").read_text() == "mine"
+    assert (save / "config").read_text() == SAVED  # the save is only read
