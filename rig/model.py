@@ -6,7 +6,7 @@ records of the stage before it and produces its own; nothing flows backwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -129,6 +129,16 @@ class ModuleBuild:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A snapshot's fidelity gate (rig.guest.carrier): `image()` makes a guest that boots fresh
+    (its initrd) and the same /rig as a carrier (its warm.carrier); `facts(console, agent)`
+    picks what must read the same after a restore as after that fresh boot."""
+
+    image: Callable[[], GuestImage]
+    facts: Callable[[str, str], list[str]]
+
+
+@dataclass(frozen=True)
 class WarmStart:
     """The same guest split for a lane that restores snapshots (rig.guest.carrier): `base`
     boots and waits with no /rig; `carrier` brings the cell's /rig after a restore. `key`
@@ -137,6 +147,7 @@ class WarmStart:
     base: Path
     carrier: Path
     key: str
+    probe: Probe | None = None  # the gate a save must pass before a cell restores it
 
 
 @dataclass(frozen=True)

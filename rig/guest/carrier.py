@@ -5,6 +5,9 @@
                                                      says `RIG-SNAPSHOT ready`, waits for a carrier
     pack_carrier(rig_dir, out) -> int                the cell's /rig as a CD medium (bytes)
     warm_start(cache, kernel, rig_dir, workdir, cmdline) -> WarmStart    both, and their key
+    gate_facts(console, agent) -> list[str]          what a restore must print as a boot did
+    GATE_RUNS                                        the gate's probe: the rig's own driver,
+                                                     then both of its injected faults
 
 A snapshot is saved while the base guest waits (rig.lanes.bochs_snapshot); each restore swaps
 the CD's medium for the cell's carrier. The guest (guests/initramfs/init, `take_carrier`)
@@ -124,6 +127,28 @@ def warm_start(
     pack_carrier(rig_dir, carrier)
     key = digest("warm", _sha256(kernel.vmlinuz), _sha256(base), cmdline)
     return WarmStart(base=base, carrier=carrier, key=key)
+
+
+GATE_RUNS: tuple[tuple[str, ...], ...] = (
+    (),
+    ("break_field=host_addr_space_size",),  # VMfailValid, VM-instruction error 8
+    ("break_field=guest_rflags_bit1",),  # VM-entry failure, exit reason 0x80000021
+)
+"""The gate's probe: the rig's own driver (rig.paths.DEFAULT_DRIVER) once as it is, then
+with each fault it can inject: its capability, control, exit and decoded-error lines."""
+
+_DRIVER_LINE = re.compile(r"^\[\s*\d+\.\d+\] (vmlaunch: cpu=\S+ .*)$")
+_ADDRESS = re.compile(r"\b(vmcs|pa|va|region|addr)=0x[0-9a-f]+")
+_CPU = re.compile(r"^RIG-CPU .*$")
+
+
+def gate_facts(console: str, agent: str) -> list[str]:
+    """The probe's lines that a restore must print exactly as a fresh boot did: the driver's
+    (timestamps off, physical addresses masked: the allocator may place pages elsewhere) and
+    the agent's RIG-CPU line (the guest's VMX flag, CPUs, model name)."""
+    facts = [_ADDRESS.sub(r"\1=ADDR", m[1]) for m in map(_DRIVER_LINE.match,
+             console.splitlines()) if m]  # fmt: skip
+    return facts + [line for line in agent.splitlines() if _CPU.match(line)]
 
 
 def carrier_bytes(payload: bytes) -> bytes:

@@ -12,18 +12,19 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rig.artifacts import KVM_MODULES, Artifacts, Cache, require_file, require_tool, write_cpio
 from rig.errors import InfraError, RigError
 from rig.guest.base import GuestJob, GuestRun
-from rig.guest.carrier import warm_start
+from rig.guest.carrier import GATE_RUNS, gate_facts, warm_start
 from rig.guest.crash import CRASH_KERNEL_MIB, DRAIN, DRAIN_AT, add_crash_kernel
 from rig.lanes import Backend
 from rig.lanes.base import tail
-from rig.model import BootSpec, GuestImage, KernelArtifacts
+from rig.model import BootSpec, GuestImage, KernelArtifacts, Probe
 from rig.options import check_kernel_arg, check_param
-from rig.paths import BUSYBOX, GUESTS_DIR
+from rig.paths import BUSYBOX, DEFAULT_DRIVER, GUESTS_DIR
 
 BASE_CMDLINE = (
     "console=ttyS0,115200 quiet loglevel=4 panic=-1 oops=panic "
@@ -162,6 +163,9 @@ class InitramfsFlavour:
                 crash=kernel if job.crash else None,
                 warm=job.artifacts.cache if job.snapshot else None,
             )
+            if image.warm is not None:
+                probe = Probe(image=lambda: gate_probe(job, kernel), facts=gate_facts)
+                image = replace(image, warm=replace(image.warm, probe=probe))
             timings["image"] = time.monotonic() - t0
             spec = BootSpec(
                 image=image,
@@ -186,7 +190,26 @@ class InitramfsFlavour:
             for scratch in ("boot.iso", "initrd.gz", "carrier.img"):
                 (job.workdir / scratch).unlink(missing_ok=True)
             shutil.rmtree(job.workdir / "initramfs", ignore_errors=True)
+            shutil.rmtree(job.workdir / "gate-probe", ignore_errors=True)
         return GuestRun(build, boot, timings, witness=bool(witness))
+
+
+def gate_probe(job: GuestJob, kernel: KernelArtifacts) -> GuestImage:
+    """The snapshot gate's guest (GATE_RUNS): the rig's own driver as it is, then with each of
+    its injected faults; a fresh initrd, and the same /rig as a carrier (its warm)."""
+    build = job.artifacts.module(kernel, DEFAULT_DRIVER)
+    if not build.ok or build.ko is None:
+        raise InfraError(
+            f"the rig's own driver, the snapshot gate's probe, did not build against "
+            f"{kernel.spec.describe()}; last lines:\n{tail(build.log, 10)}",
+            fix="run without --snapshot",
+        )
+    workdir = job.workdir / "gate-probe"
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs = [(build.ko, 1, params) for params in GATE_RUNS]
+    return initramfs_image(kernel, runs, run_id=job.run_id, cell_id=job.cell.id,
+                           workdir=workdir, kernel_args=job.kernel_args,
+                           warm=job.artifacts.cache)  # fmt: skip
 
 
 def witness_files(artifacts: Artifacts, kernel: KernelArtifacts) -> list[Path]:

@@ -40,7 +40,7 @@ from rig.lanes.base import (
     watch_console,
 )
 from rig.lanes.bochs_media import boot_iso
-from rig.lanes.bochs_snapshot import restore_config, restore_dir, save_machine
+from rig.lanes.bochs_snapshot import gate, restore_config, restore_dir, save_machine
 from rig.lanes.bochs_witness import beneath_from_file, filtered_log
 from rig.model import BootEnd, BootResult, BootSpec, GuestImage
 
@@ -126,13 +126,23 @@ class BochsBackend:
             raise ToolMissing(
                 str(SEABIOS), "seabios", "a firmware that leaves FEATURE_CONTROL open"
             )
+        return self._run(spec, self._usable_snapshot(spec))
+
+    def _usable_snapshot(self, spec: BootSpec) -> Path | None:
+        """The save this boot may restore: made on first use, and only once its gate passed."""
+        if not restorable(spec) or self.cache_root is None:
+            return None
+        folder = self._snapshot(spec)
+        return folder if gate(spec, folder, self._run).ok else None
+
+    def _run(self, spec: BootSpec, snapshot: Path | None) -> BootResult:
+        """Boot the guest, or restore it from `snapshot` (a save of its base guest)."""
         wd = spec.workdir
         console, agent, log = wd / CONSOLE_FILE, wd / AGENT_FILE, wd / "bochs.log"
         for stale in (console, agent):
             stale.unlink(missing_ok=True)
         cmds = wd / "bochs.rc"
         cmds.write_text("c\n")  # bochs-bin has the debugger built in: continue at once
-        snapshot = self._snapshot(spec) if restorable(spec) and self.cache_root else None
         if snapshot is not None and not fit_medium(spec, snapshot):
             snapshot = None  # a carrier bigger than the CD the guest knows: boot fresh
         # Bochs logs into a fifo; its VMX lines and errors reach bochs.log (bochs_witness).
@@ -158,6 +168,7 @@ class BochsBackend:
                 watch = watch_console(
                     console, alive=alive, timeout_s=spec.timeout_s, panic_ends=not spec.expect_crash
                 )
+        (wd / "boot.iso").unlink(missing_ok=True)
         result = self._result(spec, watch)
         if snapshot is not None:
             shutil.rmtree(wd / "state", ignore_errors=True)

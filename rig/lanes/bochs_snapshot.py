@@ -3,6 +3,7 @@
     save_machine(argv, workdir, folder, agent, timeout_s) -> float   seconds to ready
     restore_config(saved, console=, agent=, log=, medium=) -> str     the cell's DIR/config
     restore_dir(folder, state, config)                                a per-cell view of a save
+    gate(spec, folder, boot) -> Gate                                  may cells restore it?
 
 Saving (Bochs 2.7-3.0 have one trigger, the GUI's Suspend button): Bochs runs with
 `display_library: rfb, options="timeout=0, no_gui_console"` and its stdin a pipe. When the
@@ -21,19 +22,33 @@ Bochs 2.7 restores optional plugins in the order of the saved `plugin_ctrl:` lin
 timers by index; a save lists usb_uhci before serial while a boot initialises it last, which
 left a restored guest's serial ports receiving NUL bytes. `restore_config` puts usb_uhci back
 where a boot has it (measured: ../shared/notes/speed.md).
+
+The fidelity gate: before any cell restores a save, the guest's probe (WarmStart.probe: the
+rig's own driver, then both of its injected faults) runs once booted fresh and once restored
+from the save; what the probe's `facts` pick from each (the driver's capability, control, exit
+and decoded-error lines, the guest's CPU line) must be equal. The outcome is kept beside the
+save (gate.json, with both boots' consoles): a save that failed it is never restored, and
+its cells boot fresh. Deleting gate.json makes the next run gate the save again.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
+from filelock import FileLock
+
 from rig.errors import InfraError
 from rig.lanes.base import owned_process, read_text, tail
+from rig.model import BootEnd, BootResult, BootSpec
 
 READY = "RIG-SNAPSHOT ready"
 RFB_PORT = 5900  # Bochs' first RFB port: it is alone in its network namespace
@@ -133,3 +148,55 @@ def restore_dir(folder: Path, state: Path, config: str) -> None:
         if f.name != "config":
             (state / f.name).symlink_to(f)
     (state / "config").write_text(config)
+
+
+GATE_FILE = "gate.json"
+
+
+@dataclass(frozen=True)
+class Gate:
+    ok: bool
+    why: str  # for people: the first difference, or what kept the gate from running
+
+
+def _differ(fresh: list[str], restored: list[str]) -> str:
+    for i, (a, b) in enumerate(zip(fresh, restored, strict=False)):
+        if a != b:
+            return f"line {i + 1}: booted {a!r}, restored {b!r}"
+    if len(fresh) != len(restored):
+        return f"booted {len(fresh)} lines, restored {len(restored)}"
+    return ""
+
+
+def gate(spec: BootSpec, folder: Path, boot: Callable[[BootSpec, Path | None], BootResult]) -> Gate:
+    """Whether cells may restore the save in `folder`: its gate's outcome, run once (under
+    a lock beside the save) by booting the probe fresh and restored with `boot`."""
+    warm = spec.image.warm
+    entry = folder.parent
+    with FileLock(str(entry / "gate.lock")):
+        if (entry / GATE_FILE).is_file():
+            kept = json.loads((entry / GATE_FILE).read_text())
+            return Gate(bool(kept.get("ok")), str(kept.get("why", "")))
+        if warm is None or warm.probe is None:
+            return Gate(False, "the guest brought no probe for the gate")
+        probe = warm.probe.image()
+        work = entry / "gate"
+        shutil.rmtree(work, ignore_errors=True)
+        facts: dict[str, list[str]] = {}
+        ends: dict[str, BootEnd] = {}
+        for how, image, save in (
+            ("booted", replace(probe, warm=None), None),
+            ("restored", probe, folder),
+        ):
+            (work / how).mkdir(parents=True)
+            result = boot(replace(spec, image=image, workdir=work / how), save)
+            facts[how] = warm.probe.facts(result.console, result.agent)
+            ends[how] = result.end
+        why = _differ(facts["booted"], facts["restored"])
+        if not why and set(ends.values()) != {BootEnd.POWEROFF}:
+            why = f"the probe's guests ended: {ends['booted']} booted, {ends['restored']} restored"
+        if not why and not facts["booted"]:
+            why = "the probe printed nothing to compare"
+        outcome = {"ok": not why, "why": why, **facts}
+        (entry / GATE_FILE).write_text(json.dumps(outcome, indent=1) + "\n")
+        return Gate(not why, why)
