@@ -251,6 +251,8 @@ def _matrix_range(matrix: Matrix, good: str, bad: str) -> list[str]:
 
 def _search_git(args: BisectArgs, run_dir: Path, stepper: Stepper, artifacts: Artifacts) -> Outcome:
     clone = RigClone.open(Path(args.tree), run_dir / "tree")
+    for lock in clone.unlock():  # we hold bisect.lock: a killed run's git left it
+        print(f"rig bisect: removed {lock} that a killed git left in the clone", flush=True)
     config_from = None
     if args.config.startswith("debian:"):
         matrix = load_matrix(Path(args.matrix))

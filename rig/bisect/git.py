@@ -161,6 +161,19 @@ class RigClone:
     def _git(self, *args: str, ok: Sequence[int] = (0,)) -> subprocess.CompletedProcess[str]:
         return _git(self.dest, args, isolated=True, ok=ok)
 
+    def unlock(self) -> list[str]:
+        """Remove the lock files a killed git left in the clone (index.lock, HEAD.lock, a ref's
+        lock): only for a caller that holds the bisection's own lock, so that no live git of
+        the rig's can be using the clone. The paths removed, relative to .git."""
+        gitdir = self._gitdir
+        stale = [gitdir / "index.lock", gitdir / "HEAD.lock", *gitdir.glob("refs/**/*.lock")]
+        removed = []
+        for lock in stale:
+            if lock.is_file() and not lock.is_symlink():
+                lock.unlink()
+                removed.append(str(lock.relative_to(gitdir)))
+        return removed
+
     @property
     def worktree(self) -> Path:
         """Where the sources of the checked-out commit are (the clone's work tree)."""

@@ -219,6 +219,26 @@ def test_resume_from_a_saved_log(tmp_path: Path) -> None:
     assert second.log().startswith(saved.rstrip("\n").rsplit("\ngit bisect", 1)[0])
 
 
+def test_a_killed_gits_lock_files_are_removed_and_the_bisection_goes_on(tmp_path: Path) -> None:
+    """kill -9 of a run while its git held index.lock (seen in CI): the resumed run, holding
+    the bisection's lock, removes what the killed git left, then resets and replays."""
+    shas = make_repo(tmp_path / "user", bug_from(11))
+    clone = RigClone.open(tmp_path / "user", tmp_path / "run" / "clone")
+    tested: list[str] = []
+    state = drive(clone, clone.start("c0", "c19"), judge(frozenset({5})), tested, steps=2)
+    saved = clone.log()
+    gitdir = tmp_path / "run" / "clone" / ".git"
+    (gitdir / "index.lock").write_text("")
+    (gitdir / "refs" / "bisect").mkdir(parents=True, exist_ok=True)
+    (gitdir / "refs" / "bisect" / "bad.lock").write_text("")
+    again = RigClone.open(tmp_path / "user", tmp_path / "run" / "clone")
+    assert sorted(again.unlock()) == ["index.lock", "refs/bisect/bad.lock"]
+    assert again.unlock() == []
+    again.reset()
+    assert again.replay(saved) == state
+    assert drive(again, state, judge(frozenset({5})), tested) == Done(shas[11])
+
+
 def test_resume_of_a_first_parent_fix_bisection(tmp_path: Path) -> None:
     make_repo(tmp_path / "user", lambda i: {"n": f"{i}\n", "f": "ok\n" if i >= 6 else "BUG"})
     clone = RigClone.open(tmp_path / "user", tmp_path / "clone")
