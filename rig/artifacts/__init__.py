@@ -20,6 +20,7 @@ from rig.artifacts.cache import (
     Prune,
     default_cache_root,
     digest,
+    file_digest,
     slot_in_use,
     stderr_progress,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "Prune",
     "default_cache_root",
     "digest",
+    "file_digest",
     "in_root",
     "installed_version",
     "ldd_paths",

@@ -12,12 +12,11 @@ Module builds see the kernel's build directory and sources read-only in their sa
 
 from __future__ import annotations
 
-import hashlib
 import lzma
 import shutil
 from pathlib import Path
 
-from rig.artifacts.cache import Cache, Progress, digest
+from rig.artifacts.cache import Cache, Progress, digest, file_digest
 from rig.artifacts.toolchain import check_compiler, suite_for, toolchain
 from rig.errors import UsageError
 from rig.model import KernelArtifacts, KernelSpec
@@ -32,14 +31,6 @@ KVM_IN_BUILD: tuple[tuple[str, str], ...] = (
     ("kvm.ko", "arch/x86/kvm/kvm.ko"),
     ("kvm-intel.ko", "arch/x86/kvm/kvm-intel.ko"),
 )
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def source_of(build: Path) -> Path:

@@ -44,6 +44,15 @@ def digest(*parts: object) -> str:
     return h.hexdigest()[:16]
 
 
+def file_digest(path: Path) -> str:
+    """A file's sha256, read in 1 MiB blocks (kernels, initrds, emulators in cache keys)."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 Progress = Callable[[str], None]
 
 

@@ -26,7 +26,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from rig.artifacts import Cache, digest, require_file, require_tool, write_cpio
+from rig.artifacts import Cache, digest, file_digest, require_file, require_tool, write_cpio
 from rig.errors import InfraError
 from rig.guest.crash import DRAIN, DRAIN_AT
 from rig.model import KernelArtifacts, WarmStart
@@ -87,21 +87,13 @@ def storage_modules(kernel: KernelArtifacts, dest: Path) -> list[str]:
     return names
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def base_initramfs(cache: Cache, kernel: KernelArtifacts) -> Path:
     """The snapshot's initrd: busybox, /init and the CD-ROM drivers; no /rig. Cached by the
     kernel and every file that goes in, so the same bytes make the same snapshot key."""
     require_tool("cpio")
     require_file(BUSYBOX)
     inputs = [BUSYBOX, DRAIN, GUESTS_DIR / "initramfs/init"]
-    key = digest("base-initrd", str(kernel.vmlinuz), kernel.key, [_sha256(p) for p in inputs])
+    key = digest("base-initrd", str(kernel.vmlinuz), kernel.key, [file_digest(p) for p in inputs])
     with cache.building("snapshot-initrds", f"{kernel.spec.name}-{key}") as (final, tmp):
         if tmp is not None:
             root = tmp / "root"
@@ -125,7 +117,7 @@ def warm_start(
     base = base_initramfs(cache, kernel)
     carrier = workdir / "carrier.img"
     pack_carrier(rig_dir, carrier)
-    key = digest("warm", _sha256(kernel.vmlinuz), _sha256(base), cmdline)
+    key = digest("warm", file_digest(kernel.vmlinuz), file_digest(base), cmdline)
     return WarmStart(base=base, carrier=carrier, key=key)
 
 

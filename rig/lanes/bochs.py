@@ -17,7 +17,6 @@ holds the error/panic lines as before plus the VMX lines. BootResult.beneath: fa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,7 +24,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rig.artifacts import Cache, digest
+from rig.artifacts import Cache, digest, file_digest
 from rig.errors import InfraError, ToolMissing
 from rig.lanes.base import (
     AGENT_FILE,
@@ -267,4 +266,4 @@ def bochs_binary() -> Path:
 
 def file_id(path: Path) -> str:
     """A file's identity for cache keys: its sha256 (Bochs and its BIOS images are small)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else f"missing:{path}"
+    return file_digest(path) if path.exists() else f"missing:{path}"
