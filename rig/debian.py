@@ -13,6 +13,8 @@ from __future__ import annotations
 import http.client
 import re
 import shutil
+import subprocess
+import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from debian.debian_support import Version
 
-from rig.errors import InfraError
+from rig.errors import InfraError, ToolMissing
 from rig.model import KernelSpec
 
 SECURITY_SUFFIX = "-security"
@@ -90,3 +92,33 @@ def download_debs(
             ) from exc
         out.append(path)
     return out
+
+
+def deb_members(deb: Path, names: set[str]) -> dict[str, bytes]:
+    """The regular files of a package whose paths (without `./`) are in `names`, read from
+    `dpkg-deb --fsys-tarfile` as a stream: it stops once every name was found. InfraError
+    for a package that is not one; ToolMissing without dpkg-deb."""
+    if shutil.which("dpkg-deb") is None:
+        raise ToolMissing("dpkg-deb", "dpkg", "reading files out of Debian packages")
+    found: dict[str, bytes] = {}
+    with subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # it complains of SIGPIPE when we stop reading early
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                for member in tar:
+                    name = member.name.removeprefix("./")
+                    if name in names and member.isfile():
+                        src = tar.extractfile(member)
+                        assert src is not None
+                        found[name] = src.read()
+                        if len(found) == len(names):
+                            break
+        except tarfile.TarError as exc:
+            raise InfraError(
+                f"{deb.name}: not a readable Debian package ({exc})", where=str(deb)
+            ) from exc
+    return found

@@ -4,14 +4,12 @@ vmlinuz, from the Debian archive, cached by the kernel's package pin."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import tarfile
 import time
 from pathlib import Path
 
 from rig.artifacts.cache import Cache, Progress, digest
 from rig.artifacts.steps import in_root, require_tool, run_step
-from rig.debian import apt_sources, download_debs
+from rig.debian import apt_sources, deb_members, download_debs
 from rig.errors import InfraError
 from rig.model import KernelArtifacts, KernelSpec
 
@@ -93,20 +91,9 @@ def _build_kernel(spec: KernelSpec, out: Path, progress: Progress) -> None:
 
 def _extract_vmlinuz(deb: Path, abi: str, dest: Path) -> bool:
     """Copy the kernel image out of a package: False when the package holds none."""
-    names = {f"boot/vmlinuz-{abi}", f"usr/lib/modules/{abi}/vmlinuz"}
-    with subprocess.Popen(
-        ["dpkg-deb", "--fsys-tarfile", str(deb)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # it complains of SIGPIPE when we stop reading early
-    ) as p:
-        assert p.stdout is not None
-        with tarfile.open(fileobj=p.stdout, mode="r|") as tar:
-            for member in tar:
-                if member.isfile() and member.name.lstrip("./") in names:
-                    src = tar.extractfile(member)
-                    assert src is not None
-                    dest.write_bytes(src.read())
-                    break
+    found = deb_members(deb, {f"boot/vmlinuz-{abi}", f"usr/lib/modules/{abi}/vmlinuz"})
+    for data in found.values():
+        dest.write_bytes(data)
     return dest.exists()
 
 

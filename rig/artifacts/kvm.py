@@ -14,11 +14,11 @@ from __future__ import annotations
 import lzma
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 from rig.artifacts.cache import Cache, Progress, digest
 from rig.artifacts.steps import in_root, require_tool, run_step
+from rig.debian import deb_members
 from rig.errors import InfraError, UsageError
 from rig.model import KernelArtifacts
 from rig.paths import GUESTS_DIR
@@ -112,19 +112,10 @@ def _modules_from_deb(deb: Path, abi: str, dest: Path) -> bool:
         for top in ("usr/lib", "lib")
         for xz in ("", ".xz")
     }
-    found = 0
-    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL) as p:  # fmt: skip
-        assert p.stdout is not None
-        with tarfile.open(fileobj=p.stdout, mode="r|") as tar:
-            for member in tar:
-                name = wanted.get(member.name.lstrip("./"))
-                if name and member.isfile():
-                    src = tar.extractfile(member)
-                    assert src is not None
-                    (dest / name).write_bytes(_plain(src.read(), member.name))
-                    found += 1
-    return found == len(KVM_MODULES)
+    found = deb_members(deb, set(wanted))
+    for member, data in found.items():
+        (dest / wanted[member]).write_bytes(_plain(data, member))
+    return {wanted[m] for m in found} == {name for name, _ in KVM_MODULES}
 
 
 def _compiler_version(gcc: str) -> str:

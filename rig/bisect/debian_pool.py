@@ -33,9 +33,6 @@ linux-base-<abi> usr/lib/modules/<abi>/config. From 6.19 linux-image-<abi> is a 
 from __future__ import annotations
 
 import http.client
-import shutil
-import subprocess
-import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -45,8 +42,8 @@ from pathlib import Path
 from typing import IO
 
 from rig.bisect.debian_line import LineVersion, archive_root
-from rig.debian import MISSING, SECURITY_SUFFIX
-from rig.errors import InfraError, ToolMissing
+from rig.debian import MISSING, SECURITY_SUFFIX, deb_members
+from rig.errors import InfraError
 
 HEAD_TIMEOUT_S = 30.0
 
@@ -238,26 +235,9 @@ def config_members(abi: str) -> tuple[str, ...]:
 
 def extract_config(deb: Path, abi: str) -> str:
     """The kernel config held by a package (InfraError if it holds none)."""
-    if shutil.which("dpkg-deb") is None:
-        raise ToolMissing("dpkg-deb", "dpkg", "reading a kernel package's config")
     names = set(config_members(abi))
-    with subprocess.Popen(
-        ["dpkg-deb", "--fsys-tarfile", str(deb)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # it complains of SIGPIPE when we stop reading early
-    ) as p:
-        assert p.stdout is not None
-        try:
-            with tarfile.open(fileobj=p.stdout, mode="r|") as tar:
-                for member in tar:
-                    if member.isfile() and member.name.removeprefix("./") in names:
-                        src = tar.extractfile(member)
-                        assert src is not None
-                        return src.read().decode("utf-8", "replace")
-        except tarfile.TarError as exc:
-            raise InfraError(
-                f"{deb.name}: not a readable Debian package ({exc})", where=str(deb)
-            ) from exc
+    for data in deb_members(deb, names).values():
+        return data.decode("utf-8", "replace")
     raise InfraError(
         f"{deb.name} holds no kernel config ({' or '.join(sorted(names))})",
         where=str(deb),

@@ -950,6 +950,24 @@ def test_extract_config_from_a_package_without_one(tmp_path: Path) -> None:
         extract_config(junk, ABI)
 
 
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed")
+def test_one_reader_serves_vmlinuz_kvm_modules_and_config(tmp_path: Path) -> None:
+    """rig.debian.deb_members: the kernel image (kernel.py), KVM's modules (kvm.py) and the
+    config (here) come out of one package by one reader; only regular files, only those named."""
+    from rig.artifacts.kernel import _extract_vmlinuz
+    from rig.debian import deb_members
+
+    mods = f"usr/lib/modules/{ABI}/kernel"
+    files = {f"boot/vmlinuz-{ABI}": "bzImage", f"boot/config-{ABI}": "CONFIG_X=y\n",
+             f"{mods}/arch/x86/kvm/kvm.ko": "kvm", "usr/share/doc/x": "doc"}  # fmt: skip
+    deb = _deb(tmp_path, files)
+    got = deb_members(deb, {f"boot/vmlinuz-{ABI}", f"{mods}/arch/x86/kvm/kvm.ko", "boot/none"})
+    assert got == {f"boot/vmlinuz-{ABI}": b"bzImage", f"{mods}/arch/x86/kvm/kvm.ko": b"kvm"}
+    assert _extract_vmlinuz(deb, ABI, tmp_path / "vmlinuz")
+    assert (tmp_path / "vmlinuz").read_bytes() == b"bzImage"
+    assert not _extract_vmlinuz(deb, "6.1.0-1-amd64", tmp_path / "other")
+
+
 def test_extract_config_needs_dpkg_deb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ToolMissing, match="dpkg-deb"):
