@@ -26,7 +26,8 @@ from rig.artifacts.cache import (
 )
 from rig.artifacts.kbuild import tree_kernel
 from rig.artifacts.kernel import kernel_artifacts
-from rig.artifacts.kvm import KVM_MODULES, installed_version, kvm_modules, witness_program
+from rig.artifacts.kmods import installed_version, kernel_modules
+from rig.artifacts.kvm import KVM_MODULES, kvm_modules, witness_program
 from rig.artifacts.module import (
     build_module,
     module_name,
@@ -91,6 +92,7 @@ __all__ = [
     "file_digest",
     "in_root",
     "installed_version",
+    "kernel_modules",
     "ldd_paths",
     "module_name",
     "module_sources",

@@ -12,13 +12,12 @@ VMX lane use both (docs/contract.md section 2, RIG-WITNESS).
 from __future__ import annotations
 
 import lzma
-import shutil
 import subprocess
 from pathlib import Path
 
 from rig.artifacts.cache import Cache, Progress, digest
-from rig.artifacts.steps import in_root, require_tool, run_step
-from rig.debian import deb_members
+from rig.artifacts.kmods import kernel_modules
+from rig.artifacts.steps import require_tool, run_step
 from rig.errors import InfraError, UsageError
 from rig.model import KernelArtifacts
 from rig.paths import GUESTS_DIR
@@ -37,18 +36,6 @@ def _plain(data: bytes, name: str) -> bytes:
 
 
 WITNESS_SOURCE = GUESTS_DIR / "witness/kvm-witness.c"
-
-
-def installed_version(root: Path, package: str) -> str | None:
-    """The version of `package` installed in a chroot (from its dpkg status), or None."""
-    status = root / "var/lib/dpkg/status"
-    if not status.exists():
-        return None
-    for stanza in status.read_text(errors="replace").split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line[:40])
-        if fields.get("Package") == package and "installed" in fields.get("Status", ""):
-            return fields.get("Version")
-    return None
 
 
 def kvm_modules(cache: Cache, kernel: KernelArtifacts, progress: Progress) -> Path:
@@ -72,50 +59,19 @@ def kvm_modules(cache: Cache, kernel: KernelArtifacts, progress: Progress) -> Pa
 
 
 def _extract(kernel: KernelArtifacts, dest: Path, log: Path) -> None:
-    """From the toolchain chroot when it has that very package installed; else the package is
-    downloaded into the chroot (the way the kernel's vmlinuz was) and read without installing."""
-    spec, root = kernel.spec, kernel.chroot
-    mods = root / "usr/lib/modules" / spec.abi
-    have = installed_version(root, f"linux-image-{spec.abi}")
-    if have is not None and (not spec.version or have == spec.version):
-        for name, rel in KVM_MODULES:
-            src = next((p for p in (mods / f"{rel}.xz", mods / rel) if p.exists()), None)
-            if src is None:
-                raise InfraError(f"{mods / rel}[.xz] missing from linux-image-{spec.abi}")
-            (dest / name).write_bytes(_plain(src.read_bytes(), src.name))
-        return
-    debs = root / "var/tmp/rig-kvm-debs"
-    shutil.rmtree(debs, ignore_errors=True)
-    debs.mkdir(parents=True)
-    pin = f"={spec.version}" if spec.version else ""
-    opts = ["-o", "Acquire::Retries=3"]
-    if not spec.check_valid_until:
-        opts += ["-o", "Acquire::Check-Valid-Until=false"]
-    try:
-        # up to 6.x linux-image-<abi> holds the modules; from 7.x linux-modules-<abi> does
-        for pkg in (f"linux-image-{spec.abi}", f"linux-modules-{spec.abi}"):
-            run_step(in_root(root, ["apt-get", *opts, "download", f"{pkg}{pin}"],
-                          cwd="/var/tmp/rig-kvm-debs"),
-                 log=log, what=f"download {pkg}{pin}")  # fmt: skip
-            deb = next(iter(sorted(debs.glob(f"{pkg}_*.deb"))))
-            if _modules_from_deb(deb, spec.abi, dest):
-                return
-        raise InfraError(f"no KVM modules in the packages of kernel {spec.abi}", where=str(log))
-    finally:
-        shutil.rmtree(debs, ignore_errors=True)
-
-
-def _modules_from_deb(deb: Path, abi: str, dest: Path) -> bool:
-    wanted = {
-        f"{top}/modules/{abi}/{rel}{xz}": name
-        for name, rel in KVM_MODULES
-        for top in ("usr/lib", "lib")
-        for xz in ("", ".xz")
-    }
-    found = deb_members(deb, set(wanted))
-    for member, data in found.items():
-        (dest / wanted[member]).write_bytes(_plain(data, member))
-    return {wanted[m] for m in found} == {name for name, _ in KVM_MODULES}
+    """From the toolchain chroot when it has that very package installed; else from its
+    packages, downloaded into the chroot and read without installing (rig.artifacts.kmods)."""
+    wanted = {f"{rel}{xz}": name for name, rel in KVM_MODULES for xz in ("", ".xz")}
+    with kernel_modules(kernel, log) as mods:
+        found = mods.read(set(wanted))
+    for rel, data in found.items():
+        (dest / wanted[rel]).write_bytes(_plain(data, rel))
+    missing = {name for name, _ in KVM_MODULES} - {wanted[rel] for rel in found}
+    if missing:
+        raise InfraError(
+            f"{', '.join(sorted(missing))} missing from the packages of kernel {kernel.spec.abi}",
+            where=str(log),
+        )
 
 
 def _compiler_version(gcc: str) -> str:

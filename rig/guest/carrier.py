@@ -1,6 +1,6 @@
 """The initramfs guest split for snapshots: a base that boots and waits, and a carrier per cell.
 
-    storage_modules(kernel, dest) -> list[str]      the CD-ROM's drivers, in load order
+    storage_modules(kernel, dest, log) -> list[str] the CD-ROM's drivers, in load order
     base_initramfs(cache, kernel) -> Path            initrd with no /rig (cached): loads them,
                                                      says `RIG-SNAPSHOT ready`, waits for a carrier
     pack_carrier(rig_dir, out) -> int                the cell's /rig as a CD medium (bytes)
@@ -26,7 +26,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from rig.artifacts import Cache, digest, file_digest, require_file, require_tool, write_cpio
+from rig.artifacts import (
+    Cache,
+    digest,
+    file_digest,
+    kernel_modules,
+    require_file,
+    require_tool,
+    write_cpio,
+)
 from rig.errors import InfraError
 from rig.guest.crash import DRAIN, DRAIN_AT
 from rig.model import KernelArtifacts, WarmStart
@@ -38,52 +46,62 @@ BLOCK = 2048  # a CD's sector
 MAGIC = "RIGCARRIER1"
 
 
-def _modules_dir(kernel: KernelArtifacts) -> Path:
-    for base in ("usr/lib/modules", "lib/modules"):
-        mods = kernel.chroot / base / kernel.spec.abi
-        if (mods / "modules.dep").is_file():
-            return mods
-    raise InfraError(
-        f"no modules.dep for {kernel.spec.abi} in {kernel.chroot}: a snapshot's guest loads "
-        "its CD-ROM drivers as modules",
-        fix="run without --snapshot (a fresh boot needs no modules)",
-    )
+STORAGE_FILES = {
+    "scsi_common": "kernel/drivers/scsi/scsi_common.ko",
+    "scsi_mod": "kernel/drivers/scsi/scsi_mod.ko",
+    "cdrom": "kernel/drivers/cdrom/cdrom.ko",
+    "sr_mod": "kernel/drivers/scsi/sr_mod.ko",
+    "libata": "kernel/drivers/ata/libata.ko",
+    "ata_piix": "kernel/drivers/ata/ata_piix.ko",
+}
+"""Where Debian's kernels (5.10 to 7.x) keep the CD-ROM's drivers and what they need."""
+
+_DEPENDS = re.compile(rb"(?:^|\0)depends=([A-Za-z0-9_,-]*)\0")
 
 
-def _load_order(dep_text: str, wanted: tuple[str, ...]) -> list[str]:
-    """Module paths (as modules.dep names them) to load for `wanted`, dependencies first."""
-    deps: dict[str, list[str]] = {}
-    for line in dep_text.splitlines():
-        if ":" in line:
-            mod, _, rest = line.partition(":")
-            deps[mod] = rest.split()
-    by_name = {re.sub(r"\.ko(\.xz|\.zst|\.gz)?$", "", Path(m).name).replace("-", "_"): m
-               for m in deps}  # fmt: skip
+def depends(ko: bytes) -> list[str]:
+    """The modules a module needs loaded first (its .modinfo `depends=`)."""
+    m = _DEPENDS.search(ko)
+    return [d.replace("-", "_") for d in m[1].decode().split(",") if d] if m else []
+
+
+def load_order(modules: dict[str, bytes], wanted: tuple[str, ...]) -> list[str]:
+    """Names of `modules` to load for `wanted`, dependencies first (InfraError when one is
+    missing: the kernel has it built in, or not at all, and the rig cannot tell which)."""
     order: list[str] = []
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name not in modules:
+            raise InfraError(f"the kernel's packages hold no module {name} (needed by "
+                             f"{' <- '.join(chain) or 'the CD-ROM'})")  # fmt: skip
+        for dep in depends(modules[name]):
+            if dep not in chain:
+                visit(dep, (*chain, name))
+        order.append(name)
+
     for name in wanted:
-        if name not in by_name:
-            raise InfraError(f"the kernel has no module {name} (built in, or not built)")
-        # modules.dep lists every dependency, the deepest last: load it in reverse
-        for m in [*reversed(deps[by_name[name]]), by_name[name]]:
-            if m not in order:
-                order.append(m)
+        visit(name, ())
     return order
 
 
-def storage_modules(kernel: KernelArtifacts, dest: Path) -> list[str]:
+def storage_modules(kernel: KernelArtifacts, dest: Path, log: Path) -> list[str]:
     """The CD-ROM's drivers, uncompressed into `dest`: their file names in load order."""
-    mods = _modules_dir(kernel)
+    if kernel.spec.kind != "debian":
+        raise InfraError(
+            f"kernel {kernel.spec.name} is not a Debian package: the rig knows where only "
+            "Debian's kernels keep the CD-ROM's drivers that a snapshot's guest loads",
+            fix="run it without --snapshot",
+        )
+    rels = {f"{rel}{xz}": name for name, rel in STORAGE_FILES.items() for xz in ("", ".xz")}
+    with kernel_modules(kernel, log) as mods:
+        found = mods.read(set(rels))
+    plain = {rels[r]: lzma.decompress(d) if r.endswith(".xz") else d for r, d in found.items()}
     names = []
-    for rel in _load_order((mods / "modules.dep").read_text(), STORAGE):
-        src = mods / rel
-        data = src.read_bytes()
-        if rel.endswith(".xz"):
-            data = lzma.decompress(data)
-        elif not rel.endswith(".ko"):
-            raise InfraError(f"{src}: a module compression the rig does not read")
-        name = re.sub(r"\.ko\.xz$", ".ko", Path(rel).name)
-        (dest / name).write_bytes(data)
-        names.append(name)
+    for name in load_order(plain, STORAGE):
+        (dest / f"{name}.ko").write_bytes(plain[name])
+        names.append(f"{name}.ko")
     return names
 
 
@@ -103,7 +121,7 @@ def base_initramfs(cache: Cache, kernel: KernelArtifacts) -> Path:
             shutil.copy2(DRAIN, root / DRAIN_AT)
             shutil.copy2(GUESTS_DIR / "initramfs/init", root / "init")
             (root / "init").chmod(0o755)
-            order = storage_modules(kernel, root / CARRIER_DIR)
+            order = storage_modules(kernel, root / CARRIER_DIR, tmp / "build.log")
             (root / CARRIER_DIR / "order").write_text("\n".join(order) + "\n")
             write_cpio(root, tmp / "initrd.gz", compress=True)
             shutil.rmtree(root)

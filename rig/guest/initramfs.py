@@ -77,7 +77,9 @@ def initramfs_image(
 
     `preload` modules are loaded first and stay loaded (a fixture of the test, e.g. one that
     holds VMX); `kernel_args` are appended to the guest's command line; `witness` files (the
-    kernel's KVM modules and kvm-witness) make the agent run the teardown witness.
+    kernel's KVM modules and kvm-witness) make the agent run the teardown witness. `warm`: the
+    cache of a run that restores snapshots where the lane can: a Debian kernel's image also
+    comes split (GuestImage.warm, rig.guest.carrier); other kernels boot fresh.
     """
     require_tool("cpio")
     require_file(BUSYBOX)
@@ -105,7 +107,7 @@ def initramfs_image(
         (root / "rig/beside").write_text(beside + "\n")
     cmdline = " ".join([BASE_CMDLINE, *kernel_args])
     start = None
-    if warm is not None and crash is None:
+    if warm is not None and crash is None and kernel.spec.kind == "debian":
         start = warm_start(warm, kernel, root / "rig", workdir, cmdline)
     initrd = workdir / "initrd.gz"
     write_cpio(root, initrd, compress=True)

@@ -91,6 +91,13 @@ def save_machine(
                 )
             time.sleep(0.25)
         ready_s = time.monotonic() - start
+        if f"{READY} sr0=yes" not in read_text(agent):
+            raise InfraError(
+                "the snapshot's guest found no CD-ROM (/dev/sr0): its kernel did not load the "
+                "drivers the rig gave it",
+                where=str(agent),
+                fix="run without --snapshot",
+            )
         _ask_bochs_to_save(_bochs_pid(proc.pid), proc.stdin, folder)
         try:
             proc.wait(timeout=SAVE_TIMEOUT_S)

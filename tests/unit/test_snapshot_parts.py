@@ -17,41 +17,59 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rig.errors import InfraError
-from rig.guest.carrier import BLOCK, MAGIC, _load_order, carrier_bytes, cpio_names, pack_carrier
+from rig.guest.carrier import (
+    BLOCK,
+    MAGIC,
+    carrier_bytes,
+    cpio_names,
+    depends,
+    load_order,
+    pack_carrier,
+)
 from rig.guest.initramfs import write_plan
 from rig.lanes.bochs import restorable
 from rig.lanes.bochs_rfb import HEADER_Y, SUSPEND_FROM_RIGHT, RfbError, press_suspend
 from rig.lanes.bochs_snapshot import restore_config, restore_dir
 from rig.model import BootSpec, GuestImage, WarmStart
 
-_D = "kernel/drivers/"
-DEP_6_12 = "\n".join(
-    [
-        f"{_D}scsi/scsi_common.ko.xz:",
-        f"{_D}cdrom/cdrom.ko.xz:",
-        f"{_D}scsi/scsi_mod.ko.xz: {_D}scsi/scsi_common.ko.xz",
-        f"{_D}scsi/sr_mod.ko.xz: {_D}scsi/scsi_mod.ko.xz {_D}scsi/scsi_common.ko.xz "
-        f"{_D}cdrom/cdrom.ko.xz",
-        f"{_D}ata/libata.ko.xz: {_D}scsi/scsi_mod.ko.xz {_D}scsi/scsi_common.ko.xz",
-        f"{_D}ata/ata_piix.ko.xz: {_D}ata/libata.ko.xz {_D}scsi/scsi_mod.ko.xz "
-        f"{_D}scsi/scsi_common.ko.xz",
-    ]
-)  # modules.dep of Debian's 6.12, the lines that matter
+
+def _ko(depends: str) -> bytes:
+    """A module's bytes as far as load_order reads them: .modinfo strings, NUL-separated."""
+    return b"\x7fELF...\0license=GPL\0depends=" + depends.encode() + b"\0intree=Y\0vermagic=6.12\0"
+
+
+MODULES_6_12 = {  # Debian 6.12's `depends=` of the CD-ROM's drivers
+    "scsi_common": _ko(""),
+    "cdrom": _ko(""),
+    "scsi_mod": _ko("scsi_common"),
+    "sr_mod": _ko("scsi_mod,scsi_common,cdrom"),
+    "libata": _ko("scsi_mod,scsi_common"),
+    "ata_piix": _ko("libata,scsi_mod,scsi_common"),
+}
+
+
+def test_modinfo_depends_are_read_from_the_module() -> None:
+    assert depends(MODULES_6_12["sr_mod"]) == ["scsi_mod", "scsi_common", "cdrom"]
+    assert depends(_ko("")) == [] and depends(b"no modinfo") == []
+    assert depends(_ko("crc-t10dif")) == ["crc_t10dif"]
 
 
 def test_storage_modules_load_dependencies_first_and_once() -> None:
-    order = [Path(m).name for m in _load_order(DEP_6_12, ("sr_mod", "ata_piix"))]
-    assert order == ["cdrom.ko.xz", "scsi_common.ko.xz", "scsi_mod.ko.xz", "sr_mod.ko.xz",
-                     "libata.ko.xz", "ata_piix.ko.xz"]  # fmt: skip
-    for i, mod in enumerate(order):  # every dependency before its user
-        deps = next(line for line in DEP_6_12.splitlines() if line.startswith("kernel/")
-                    and line.split(":")[0].endswith(mod)).split(":")[1].split()  # fmt: skip
-        assert all(order.index(Path(d).name) < i for d in deps)
+    order = load_order(MODULES_6_12, ("sr_mod", "ata_piix"))
+    assert sorted(order) == sorted(MODULES_6_12) and len(set(order)) == len(order)
+    for i, name in enumerate(order):  # every dependency before its user
+        assert all(order.index(d) < i for d in depends(MODULES_6_12[name])), order
+    five_ten = {k: v for k, v in MODULES_6_12.items() if k != "scsi_common"}  # no scsi_common
+    five_ten |= {"scsi_mod": _ko(""), "sr_mod": _ko("scsi_mod,cdrom"), "libata": _ko("scsi_mod"),
+                 "ata_piix": _ko("libata,scsi_mod")}  # fmt: skip
+    assert load_order(five_ten, ("sr_mod", "ata_piix"))[-1] == "ata_piix"
 
 
-def test_a_kernel_without_the_module_is_named() -> None:
-    with pytest.raises(InfraError, match="no module sr_mod"):
-        _load_order("kernel/drivers/ata/ata_piix.ko:\n", ("sr_mod",))
+def test_a_module_the_packages_lack_is_named_with_who_needs_it() -> None:
+    with pytest.raises(InfraError, match="no module cdrom \\(needed by sr_mod\\)"):
+        load_order({"sr_mod": _ko("cdrom")}, ("sr_mod",))
+    with pytest.raises(InfraError, match="no module ata_piix"):
+        load_order({}, ("ata_piix",))
 
 
 @given(st.binary(max_size=3 * BLOCK + 7))
