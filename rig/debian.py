@@ -94,10 +94,12 @@ def download_debs(
     return out
 
 
-def deb_members(deb: Path, names: set[str]) -> dict[str, bytes]:
+def deb_members(deb: Path, names: set[str], enough: int | None = None) -> dict[str, bytes]:
     """The regular files of a package whose paths (without `./`) are in `names`, read from
-    `dpkg-deb --fsys-tarfile` as a stream: it stops once every name was found. InfraError
-    for a package that is not one; ToolMissing without dpkg-deb."""
+    `dpkg-deb --fsys-tarfile` as a stream: it stops once `enough` of them (every name when
+    None: fewer when `names` holds alternatives) were found. InfraError for a package that is
+    not one, or that dpkg-deb could not read to the end; ToolMissing without dpkg-deb."""
+    enough = len(names) if enough is None else enough
     if shutil.which("dpkg-deb") is None:
         raise ToolMissing("dpkg-deb", "dpkg", "reading files out of Debian packages")
     found: dict[str, bytes] = {}
@@ -115,10 +117,13 @@ def deb_members(deb: Path, names: set[str]) -> dict[str, bytes]:
                         src = tar.extractfile(member)
                         assert src is not None
                         found[name] = src.read()
-                        if len(found) == len(names):
+                        if len(found) >= enough:
                             break
         except tarfile.TarError as exc:
             raise InfraError(
                 f"{deb.name}: not a readable Debian package ({exc})", where=str(deb)
             ) from exc
+    if len(found) < enough and proc.returncode != 0:  # it read to the end, or died trying
+        raise InfraError(f"dpkg-deb could not read {deb.name} (exit {proc.returncode})",
+                         where=str(deb))  # fmt: skip
     return found

@@ -91,7 +91,7 @@ def _build_kernel(spec: KernelSpec, out: Path, progress: Progress) -> None:
 
 def _extract_vmlinuz(deb: Path, abi: str, dest: Path) -> bool:
     """Copy the kernel image out of a package: False when the package holds none."""
-    found = deb_members(deb, {f"boot/vmlinuz-{abi}", f"usr/lib/modules/{abi}/vmlinuz"})
+    found = deb_members(deb, {f"boot/vmlinuz-{abi}", f"usr/lib/modules/{abi}/vmlinuz"}, 1)
     for data in found.values():
         dest.write_bytes(data)
     return dest.exists()

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,15 @@ def installed_version(root: Path, package: str) -> str | None:
     return None
 
 
+def _file(rel: str) -> str:
+    """A module's file whichever its form: `kvm.ko` for kvm.ko and kvm.ko.xz."""
+    return rel.removesuffix(".xz")
+
+
+def _files(rels: Iterable[str]) -> set[str]:
+    return {_file(r) for r in rels}
+
+
 @dataclass
 class ModulesReader:
     """Files of one kernel's modules directory: an installed one, or its packages' members,
@@ -62,11 +72,12 @@ class ModulesReader:
         abi = self.kernel.spec.abi
         found: dict[str, bytes] = {}
         for pkg in (f"linux-image-{abi}", f"linux-modules-{abi}"):
-            if len(found) == len(rels):
-                break
+            if _files(found) == _files(rels):
+                break  # every file, in one of its forms (.ko or .ko.xz)
             for deb in self._fetch(pkg, required=pkg.startswith("linux-image")):
-                names = {f"{top}/{abi}/{r}": r for top in TOPS for r in rels - set(found)}
-                for member, data in deb_members(deb, set(names)).items():
+                left = {r for r in rels if _file(r) not in _files(found)}
+                names = {f"{top}/{abi}/{r}": r for top in TOPS for r in left}
+                for member, data in deb_members(deb, set(names), len(_files(left))).items():
                     found[names[member]] = data
         return found
 
@@ -79,8 +90,9 @@ class ModulesReader:
             opts = ["-o", "Acquire::Retries=3"]
             if not spec.check_valid_until:
                 opts += ["-o", "Acquire::Check-Valid-Until=false"]
+            inside = "/" + str(self.debs.relative_to(self.kernel.chroot))
             argv = in_root(self.kernel.chroot, ["apt-get", *opts, "download", f"{pkg}{pin}"],
-                           cwd="/var/tmp/rig-module-debs")  # fmt: skip
+                           cwd=inside)  # fmt: skip
             try:
                 run_step(argv, log=self.log, what=f"download {pkg}{pin}")
             except InfraError:
@@ -100,9 +112,9 @@ def kernel_modules(kernel: KernelArtifacts, log: Path) -> Iterator[ModulesReader
             if (root / top / spec.abi).is_dir():
                 yield ModulesReader(kernel, log, installed=root / top / spec.abi)
                 return
-    debs = root / "var/tmp/rig-module-debs"
-    shutil.rmtree(debs, ignore_errors=True)
-    debs.mkdir(parents=True)
+    (root / "var/tmp").mkdir(parents=True, exist_ok=True)
+    # a folder of this reader's own: another worker may be reading the same kernel's packages
+    debs = Path(tempfile.mkdtemp(prefix="rig-module-debs.", dir=root / "var/tmp"))
     try:
         yield ModulesReader(kernel, log, debs=debs)
     finally:

@@ -236,7 +236,7 @@ def config_members(abi: str) -> tuple[str, ...]:
 def extract_config(deb: Path, abi: str) -> str:
     """The kernel config held by a package (InfraError if it holds none)."""
     names = set(config_members(abi))
-    for data in deb_members(deb, names).values():
+    for data in deb_members(deb, names, 1).values():
         return data.decode("utf-8", "replace")
     raise InfraError(
         f"{deb.name} holds no kernel config ({' or '.join(sorted(names))})",

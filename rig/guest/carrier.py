@@ -111,7 +111,8 @@ def base_initramfs(cache: Cache, kernel: KernelArtifacts) -> Path:
     require_tool("cpio")
     require_file(BUSYBOX)
     inputs = [BUSYBOX, DRAIN, GUESTS_DIR / "initramfs/init"]
-    key = digest("base-initrd", str(kernel.vmlinuz), kernel.key, [file_digest(p) for p in inputs])
+    key = digest("base-initrd", str(kernel.vmlinuz), kernel.key, STORAGE, STORAGE_FILES,
+                 [file_digest(p) for p in inputs])  # fmt: skip
     with cache.building("snapshot-initrds", f"{kernel.spec.name}-{key}") as (final, tmp):
         if tmp is not None:
             root = tmp / "root"

@@ -163,7 +163,7 @@ class InitramfsFlavour:
                 witness=witness,
                 beside=job.beside,
                 crash=kernel if job.crash else None,
-                warm=job.artifacts.cache if job.snapshot else None,
+                warm=job.artifacts.cache if wants_snapshot(job, lane) else None,
             )
             if image.warm is not None:
                 probe = Probe(image=lambda: gate_probe(job, kernel), facts=gate_facts)
@@ -194,6 +194,19 @@ class InitramfsFlavour:
             shutil.rmtree(job.workdir / "initramfs", ignore_errors=True)
             shutil.rmtree(job.workdir / "gate-probe", ignore_errors=True)
         return GuestRun(build, boot, timings, witness=bool(witness))
+
+
+def wants_snapshot(job: GuestJob, lane: Backend) -> bool:
+    """--snapshot, on a lane that restores saved guests, for a run a save can stand for (not
+    one that sets the firmware's MSR, Bochs' log level, injects events or crashes)."""
+    return (
+        job.snapshot
+        and lane.restores
+        and job.feature_control is None
+        and not job.cpu_witness
+        and not job.inject
+        and not job.crash
+    )
 
 
 def gate_probe(job: GuestJob, kernel: KernelArtifacts) -> GuestImage:

@@ -47,6 +47,11 @@ class Backend(Protocol):
         """The events (BootSpec.inject) the lane can inject into its guest from outside."""
         ...
 
+    @property
+    def restores(self) -> bool:
+        """True when the lane restores saved guests (GuestImage.warm, --snapshot)."""
+        ...
+
     def unavailable(self) -> str | None:
         """Why this host cannot run the lane (None when it can). Cheap; no side effects."""
         ...

@@ -17,10 +17,12 @@ holds the error/panic lines as before plus the VMX lines. BootResult.beneath: fa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -104,6 +106,7 @@ class BochsBackend:
     name: str = "bochs"
     firmware_step: bool = True  # GRUB on the boot ISO writes MSRs before the kernel
     injects: frozenset[str] = frozenset()  # Bochs delivers no NMI or #MC from outside
+    restores: bool = True  # --snapshot: a saved guest stands for a boot (bochs_snapshot)
     # the artifact cache, where snapshots live (None: every guest boots fresh)
     cache_root: Path | None = None
 
@@ -128,11 +131,29 @@ class BochsBackend:
         return self._run(spec, self._usable_snapshot(spec))
 
     def _usable_snapshot(self, spec: BootSpec) -> Path | None:
-        """The save this boot may restore: made on first use, and only once its gate passed."""
+        """The save this boot may restore: made on first use, and only once its gate passed.
+        A save that could not be made leaves its log as `NAME.failed.log` beside the saves
+        (`rig images prune` removes it): later cells boot fresh instead of trying again."""
         if not restorable(spec) or self.cache_root is None:
             return None
-        folder = self._snapshot(spec)
+        name = self._snapshot_name(spec)
+        if (self.cache_root / SNAPSHOTS / f"{name}.failed.log").is_file():
+            return None
+        try:
+            folder = self._snapshot(spec, name)
+        except InfraError:
+            if (self.cache_root / SNAPSHOTS / f"{name}.failed.log").is_file():
+                return None  # this boot goes on fresh; the log says why the save failed
+            raise
         return folder if gate(spec, folder, self._run).ok else None
+
+    def _snapshot_name(self, spec: BootSpec) -> str:
+        warm = spec.image.warm
+        assert warm is not None
+        emulator = [file_id(p) for p in (bochs_binary(), BIOS, VGABIOS)]
+        key = digest("bochs-snapshot", SNAPSHOT_RECIPE, warm.key, spec.cpu_model,
+                     spec.memory_mib, emulator)  # fmt: skip
+        return f"{spec.cpu_model}-{key}"
 
     def _run(self, spec: BootSpec, snapshot: Path | None) -> BootResult:
         """Boot the guest, or restore it from `snapshot` (a save of its base guest)."""
@@ -145,7 +166,7 @@ class BochsBackend:
         if snapshot is not None and not fit_medium(spec, snapshot):
             snapshot = None  # a carrier bigger than the CD the guest knows: boot fresh
         # Bochs logs into a fifo; its VMX lines and errors reach bochs.log (bochs_witness).
-        with filtered_log(log) as fifo:
+        with filtered_log(log) as fifo, _removed(wd / "state"):
             if snapshot is not None:
                 warm = spec.image.warm
                 assert warm is not None
@@ -169,20 +190,14 @@ class BochsBackend:
                 )
         (wd / "boot.iso").unlink(missing_ok=True)
         result = self._result(spec, watch)
-        if snapshot is not None:
-            shutil.rmtree(wd / "state", ignore_errors=True)
-            result = replace(result, restored=snapshot.parent.name)
-        return result
+        return replace(result, restored=snapshot.parent.name) if snapshot is not None else result
 
-    def _snapshot(self, spec: BootSpec) -> Path:
+    def _snapshot(self, spec: BootSpec, name: str) -> Path:
         """The saved machine of this guest, CPU model and Bochs (made on first use)."""
         warm = spec.image.warm
         assert warm is not None and self.cache_root is not None
-        emulator = [file_id(p) for p in (bochs_binary(), BIOS, VGABIOS)]
-        key = digest("bochs-snapshot", SNAPSHOT_RECIPE, warm.key, spec.cpu_model,
-                     spec.memory_mib, emulator)  # fmt: skip
         cache = Cache(self.cache_root)
-        with cache.building("bochs-snapshots", f"{spec.cpu_model}-{key}") as (final, tmp):
+        with cache.building(SNAPSHOTS, name) as (final, tmp):
             if tmp is not None:
                 boot, save = tmp / "boot", tmp / "save"
                 boot.mkdir()
@@ -196,7 +211,9 @@ class BochsBackend:
                 rc.write_text(text)
                 cmds.write_text("c\n")
                 argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", "-f", str(rc), "-rc", str(cmds)]
-                ready = save_machine(argv, boot, save, boot / AGENT_FILE, spec.timeout_s)
+                # Bochs' output goes to build.log: a failed save keeps it (NAME.failed.log)
+                ready = save_machine(argv, boot, save, boot / AGENT_FILE, spec.timeout_s,
+                                     out=tmp / "build.log")  # fmt: skip
                 made = {"ready_s": round(ready, 1), "medium_bytes": iso.stat().st_size}
                 iso.unlink()
                 (tmp / "made.json").write_text(json.dumps(made) + "\n")
@@ -231,6 +248,16 @@ class BochsBackend:
 
 
 SNAPSHOT_RECIPE = "1"  # bump when what a snapshot holds changes
+SNAPSHOTS = "bochs-snapshots"  # the cache kind of the saves
+
+
+@contextlib.contextmanager
+def _removed(path: Path) -> Iterator[None]:
+    """Delete `path` (a cell's links into a save) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def restorable(spec: BootSpec) -> bool:

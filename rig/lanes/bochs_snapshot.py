@@ -1,6 +1,6 @@
 """Bochs snapshots: boot the base guest once, save the machine while it waits, restore per cell.
 
-    save_machine(argv, workdir, folder, agent, timeout_s) -> float   seconds to ready
+    save_machine(argv, workdir, folder, agent, timeout_s, out=) -> float   seconds to ready
     restore_config(saved, console=, agent=, log=, medium=) -> str     the cell's DIR/config
     restore_dir(folder, state, config)                                a per-cell view of a save
     gate(spec, folder, boot) -> Gate                                  may cells restore it?
@@ -56,12 +56,15 @@ SAVE_TIMEOUT_S = 60.0  # from the press to Bochs' exit (0.5 s measured)
 
 
 def _ask_bochs_to_save(pid: int, stdin: IO[bytes] | None, folder: Path) -> None:
-    proc = subprocess.run(
-        ["nsenter", f"--target={pid}", "--net", "--", sys.executable, "-m",
-         "rig.lanes.bochs_rfb", str(RFB_PORT)],
-        capture_output=True, text=True, timeout=60, check=False,
-        cwd=Path(__file__).resolve().parents[2],
-    )  # fmt: skip
+    try:
+        proc = subprocess.run(
+            ["nsenter", f"--target={pid}", "--net", "--", sys.executable, "-m",
+             "rig.lanes.bochs_rfb", str(RFB_PORT)],
+            capture_output=True, text=True, timeout=60, check=False,
+            cwd=Path(__file__).resolve().parents[2],
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise InfraError("pressing Bochs' Suspend button took over 60 s") from exc
     if proc.returncode != 0:
         raise InfraError(f"pressing Bochs' Suspend button failed: {proc.stderr.strip()[-300:]}")
     if stdin is None:
@@ -70,15 +73,17 @@ def _ask_bochs_to_save(pid: int, stdin: IO[bytes] | None, folder: Path) -> None:
     stdin.flush()
 
 
+_READY_LINE = re.compile(rf"^{READY} sr0=(\w+)\n", re.M)
+
+
 def save_machine(
-    argv: list[str], workdir: Path, folder: Path, agent: Path, timeout_s: float
+    argv: list[str], workdir: Path, folder: Path, agent: Path, timeout_s: float, *, out: Path
 ) -> float:
-    """Boot `argv` (Bochs with a no_gui_console rfb display) until the guest is ready, save it
-    into the existing, empty `folder`; the seconds until the guest was ready."""
+    """Boot `argv` (Bochs with a no_gui_console rfb display, its output to `out`) until the
+    guest is ready, save it into the existing, empty `folder`; the seconds until ready."""
     start = time.monotonic()
-    out = workdir / "bochs.out"
     with owned_process(argv, cwd=workdir, stdout=out, stdin_pipe=True) as proc:
-        while READY not in read_text(agent):
+        while (ready := _READY_LINE.search(read_text(agent))) is None:  # the whole line
             if proc.poll() is not None:
                 raise InfraError(
                     "Bochs stopped before the snapshot's guest was ready: "
@@ -91,7 +96,7 @@ def save_machine(
                 )
             time.sleep(0.25)
         ready_s = time.monotonic() - start
-        if f"{READY} sr0=yes" not in read_text(agent):
+        if ready[1] != "yes":
             raise InfraError(
                 "the snapshot's guest found no CD-ROM (/dev/sr0): its kernel did not load the "
                 "drivers the rig gave it",
@@ -197,13 +202,18 @@ def gate(spec: BootSpec, folder: Path, boot: Callable[[BootSpec, Path | None], B
         ):
             (work / how).mkdir(parents=True)
             result = boot(replace(spec, image=image, workdir=work / how), save)
+            if save is not None and not result.restored:
+                return Gate(False, "the probe's carrier did not fit the save's CD: not gated")
             facts[how] = warm.probe.facts(result.console, result.agent)
             ends[how] = result.end
+        if set(ends.values()) != {BootEnd.POWEROFF}:  # not the save's fault: not kept
+            how_ended = f"{ends['booted']} booted, {ends['restored']} restored"
+            return Gate(False, f"the probe's guests ended {how_ended}: gated again next time")
         why = _differ(facts["booted"], facts["restored"])
-        if not why and set(ends.values()) != {BootEnd.POWEROFF}:
-            why = f"the probe's guests ended: {ends['booted']} booted, {ends['restored']} restored"
         if not why and not facts["booted"]:
             why = "the probe printed nothing to compare"
         outcome = {"ok": not why, "why": why, **facts}
-        (entry / GATE_FILE).write_text(json.dumps(outcome, indent=1) + "\n")
+        tmp = entry / f".{GATE_FILE}.tmp"
+        tmp.write_text(json.dumps(outcome, indent=1) + "\n")
+        tmp.replace(entry / GATE_FILE)  # a killed writer leaves no half a file
         return Gate(not why, why)

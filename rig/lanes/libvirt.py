@@ -226,6 +226,7 @@ class LibvirtBackend:
     uri: str = EMBED
     require_vmx: bool = False
     firmware_step: bool = False  # direct kernel boot: no firmware step of ours
+    restores: bool = False  # no snapshots yet
     injects: frozenset[str] = frozenset()
     # the embedded libvirt roots: required (every caller passes <cache>/libvirt-embed); no
     # shared default under /var/tmp that another user could prepare

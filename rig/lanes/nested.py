@@ -204,6 +204,7 @@ class NestedBackend:
     cache_root: Path
     launcher: str = "qemu"  # "qemu": QEMU's command line; "libvirt": the kvm lane's domain
     firmware_step: bool = False  # L2 boots its kernel directly (QEMU in L1); L0's ISO is ours
+    restores: bool = False  # no snapshots yet
 
     @property
     def injects(self) -> frozenset[str]:

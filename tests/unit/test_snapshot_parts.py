@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import socket
 import struct
 import threading
@@ -23,14 +24,15 @@ from rig.guest.carrier import (
     carrier_bytes,
     cpio_names,
     depends,
+    gate_facts,
     load_order,
     pack_carrier,
 )
-from rig.guest.initramfs import write_plan
+from rig.guest.initramfs import wants_snapshot, write_plan
 from rig.lanes.bochs import restorable
 from rig.lanes.bochs_rfb import HEADER_Y, SUSPEND_FROM_RIGHT, RfbError, press_suspend
-from rig.lanes.bochs_snapshot import restore_config, restore_dir
-from rig.model import BootSpec, GuestImage, WarmStart
+from rig.lanes.bochs_snapshot import _READY_LINE, Gate, gate, restore_config, restore_dir
+from rig.model import BootEnd, BootResult, BootSpec, GuestImage, Probe, WarmStart
 
 
 def _ko(depends: str) -> bytes:
@@ -203,3 +205,89 @@ def test_a_cells_restore_dir_links_the_save_and_owns_its_config(tmp_path: Path) 
     assert not (tmp_path / "state/config").is_symlink()
     assert (tmp_path / "state/config").read_text() == "mine"
     assert (save / "config").read_text() == SAVED  # the save is only read
+
+
+def test_the_ready_line_counts_only_when_whole() -> None:
+    assert _READY_LINE.search("RIG-SNAPSHOT ready") is None  # Bochs writes byte by byte
+    assert _READY_LINE.search("RIG-SNAPSHOT ready sr0=ye") is None
+    m = _READY_LINE.search("boot noise\nRIG-SNAPSHOT ready sr0=yes\n")
+    assert m is not None and m[1] == "yes"
+
+
+class _Boots:
+    """gate()'s `boot`: BootResults as the lane would give them, and what it was asked."""
+
+    def __init__(self, booted: BootResult, restored: BootResult) -> None:
+        self.results = {False: booted, True: restored}
+        self.asked: list[tuple[Path, Path | None]] = []
+
+    def __call__(self, spec: BootSpec, save: Path | None) -> BootResult:
+        self.asked.append((spec.workdir, save))
+        assert (spec.image.warm is None) == (save is None)  # booted fresh: no carrier
+        return self.results[save is not None]
+
+
+def _result(console: str, *, end: BootEnd = BootEnd.POWEROFF, restored: str = "") -> BootResult:
+    return BootResult(console=console, end=end, duration_s=1.0, agent="RIG-CPU vmx=1\n",
+                      restored=restored)  # fmt: skip
+
+
+CHECK = "[   17.3] vmlaunch: cpu=0 check ok vmx_basic=0xd8 feature_control=0x5\n"
+
+
+def _gated(tmp_path: Path, boots: _Boots) -> tuple[Gate, Path]:
+    entry = tmp_path / "bochs-snapshots" / "m-key"
+    (entry / "save").mkdir(parents=True)
+    carrier = WarmStart(tmp_path / "b", tmp_path / "pc", "k")
+    probe_image = GuestImage(tmp_path / "k", tmp_path / "pi", cmdline="", warm=carrier)
+    probe = Probe(image=lambda: probe_image, facts=gate_facts)
+    warm = WarmStart(tmp_path / "b", tmp_path / "c", "k", probe=probe)
+    spec = replace(_spec(tmp_path), image=replace(_spec(tmp_path).image, warm=warm))
+    return gate(spec, entry / "save", boots), entry
+
+
+def test_the_gate_passes_a_save_whose_probe_prints_the_same_and_keeps_it(tmp_path: Path) -> None:
+    boots = _Boots(_result("[    9.8] " + CHECK[10:]), _result(CHECK, restored="m-key"))
+    verdict, entry = _gated(tmp_path, boots)
+    assert verdict.ok, verdict.why
+    kept = json.loads((entry / "gate.json").read_text())
+    assert kept["ok"] and kept["booted"] == kept["restored"]
+    assert [save for _, save in boots.asked] == [None, entry / "save"]
+    again = _Boots(_result(""), _result(""))  # kept: not run again
+    assert gate(replace(_spec(tmp_path)), entry / "save", again).ok and again.asked == []
+
+
+def test_the_gate_fails_a_save_that_differs_and_says_where(tmp_path: Path) -> None:
+    differs = CHECK.replace("feature_control=0x5", "feature_control=0x1")
+    verdict, entry = _gated(tmp_path, _Boots(_result(CHECK), _result(differs, restored="m")))
+    assert not verdict.ok
+    assert "feature_control=0x5" in verdict.why and "feature_control=0x1" in verdict.why
+    assert json.loads((entry / "gate.json").read_text())["ok"] is False
+
+
+def test_a_probe_that_did_not_end_or_was_not_restored_decides_nothing(tmp_path: Path) -> None:
+    hung = _Boots(_result(CHECK), _result(CHECK, end=BootEnd.TIMEOUT, restored="m"))
+    verdict, entry = _gated(tmp_path, hung)
+    assert not verdict.ok and "gated again next time" in verdict.why
+    assert not (entry / "gate.json").exists()
+    fresh = _Boots(_result(CHECK), _result(CHECK))  # the lane fell back to a fresh boot
+    verdict, entry = _gated(tmp_path / "2", fresh)
+    assert not verdict.ok and "not gated" in verdict.why
+    assert not (entry / "gate.json").exists()
+
+
+def test_only_a_lane_that_restores_gets_a_split_guest(tmp_path: Path) -> None:
+    from rig.guest.base import GuestJob
+    from rig.lanes import BochsBackend, LibvirtBackend
+    from rig.matrix import load_matrix
+    from rig.paths import DEFAULT_MATRIX
+
+    cell = load_matrix(DEFAULT_MATRIX).cell("bochs", "6.12", "haswell")
+    job = GuestJob(cell=cell, cpu_model="corei7_haswell_4770", workdir=tmp_path, run_id="r",
+                   driver=tmp_path, artifacts=None, timeout_s=60, snapshot=True)  # type: ignore[arg-type]  # fmt: skip
+    bochs, tcg = BochsBackend(), LibvirtBackend(name="tcg", embed_pool=tmp_path)
+    assert wants_snapshot(job, bochs) and not wants_snapshot(job, tcg)
+    assert not wants_snapshot(replace(job, snapshot=False), bochs)
+    assert not wants_snapshot(replace(job, cpu_witness=True), bochs)
+    assert not wants_snapshot(replace(job, feature_control=5), bochs)
+    assert not wants_snapshot(replace(job, crash=True), bochs)
