@@ -73,7 +73,7 @@ def _ask_bochs_to_save(pid: int, stdin: IO[bytes] | None, folder: Path) -> None:
     stdin.flush()
 
 
-_READY_LINE = re.compile(rf"^{READY} sr0=(\w+)\n", re.M)
+_READY_LINE = re.compile(rf"^{READY} sr0=(\w+)\r?\n", re.M)  # a tty ends lines \r\n
 
 
 def save_machine(

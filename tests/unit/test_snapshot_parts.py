@@ -210,8 +210,10 @@ def test_a_cells_restore_dir_links_the_save_and_owns_its_config(tmp_path: Path) 
 def test_the_ready_line_counts_only_when_whole() -> None:
     assert _READY_LINE.search("RIG-SNAPSHOT ready") is None  # Bochs writes byte by byte
     assert _READY_LINE.search("RIG-SNAPSHOT ready sr0=ye") is None
-    m = _READY_LINE.search("boot noise\nRIG-SNAPSHOT ready sr0=yes\n")
+    m = _READY_LINE.search("boot noise\r\nRIG-SNAPSHOT ready sr0=yes\r\n")  # a tty's lines
     assert m is not None and m[1] == "yes"
+    m = _READY_LINE.search("RIG-SNAPSHOT ready sr0=no\n")
+    assert m is not None and m[1] == "no"
 
 
 class _Boots:
