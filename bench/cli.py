@@ -1,7 +1,7 @@
-"""The command line: the options every benchmark shares, and `bench/pairs.py` as a command.
+"""The command line: the options every benchmark shares, and the command of bench/compare.py.
 
     add_pair_options(ap)   --pairs (at least MIN_PAIRS), --warmup, --keep, --results
-    main(argv) -> int      compare two commands in alternating pairs (bench/pairs.py --help)
+    main(argv) -> int      compare two commands in alternating pairs (bench/compare.py --help)
 
 A command `rig run ARGS` runs as an arm checked by the verdicts of the cells it names
 (--a-pass / --a-decline); any other command by its exit status.

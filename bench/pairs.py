@@ -8,7 +8,7 @@ Beside it in bench/ (they import this module; it imports none of them):
     checks.py    what a run must show beyond exit_status (an Arm's default check, here):
                  rig_verdicts, expected_stages, verdict_problems, rig_run_argv
     results.py   machine_info() -> Machine, write_results(name, result, machine), finish
-    cli.py       add_pair_options, and the command this file is when run as a script
+    cli.py       add_pair_options, and the command (bench/compare.py runs it)
 
 The method (docs/benchmarks.md):
   - warmup: `warmup` runs of each arm first (A then B), checked like every run, not timed into
@@ -22,7 +22,7 @@ The method (docs/benchmarks.md):
     median(A) ("B takes RATIO times A's time"); per-pair ratios are kept beside it.
   - time.monotonic() around the run only (the check is not timed).
 
-Run as a script it compares two commands (see --help, bench/cli.py); a `rig run ...` arm is
+bench/compare.py compares two commands with it (see its --help); a `rig run ...` arm is
 checked by the verdicts of the cells it names.
 """
 
@@ -35,7 +35,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import traceback
@@ -340,11 +339,3 @@ def run_pairs(
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:40] or "arm"
-
-
-if __name__ == "__main__":  # the command is bench/cli.py's main
-    import importlib
-
-    sys.path.insert(0, str(REPO))  # run as a script: `bench` is the checkout's
-    # by name, not `from bench.cli import main`: cli imports this module, never the reverse
-    sys.exit(importlib.import_module("bench.cli").main())
