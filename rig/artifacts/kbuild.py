@@ -39,7 +39,7 @@ from rig.artifacts.built import BZIMAGE, RELEASE, copy_kvm, export_headers
 from rig.artifacts.cache import Cache, Progress, digest
 from rig.artifacts.steps import BUILD_DIR, hand_to_build_user, require_tool, sandboxed
 from rig.artifacts.toolchain import toolchain
-from rig.errors import KernelUnbuildable, UsageError
+from rig.errors import InfraError, KernelUnbuildable, UsageError
 from rig.model import KernelArtifacts, KernelSpec
 from rig.paths import GUESTS_DIR
 
@@ -204,8 +204,23 @@ def _build(
                  f"in {meta['total_s']} s")  # fmt: skip
 
 
+def remove_stale_git_locks(gitdir: Path) -> list[str]:
+    """Remove the lock files a killed git left in `gitdir` (index.lock, HEAD.lock, a ref's
+    lock): only for a caller whose own lock proves that no live git of the rig's uses that
+    repository. The paths removed, relative to `gitdir`."""
+    stale = [gitdir / "index.lock", gitdir / "HEAD.lock", *gitdir.glob("refs/**/*.lock")]
+    removed = []
+    for lock in stale:
+        if lock.is_file() and not lock.is_symlink():
+            lock.unlink()
+            removed.append(str(lock.relative_to(gitdir)))
+    return removed
+
+
 def _checkout(tree: Path, checkout: Path, sha: str, patch: bytes, log: Path) -> str | None:
-    """Detach the rig's clone at `sha`, clean, with the patch applied; a reason if it cannot."""
+    """Detach the rig's clone at `sha`, clean, with the patch applied; the reason when the
+    patch does not apply (a fact of the commit). A git that fails is InfraError: nothing is
+    cached of it. The caller holds the checkout's lock: a git lock file in it is stale."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "HOME": "/nonexistent",
            "GIT_TERMINAL_PROMPT": "0"}  # fmt: skip
     base = ["git", "-c", "core.hooksPath=/dev/null", "-c", "advice.detachedHead=false"]
@@ -218,12 +233,16 @@ def _checkout(tree: Path, checkout: Path, sha: str, patch: bytes, log: Path) -> 
     steps += [[*inside, "checkout", "--quiet", "--force", "--detach", sha],
               [*inside, "clean", "-ffdxq"]]  # fmt: skip
     with log.open("a") as fh:
+        if (checkout / ".git").is_dir():
+            for lock in remove_stale_git_locks(checkout / ".git"):
+                fh.write(f"removed {lock} that a killed git left in {checkout}\n")
         for argv in steps:
             fh.write(f"$ {' '.join(argv)}\n")
             fh.flush()
             if subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env,
                               check=False).returncode != 0:  # fmt: skip
-                return f"git could not check out {sha[:12]} (see the log)"
+                raise InfraError(f"git could not check out {sha[:12]} in {checkout}",
+                                 where=str(log))  # fmt: skip
         if patch:
             proc = subprocess.run([*inside, "apply", "--index", "-"], input=patch, stdout=fh,
                                   stderr=subprocess.STDOUT, env=env, check=False)  # fmt: skip

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from rig.artifacts.kbuild import remove_stale_git_locks
 from rig.bisect.git_log import (  # the states it returns, re-exported for its callers
     BisectState,
     CommitInfo,
@@ -165,14 +166,7 @@ class RigClone:
         """Remove the lock files a killed git left in the clone (index.lock, HEAD.lock, a ref's
         lock): only for a caller that holds the bisection's own lock, so that no live git of
         the rig's can be using the clone. The paths removed, relative to .git."""
-        gitdir = self._gitdir
-        stale = [gitdir / "index.lock", gitdir / "HEAD.lock", *gitdir.glob("refs/**/*.lock")]
-        removed = []
-        for lock in stale:
-            if lock.is_file() and not lock.is_symlink():
-                lock.unlink()
-                removed.append(str(lock.relative_to(gitdir)))
-        return removed
+        return remove_stale_git_locks(self._gitdir)
 
     @property
     def worktree(self) -> Path:

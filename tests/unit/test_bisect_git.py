@@ -564,3 +564,23 @@ def test_a_tree_of_another_user_needs_safe_directory(
     config.write_text("".join(f"[safe]\n\tdirectory = {p}\n" for p in trusted))
     clone = RigClone.open(user, tmp_path / "clone")
     assert drive(clone, clone.start("c0", "c3"), judge(), []) == Done(shas[2])
+
+
+def test_a_tree_kernels_checkout_survives_a_killed_git_and_a_failing_git_is_infra(
+    tmp_path: Path,
+) -> None:
+    """The kernel build's own clone (rig.artifacts.kbuild): a lock file a killed git left is
+    removed under the checkout's lock (CI's kill -9 test hit one); a git that fails is an
+    InfraError, never a reason cached as "does not build"."""
+    from rig.artifacts.kbuild import _checkout
+    from rig.errors import InfraError
+
+    shas = make_repo(tmp_path / "user", bug_from(11))
+    checkout, log = tmp_path / "ktree", tmp_path / "build.log"
+    assert _checkout(tmp_path / "user", checkout, shas[3], b"", log) is None
+    (checkout / ".git" / "index.lock").write_text("")
+    assert _checkout(tmp_path / "user", checkout, shas[4], b"", log) is None
+    assert "removed index.lock that a killed git left" in log.read_text()
+    assert git(checkout, "rev-parse", "HEAD").strip() == shas[4]
+    with pytest.raises(InfraError, match="git could not check out"):
+        _checkout(tmp_path / "user", checkout, "0" * 40, b"", log)
