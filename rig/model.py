@@ -6,7 +6,7 @@ records of the stage before it and produces its own; nothing flows backwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -183,6 +183,26 @@ class BootSpec:
     inject: tuple[str, ...] = ()  # events injected from outside while the driver is loaded
     expect_crash: bool = False  # the guest panics on purpose: a panic does not end the boot
     cpu_witness: bool = False  # the emulator logs the guest's VMX instructions (BootResult.beneath)
+
+    def restorable(self) -> bool:
+        """A boot a restored snapshot can stand for: the guest comes split (image.warm) and
+        the run is one a save can stand for (restore_stands_for)."""
+        return self.image.warm is not None and restore_stands_for(
+            feature_control=self.feature_control,
+            cpu_witness=self.cpu_witness,
+            inject=self.inject,
+            crash=self.expect_crash,
+        )
+
+
+def restore_stands_for(
+    *, feature_control: int | None, cpu_witness: bool, inject: Sequence[str], crash: bool
+) -> bool:
+    """Whether a snapshot saved before the module arrived can stand for a fresh boot of a run:
+    not one that sets IA32_FEATURE_CONTROL in the firmware's step, the emulator's VMX log (set
+    at boot), injects events from outside or boots a crash kernel. The one rule the guest (what
+    to split) and the lanes (what to restore) both follow."""
+    return feature_control is None and not cpu_witness and not inject and not crash
 
 
 @dataclass(frozen=True)

@@ -180,9 +180,10 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "snapshot",
-        "boot once, test many (the bochs lane): each (kernel, CPU model) boots once to a guest "
-        "waiting for its module, Bochs saves the machine, and every cell restores it and gets "
-        "its module on the CD (cached by everything that went in; other lanes boot as usual)",
+        "boot once, test many (the bochs and tcg lanes): each (kernel, CPU model) boots once "
+        "to a guest waiting for its module, the emulator saves the machine, and every cell "
+        "restores it and gets its module on the CD (cached by everything that went in; other "
+        "lanes boot as usual)",
         flag=True,
         default=False,
     ),

@@ -59,7 +59,7 @@ class RunConfig:
     beside: str | None = None
     crash: bool = False
     cpu_witness: bool = False  # --cpu-witness (the bochs lane)
-    snapshot: bool = False  # --snapshot (the bochs lane restores saved guests)
+    snapshot: bool = False  # --snapshot (the bochs and tcg lanes restore saved guests)
     keep_images: bool = False
     # lanes that must run here: one that cannot is an infrastructure ERROR, not a skip
     required_lanes: tuple[str, ...] = ()

@@ -22,7 +22,7 @@ from rig.guest.carrier import GATE_RUNS, gate_facts, warm_start
 from rig.guest.crash import CRASH_KERNEL_MIB, DRAIN, DRAIN_AT, add_crash_kernel
 from rig.lanes import Backend
 from rig.lanes.base import tail
-from rig.model import BootSpec, GuestImage, KernelArtifacts, Probe
+from rig.model import BootSpec, GuestImage, KernelArtifacts, Probe, restore_stands_for
 from rig.options import check_kernel_arg, check_param
 from rig.paths import BUSYBOX, DEFAULT_DRIVER, GUESTS_DIR
 
@@ -197,16 +197,12 @@ class InitramfsFlavour:
 
 
 def wants_snapshot(job: GuestJob, lane: Backend) -> bool:
-    """--snapshot, on a lane that restores saved guests, for a run a save can stand for (not
-    one that sets the firmware's MSR, Bochs' log level, injects events or crashes)."""
-    return (
-        job.snapshot
-        and lane.restores
-        and job.feature_control is None
-        and not job.cpu_witness
-        and not job.inject
-        and not job.crash
-    )
+    """--snapshot, on a lane that restores saved guests, for a run a save can stand for
+    (rig.model.restore_stands_for: the rule the lanes follow too)."""
+    stands = restore_stands_for(feature_control=job.feature_control,
+                                cpu_witness=job.cpu_witness, inject=job.inject,
+                                crash=job.crash)  # fmt: skip
+    return job.snapshot and lane.restores and stands
 
 
 def gate_probe(job: GuestJob, kernel: KernelArtifacts) -> GuestImage:

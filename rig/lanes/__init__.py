@@ -17,12 +17,15 @@ def backend_for(lane: LaneSpec, *, embed_pool: Path, uri: str | None = None) -> 
         # snapshots live in the cache root, beside the embedded pool (cli/plugin)
         return BochsBackend(name=lane.name, cache_root=embed_pool.parent)
     if lane.backend == "libvirt":
+        where = uri or lane.uri or EMBED
         return LibvirtBackend(
             name=lane.name,
             domain_type=lane.domain_type,
-            uri=uri or lane.uri or EMBED,
+            uri=where,
             require_vmx=lane.vmx,
             embed_pool=embed_pool,
+            # saves restore under the embedded driver, tested under TCG (rig.lanes.libvirt)
+            restores=where == EMBED and lane.domain_type == "qemu",
         )
     if lane.backend == "nested":
         # the embedded pool lives in the cache root (cli/plugin): L1's image is cached there too

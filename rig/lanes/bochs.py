@@ -18,15 +18,13 @@ holds the error/panic lines as before plus the VMX lines. BootResult.beneath: fa
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rig.artifacts import Cache, digest, file_digest
+from rig.artifacts import digest
 from rig.errors import InfraError, ToolMissing
 from rig.lanes.base import (
     AGENT_FILE,
@@ -41,8 +39,9 @@ from rig.lanes.base import (
     watch_console,
 )
 from rig.lanes.bochs_media import boot_iso
-from rig.lanes.bochs_snapshot import gate, restore_config, restore_dir, save_machine
+from rig.lanes.bochs_snapshot import restore_config, restore_dir, save_machine
 from rig.lanes.bochs_witness import beneath_from_file, filtered_log
+from rig.lanes.snapshots import Store, file_id, fit_medium, usable
 from rig.model import BootEnd, BootResult, BootSpec, GuestImage
 
 BOCHS_BIN = "bochs-bin"
@@ -131,21 +130,12 @@ class BochsBackend:
         return self._run(spec, self._usable_snapshot(spec))
 
     def _usable_snapshot(self, spec: BootSpec) -> Path | None:
-        """The save this boot may restore: made on first use, and only once its gate passed.
-        A save that could not be made leaves its log as `NAME.failed.log` beside the saves
-        (`rig images prune` removes it): later cells boot fresh instead of trying again."""
-        if not restorable(spec) or self.cache_root is None:
+        """The save this boot may restore (rig.lanes.snapshots), or None: boot fresh."""
+        if not spec.restorable() or self.cache_root is None:
             return None
-        name = self._snapshot_name(spec)
-        if (self.cache_root / SNAPSHOTS / f"{name}.failed.log").is_file():
-            return None
-        try:
-            folder = self._snapshot(spec, name)
-        except InfraError:
-            if (self.cache_root / SNAPSHOTS / f"{name}.failed.log").is_file():
-                return None  # this boot goes on fresh; the log says why the save failed
-            raise
-        return folder if gate(spec, folder, self._run).ok else None
+        make = lambda folder, tmp: self._save(spec, folder, tmp)  # noqa: E731
+        store = Store(self.cache_root, SNAPSHOTS, self._snapshot_name(spec), make)
+        return usable(spec, store, self._run)
 
     def _snapshot_name(self, spec: BootSpec) -> str:
         warm = spec.image.warm
@@ -192,32 +182,26 @@ class BochsBackend:
         result = self._result(spec, watch)
         return replace(result, restored=snapshot.parent.name) if snapshot is not None else result
 
-    def _snapshot(self, spec: BootSpec, name: str) -> Path:
-        """The saved machine of this guest, CPU model and Bochs (made on first use)."""
+    def _save(self, spec: BootSpec, save: Path, tmp: Path) -> dict[str, object]:
+        """Boot the base guest and save the machine into `save` while it waits."""
         warm = spec.image.warm
-        assert warm is not None and self.cache_root is not None
-        cache = Cache(self.cache_root)
-        with cache.building(SNAPSHOTS, name) as (final, tmp):
-            if tmp is not None:
-                boot, save = tmp / "boot", tmp / "save"
-                boot.mkdir()
-                save.mkdir()
-                image = GuestImage(kernel=spec.image.kernel, initrd=warm.base,
-                                   cmdline=spec.image.cmdline)  # fmt: skip
-                iso = boot_iso(image, boot)
-                rc, cmds = boot / "bochsrc", boot / "bochs.rc"
-                text = bochsrc(replace(spec, image=image), iso, boot / CONSOLE_FILE,
-                               boot / AGENT_FILE, boot / "bochs.log", save=True)  # fmt: skip
-                rc.write_text(text)
-                cmds.write_text("c\n")
-                argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", "-f", str(rc), "-rc", str(cmds)]
-                # Bochs' output goes to build.log: a failed save keeps it (NAME.failed.log)
-                ready = save_machine(argv, boot, save, boot / AGENT_FILE, spec.timeout_s,
-                                     out=tmp / "build.log")  # fmt: skip
-                made = {"ready_s": round(ready, 1), "medium_bytes": iso.stat().st_size}
-                iso.unlink()
-                (tmp / "made.json").write_text(json.dumps(made) + "\n")
-        return final / "save"
+        assert warm is not None
+        boot = tmp / "boot"
+        boot.mkdir()
+        image = GuestImage(kernel=spec.image.kernel, initrd=warm.base, cmdline=spec.image.cmdline)
+        iso = boot_iso(image, boot)
+        rc, cmds = boot / "bochsrc", boot / "bochs.rc"
+        text = bochsrc(replace(spec, image=image), iso, boot / CONSOLE_FILE,
+                       boot / AGENT_FILE, boot / "bochs.log", save=True)  # fmt: skip
+        rc.write_text(text)
+        cmds.write_text("c\n")
+        argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", "-f", str(rc), "-rc", str(cmds)]
+        # Bochs' output goes to build.log: a failed save keeps it (NAME.failed.log)
+        ready = save_machine(argv, boot, save, boot / AGENT_FILE, spec.timeout_s,
+                             out=tmp / "build.log")  # fmt: skip
+        made: dict[str, object] = {"ready_s": round(ready, 1), "medium_bytes": iso.stat().st_size}
+        iso.unlink()
+        return made
 
     def _result(self, spec: BootSpec, watch: ConsoleWatch) -> BootResult:
         wd = spec.workdir
@@ -260,37 +244,6 @@ def _removed(path: Path) -> Iterator[None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def restorable(spec: BootSpec) -> bool:
-    """A boot a snapshot can stand in for: the guest comes split, Bochs' own BIOS, no log of
-    the guest's VMX (its debug level is set at boot), no crash kernel."""
-    return (
-        spec.image.warm is not None
-        and spec.feature_control is None
-        and not spec.cpu_witness
-        and not spec.expect_crash
-        and not spec.inject
-    )
-
-
-def fit_medium(spec: BootSpec, snapshot: Path) -> bool:
-    """Size the cell's carrier as the CD the saved guest knows (its capacity was read at boot:
-    Bochs stops on a read past a medium's end, and the kernel reads ahead). False when the
-    carrier does not fit in it."""
-    warm = spec.image.warm
-    assert warm is not None
-    made = json.loads((snapshot.parent / "made.json").read_text())
-    size, medium = warm.carrier.stat().st_size, int(made["medium_bytes"])
-    if size > medium:
-        return False
-    os.truncate(warm.carrier, medium)  # zeros past the payload (sparse)
-    return True
-
-
 def bochs_binary() -> Path:
     found = shutil.which(BOCHS_BIN)
     return Path(found) if found else Path(BOCHS_BIN)
-
-
-def file_id(path: Path) -> str:
-    """A file's identity for cache keys: its sha256 (Bochs and its BIOS images are small)."""
-    return file_digest(path) if path.exists() else f"missing:{path}"

@@ -3,7 +3,6 @@
     save_machine(argv, workdir, folder, agent, timeout_s, out=) -> float   seconds to ready
     restore_config(saved, console=, agent=, log=, medium=) -> str     the cell's DIR/config
     restore_dir(folder, state, config)                                a per-cell view of a save
-    gate(spec, folder, boot) -> Gate                                  may cells restore it?
 
 Saving (Bochs 2.7-3.0 have one trigger, the GUI's Suspend button): Bochs runs with
 `display_library: rfb, options="timeout=0, no_gui_console"` and its stdin a pipe. When the
@@ -23,34 +22,22 @@ timers by index; a save lists usb_uhci before serial while a boot initialises it
 left a restored guest's serial ports receiving NUL bytes. `restore_config` puts usb_uhci back
 where a boot has it (measured: ../shared/notes/speed.md).
 
-The fidelity gate: before any cell restores a save, the guest's probe (WarmStart.probe: the
-rig's own driver, then both of its injected faults) runs once booted fresh and once restored
-from the save; what the probe's `facts` pick from each (the driver's capability, control, exit
-and decoded-error lines, the guest's CPU line) must be equal. The outcome is kept beside the
-save (gate.json, with both boots' consoles): a save that failed it is never restored, and
-its cells boot fresh. Deleting gate.json makes the next run gate the save again.
+Which save a cell may restore, and the fidelity gate before any does: rig.lanes.snapshots.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
-from filelock import FileLock
-
 from rig.errors import InfraError
 from rig.lanes.base import owned_process, read_text, tail
-from rig.model import BootEnd, BootResult, BootSpec
+from rig.lanes.snapshots import ready_line
 
-READY = "RIG-SNAPSHOT ready"
 RFB_PORT = 5900  # Bochs' first RFB port: it is alone in its network namespace
 SAVE_TIMEOUT_S = 60.0  # from the press to Bochs' exit (0.5 s measured)
 
@@ -73,9 +60,6 @@ def _ask_bochs_to_save(pid: int, stdin: IO[bytes] | None, folder: Path) -> None:
     stdin.flush()
 
 
-_READY_LINE = re.compile(rf"^{READY} sr0=(\w+)\r?\n", re.M)  # a tty ends lines \r\n
-
-
 def save_machine(
     argv: list[str], workdir: Path, folder: Path, agent: Path, timeout_s: float, *, out: Path
 ) -> float:
@@ -83,7 +67,7 @@ def save_machine(
     guest is ready, save it into the existing, empty `folder`; the seconds until ready."""
     start = time.monotonic()
     with owned_process(argv, cwd=workdir, stdout=out, stdin_pipe=True) as proc:
-        while (ready := _READY_LINE.search(read_text(agent))) is None:  # the whole line
+        while (ready := ready_line(read_text(agent))) is None:
             if proc.poll() is not None:
                 raise InfraError(
                     "Bochs stopped before the snapshot's guest was ready: "
@@ -96,7 +80,7 @@ def save_machine(
                 )
             time.sleep(0.25)
         ready_s = time.monotonic() - start
-        if ready[1] != "yes":
+        if ready != "yes":
             raise InfraError(
                 "the snapshot's guest found no CD-ROM (/dev/sr0): its kernel did not load the "
                 "drivers the rig gave it",
@@ -160,60 +144,3 @@ def restore_dir(folder: Path, state: Path, config: str) -> None:
         if f.name != "config":
             (state / f.name).symlink_to(f)
     (state / "config").write_text(config)
-
-
-GATE_FILE = "gate.json"
-
-
-@dataclass(frozen=True)
-class Gate:
-    ok: bool
-    why: str  # for people: the first difference, or what kept the gate from running
-
-
-def _differ(fresh: list[str], restored: list[str]) -> str:
-    for i, (a, b) in enumerate(zip(fresh, restored, strict=False)):
-        if a != b:
-            return f"line {i + 1}: booted {a!r}, restored {b!r}"
-    if len(fresh) != len(restored):
-        return f"booted {len(fresh)} lines, restored {len(restored)}"
-    return ""
-
-
-def gate(spec: BootSpec, folder: Path, boot: Callable[[BootSpec, Path | None], BootResult]) -> Gate:
-    """Whether cells may restore the save in `folder`: its gate's outcome, run once (under
-    a lock beside the save) by booting the probe fresh and restored with `boot`."""
-    warm = spec.image.warm
-    entry = folder.parent
-    with FileLock(str(entry / "gate.lock")):
-        if (entry / GATE_FILE).is_file():
-            kept = json.loads((entry / GATE_FILE).read_text())
-            return Gate(bool(kept.get("ok")), str(kept.get("why", "")))
-        if warm is None or warm.probe is None:
-            return Gate(False, "the guest brought no probe for the gate")
-        probe = warm.probe.image()
-        work = entry / "gate"
-        shutil.rmtree(work, ignore_errors=True)
-        facts: dict[str, list[str]] = {}
-        ends: dict[str, BootEnd] = {}
-        for how, image, save in (
-            ("booted", replace(probe, warm=None), None),
-            ("restored", probe, folder),
-        ):
-            (work / how).mkdir(parents=True)
-            result = boot(replace(spec, image=image, workdir=work / how), save)
-            if save is not None and not result.restored:
-                return Gate(False, "the probe's carrier did not fit the save's CD: not gated")
-            facts[how] = warm.probe.facts(result.console, result.agent)
-            ends[how] = result.end
-        if set(ends.values()) != {BootEnd.POWEROFF}:  # not the save's fault: not kept
-            how_ended = f"{ends['booted']} booted, {ends['restored']} restored"
-            return Gate(False, f"the probe's guests ended {how_ended}: gated again next time")
-        why = _differ(facts["booted"], facts["restored"])
-        if not why and not facts["booted"]:
-            why = "the probe printed nothing to compare"
-        outcome = {"ok": not why, "why": why, **facts}
-        tmp = entry / f".{GATE_FILE}.tmp"
-        tmp.write_text(json.dumps(outcome, indent=1) + "\n")
-        tmp.replace(entry / GATE_FILE)  # a killed writer leaves no half a file
-        return Gate(not why, why)

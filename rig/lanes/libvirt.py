@@ -15,10 +15,11 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from rig.artifacts import digest
 from rig.errors import InfraError
 from rig.hostcheck import kvm_usable
 from rig.lanes.base import (
@@ -29,7 +30,16 @@ from rig.lanes.base import (
     read_text,
     tail,
 )
-from rig.model import BootEnd, BootResult, BootSpec
+from rig.lanes.libvirt_snapshot import (
+    CDROM_TARGET,
+    MEDIUM_BYTES,
+    SAVE_FILE,
+    XML_FILE,
+    blank_medium,
+    restore_xml,
+)
+from rig.lanes.snapshots import Store, file_id, fit_medium, usable
+from rig.model import BootEnd, BootResult, BootSpec, GuestImage
 
 EMBED = "embed"  # our name for the default: qemu:///embed?root=<a locked slot of the pool>
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -47,6 +57,11 @@ class DomainPlan:
     hide_kvm: bool
     embed_pool: str  # where the embedded driver's roots live (used when uri == "embed")
     started: str = ""  # file the child creates once the domain runs ("" = none)
+    # a snapshot's save (rig.lanes.libvirt_snapshot): once `agent` holds the base guest's
+    # ready line, save the domain to `save_to` ("" = run it to its end)
+    save_to: str = ""
+    agent: str = ""
+    restore_from: str = ""  # restore this save with domain_xml, instead of starting one
 
 
 @dataclass(frozen=True)
@@ -77,8 +92,10 @@ def domain_xml(
     require_vmx: bool,
     agent: Path | None = None,
     vm: VmDevices | None = None,
+    medium: Path | None = None,
 ) -> str:
-    """The transient domain, built with ElementTree (names and paths are escaped by it)."""
+    """The transient domain, built with ElementTree (names and paths are escaped by it).
+    `medium`: an IDE CD-ROM with it inserted (a snapshot's base guest, libvirt_snapshot)."""
     dom = ET.Element("domain", type=domain_type)
     ET.SubElement(dom, "name").text = name
     ET.SubElement(dom, "memory", unit="MiB").text = str(int(spec.memory_mib))
@@ -122,6 +139,12 @@ def domain_xml(
         ET.SubElement(el, "target", dev=disk.target, bus="virtio")
         if disk.readonly:
             ET.SubElement(el, "readonly")
+    if medium is not None:
+        el = ET.SubElement(devices, "disk", type="file", device="cdrom")
+        ET.SubElement(el, "driver", name="qemu", type="raw")
+        ET.SubElement(el, "source", file=str(medium))
+        ET.SubElement(el, "target", dev=CDROM_TARGET, bus="ide")
+        ET.SubElement(el, "readonly")
     # ttyS0: the kernel's console; ttyS1: the guest agent's protocol channel
     for port, path in enumerate([console] if agent is None else [console, agent]):
         serial = ET.SubElement(devices, "serial", type="file")
@@ -219,6 +242,12 @@ class LiveDomain:
         )
 
 
+SNAPSHOT_RECIPE = "1"  # bump when what a save holds changes
+SNAPSHOTS = "libvirt-snapshots"  # the cache kind of the saves
+QEMU = Path("/usr/bin/qemu-system-x86_64")  # what the embedded driver runs (its capabilities)
+SEABIOS = Path("/usr/share/seabios/bios-256k.bin")  # QEMU's pc firmware: in the save's RAM
+
+
 @dataclass(frozen=True)
 class LibvirtBackend:
     name: str
@@ -226,7 +255,9 @@ class LibvirtBackend:
     uri: str = EMBED
     require_vmx: bool = False
     firmware_step: bool = False  # direct kernel boot: no firmware step of ours
-    restores: bool = False  # no snapshots yet
+    # --snapshot: a saved guest stands for a boot (libvirt_snapshot); only under the embedded
+    # driver, where each restore of a save (one name, one UUID) has a libvirt of its own
+    restores: bool = False
     injects: frozenset[str] = frozenset()
     # the embedded libvirt roots: required (every caller passes <cache>/libvirt-embed); no
     # shared default under /var/tmp that another user could prepare
@@ -244,11 +275,54 @@ class LibvirtBackend:
         return None
 
     def boot(self, spec: BootSpec) -> BootResult:
-        with self.running(spec) as dom:
+        return self._boot(spec, self._usable_snapshot(spec))
+
+    def _boot(self, spec: BootSpec, snapshot: Path | None) -> BootResult:
+        """Boot the guest, or restore it from `snapshot` (a save of its base guest)."""
+        if snapshot is not None and not fit_medium(spec, snapshot):
+            snapshot = None  # a carrier bigger than the CD the guest knows: boot fresh
+        with self.running(spec, restore=snapshot) as dom:
             if not dom.wait(spec.timeout_s + 120):
                 log = dom.child_log.read_text(errors="replace")
                 raise InfraError(f"libvirt child did not finish:\n{tail(log)}")
-            return dom.result()
+            result = dom.result()
+        return replace(result, restored=snapshot.parent.name) if snapshot is not None else result
+
+    def _usable_snapshot(self, spec: BootSpec) -> Path | None:
+        """The save this boot may restore (rig.lanes.snapshots), or None: boot fresh."""
+        if not self.restores or not spec.restorable():
+            return None
+        warm = spec.image.warm
+        assert warm is not None
+        emulator = [file_id(QEMU), file_id(SEABIOS)]
+        key = digest("libvirt-snapshot", SNAPSHOT_RECIPE, warm.key, self.domain_type,
+                     spec.cpu_model, spec.memory_mib, spec.vcpus, emulator)  # fmt: skip
+        make = lambda folder, tmp: self._save(spec, folder, tmp)  # noqa: E731
+        store = Store(self.embed_pool.parent, SNAPSHOTS, f"{spec.cpu_model}-{key}", make)
+        return usable(spec, store, self._boot)
+
+    def _save(self, spec: BootSpec, save: Path, tmp: Path) -> dict[str, object]:
+        """Boot the base guest with an empty CD and save it into `save` while it waits."""
+        warm = spec.image.warm
+        assert warm is not None
+        work, medium = tmp / "boot", tmp / "medium.img"
+        work.mkdir()
+        blank_medium(medium)
+        base = GuestImage(kernel=spec.image.kernel, initrd=warm.base, cmdline=spec.image.cmdline)
+        with self.running(replace(spec, image=base, workdir=work), save_to=save / SAVE_FILE,
+                          medium=medium) as dom:  # fmt: skip
+            dom.wait(spec.timeout_s + 120)
+        medium.unlink()
+        res = json.loads(dom.result_file.read_text()) if dom.result_file.exists() else {}
+        if not res.get("saved"):
+            # kept as NAME.failed.log (rig.artifacts.Cache.building)
+            log = read_text(dom.child_log) + "\n--- console ---\n" + tail(read_text(dom.console))
+            (tmp / "build.log").write_text(log)
+            raise InfraError(
+                f"the snapshot's base guest was not saved: {res.get('detail', 'no result')}",
+                where=str(tmp / "build.log"),
+            )
+        return {"ready_s": round(float(res["ready_s"]), 1), "medium_bytes": MEDIUM_BYTES}
 
     @contextlib.contextmanager
     def running(
@@ -258,8 +332,15 @@ class LibvirtBackend:
         vm: VmDevices | None = None,
         extra_s: float = 0.0,
         stop_grace_s: float = 30.0,
+        restore: Path | None = None,
+        save_to: Path | None = None,
+        medium: Path | None = None,
     ) -> Iterator[LiveDomain]:
         """Start the domain under its child; on exit make sure it is gone.
+
+        `restore`: restore this save (libvirt_snapshot) with the cell's console, agent channel
+        and carrier instead of booting. `save_to`: boot with `medium` as the CD and save the
+        domain there once the guest says it is ready.
 
         The child watches the console for at most spec.timeout_s + extra_s, then destroys the
         domain itself. Leaving the block while it still runs asks it to destroy the domain
@@ -273,23 +354,26 @@ class LibvirtBackend:
             stale.unlink(missing_ok=True)
         # Unique across concurrent runs: the run id (cells/<cell> lives in runs/<run-id>).
         name = f"rig-{wd.parent.parent.name}-{wd.name}"
+        if restore is not None and spec.image.warm is not None:
+            name, xml = restore_xml((restore / XML_FILE).read_text(), console=console, agent=agent,
+                              medium=spec.image.warm.carrier)  # fmt: skip
+        else:
+            restore = None
+            xml = domain_xml(spec, name=name, domain_type=self.domain_type, console=console,
+                             require_vmx=self.require_vmx, agent=agent if vm is None else None,
+                             vm=vm, medium=medium)  # fmt: skip
         plan = DomainPlan(
             uri=self.uri,
             name=name,
-            domain_xml=domain_xml(
-                spec,
-                name=name,
-                domain_type=self.domain_type,
-                console=console,
-                require_vmx=self.require_vmx,
-                agent=agent if vm is None else None,
-                vm=vm,
-            ),
+            domain_xml=xml,
             console=str(console),
             timeout_s=spec.timeout_s + extra_s,
             hide_kvm=self.domain_type == "qemu" and kvm_usable() is not None,
             embed_pool=str(self.embed_pool),
             started=str(started),
+            save_to=str(save_to or ""),
+            agent=str(agent),
+            restore_from=str(restore / SAVE_FILE) if restore is not None else "",
         )
         plan_file = wd / "domain-plan.json"
         plan_file.write_text(json.dumps(asdict(plan)))

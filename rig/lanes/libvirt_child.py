@@ -23,7 +23,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from rig.errors import InfraError
-from rig.lanes.base import ConsoleWatch, watch_console
+from rig.lanes.base import ConsoleWatch, read_text, watch_console
+from rig.lanes.libvirt_snapshot import XML_FILE
+from rig.lanes.snapshots import ready_line
 from rig.model import BootEnd
 
 VIR_ERR_NO_DOMAIN = 42
@@ -155,14 +157,47 @@ def sweep_leftover_domains(conn: Any, libvirt: Any, *, embedded: bool) -> None:
 
 
 @contextlib.contextmanager
-def transient_domain(conn: Any, xml: str) -> Iterator[Any]:
-    dom = conn.createXML(xml, 0)
+def transient_domain(conn: Any, xml: str, name: str, restore_from: str = "") -> Iterator[Any]:
+    """The domain `name`, started from `xml`, or restored from the save `restore_from` with it
+    (rig.lanes.libvirt_snapshot); destroyed when the block ends."""
+    if restore_from:
+        conn.restoreFlags(restore_from, xml, 0)
+        dom = conn.lookupByName(name)
+    else:
+        dom = conn.createXML(xml, 0)
     try:
         yield dom
     finally:
         with contextlib.suppress(Exception):
             if dom.isActive():
                 dom.destroy()
+
+
+def save_when_ready(conn: Any, dom: Any, plan: dict[str, Any], alive: Any) -> dict[str, object]:
+    """Wait for the base guest's ready line on its agent channel, then save the domain to
+    plan["save_to"] and its XML beside it (rig.lanes.libvirt_snapshot): the child's result."""
+    import libvirt
+
+    start = time.monotonic()
+    agent, save_to = Path(plan["agent"]), Path(plan["save_to"])
+    while (ready := ready_line(read_text(agent))) is None:
+        if not alive():
+            return {"saved": False, "end": BootEnd.EMULATOR.value,
+                    "detail": "the base guest ended before it was ready"}  # fmt: skip
+        if (waited := time.monotonic() - start) > float(plan["timeout_s"]):
+            detail = f"the base guest was not ready in {waited:.0f} s"
+            return {"saved": False, "end": BootEnd.TIMEOUT.value, "detail": detail}
+        time.sleep(0.1)
+    ready_s = time.monotonic() - start
+    if ready != "yes":
+        return {"saved": False, "end": BootEnd.POWEROFF.value,
+                "detail": "the base guest found no CD-ROM (/dev/sr0)"}  # fmt: skip
+    dom.save(str(save_to))
+    xml = conn.saveImageGetXMLDesc(str(save_to), libvirt.VIR_DOMAIN_XML_SECURE)
+    (save_to.parent / XML_FILE).write_text(xml)
+    detail = f"saved after {ready_s:.1f} s"
+    return {"saved": True, "ready_s": ready_s, "end": BootEnd.POWEROFF.value, "detail": detail,
+            "duration_s": time.monotonic() - start}  # fmt: skip
 
 
 def main(plan_path: str, out_path: str) -> int:
@@ -193,7 +228,8 @@ def main(plan_path: str, out_path: str) -> int:
             conn = libvirt.open(uri)
             stack.callback(conn.close)
             sweep_leftover_domains(conn, libvirt, embedded=plan["uri"] == "embed")
-            with transient_domain(conn, plan["domain_xml"]) as dom:
+            xml, restore_from = plan["domain_xml"], plan.get("restore_from", "")
+            with transient_domain(conn, xml, plan["name"], restore_from) as dom:
                 if plan.get("started"):
                     Path(plan["started"]).touch()
 
@@ -203,16 +239,19 @@ def main(plan_path: str, out_path: str) -> int:
                     except libvirt.libvirtError:
                         return False
 
-                watch = watch_console(
-                    Path(plan["console"]), alive=alive, timeout_s=float(plan["timeout_s"])
-                )
-        result = {
-            "end": watch.end.value,
-            "detail": watch.detail,
-            "duration_s": watch.duration_s,
-            "panic_line": watch.panic_line,
-            "panic_to_stop_s": watch.panic_to_stop_s,
-        }
+                if plan.get("save_to"):
+                    result = save_when_ready(conn, dom, plan, alive)
+                else:
+                    watch = watch_console(
+                        Path(plan["console"]), alive=alive, timeout_s=float(plan["timeout_s"])
+                    )
+                    result = {
+                        "end": watch.end.value,
+                        "detail": watch.detail,
+                        "duration_s": watch.duration_s,
+                        "panic_line": watch.panic_line,
+                        "panic_to_stop_s": watch.panic_to_stop_s,
+                    }
     except Terminated:
         result = {
             "end": BootEnd.EMULATOR.value,

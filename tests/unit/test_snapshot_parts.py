@@ -29,9 +29,9 @@ from rig.guest.carrier import (
     pack_carrier,
 )
 from rig.guest.initramfs import wants_snapshot, write_plan
-from rig.lanes.bochs import restorable
 from rig.lanes.bochs_rfb import HEADER_Y, SUSPEND_FROM_RIGHT, RfbError, press_suspend
-from rig.lanes.bochs_snapshot import _READY_LINE, Gate, gate, restore_config, restore_dir
+from rig.lanes.bochs_snapshot import restore_config, restore_dir
+from rig.lanes.snapshots import Gate, gate, ready_line
 from rig.model import BootEnd, BootResult, BootSpec, GuestImage, Probe, WarmStart
 
 
@@ -160,12 +160,13 @@ def _spec(tmp_path: Path, **kw: object) -> BootSpec:
 
 
 def test_only_a_plain_boot_of_a_split_guest_is_restored(tmp_path: Path) -> None:
-    assert restorable(_spec(tmp_path))
-    assert not restorable(replace(_spec(tmp_path), image=replace(_spec(tmp_path).image, warm=None)))
-    assert not restorable(_spec(tmp_path, feature_control=0x5))  # SeaBIOS, GRUB's wrmsr
-    assert not restorable(_spec(tmp_path, cpu_witness=True))  # Bochs' log level, set at boot
-    assert not restorable(_spec(tmp_path, expect_crash=True))
-    assert not restorable(_spec(tmp_path, inject=("nmi",)))
+    spec = _spec(tmp_path)
+    assert spec.restorable()
+    assert not replace(spec, image=replace(spec.image, warm=None)).restorable()
+    assert not _spec(tmp_path, feature_control=0x5).restorable()  # SeaBIOS, GRUB's wrmsr
+    assert not _spec(tmp_path, cpu_witness=True).restorable()  # Bochs' log level, set at boot
+    assert not _spec(tmp_path, expect_crash=True).restorable()
+    assert not _spec(tmp_path, inject=("nmi",)).restorable()
 
 
 SAVED = """\
@@ -208,12 +209,10 @@ def test_a_cells_restore_dir_links_the_save_and_owns_its_config(tmp_path: Path) 
 
 
 def test_the_ready_line_counts_only_when_whole() -> None:
-    assert _READY_LINE.search("RIG-SNAPSHOT ready") is None  # Bochs writes byte by byte
-    assert _READY_LINE.search("RIG-SNAPSHOT ready sr0=ye") is None
-    m = _READY_LINE.search("boot noise\r\nRIG-SNAPSHOT ready sr0=yes\r\n")  # a tty's lines
-    assert m is not None and m[1] == "yes"
-    m = _READY_LINE.search("RIG-SNAPSHOT ready sr0=no\n")
-    assert m is not None and m[1] == "no"
+    assert ready_line("RIG-SNAPSHOT ready") is None  # Bochs writes byte by byte
+    assert ready_line("RIG-SNAPSHOT ready sr0=ye") is None
+    assert ready_line("boot noise\r\nRIG-SNAPSHOT ready sr0=yes\r\n") == "yes"  # a tty's lines
+    assert ready_line("RIG-SNAPSHOT ready sr0=no\n") == "no"
 
 
 class _Boots:
@@ -287,9 +286,68 @@ def test_only_a_lane_that_restores_gets_a_split_guest(tmp_path: Path) -> None:
     cell = load_matrix(DEFAULT_MATRIX).cell("bochs", "6.12", "haswell")
     job = GuestJob(cell=cell, cpu_model="corei7_haswell_4770", workdir=tmp_path, run_id="r",
                    driver=tmp_path, artifacts=None, timeout_s=60, snapshot=True)  # type: ignore[arg-type]  # fmt: skip
-    bochs, tcg = BochsBackend(), LibvirtBackend(name="tcg", embed_pool=tmp_path)
-    assert wants_snapshot(job, bochs) and not wants_snapshot(job, tcg)
+    bochs, tcg = BochsBackend(), LibvirtBackend(name="tcg", embed_pool=tmp_path, restores=True)
+    other = LibvirtBackend(name="tcg", embed_pool=tmp_path)  # a libvirt of its own: no restores
+    assert wants_snapshot(job, bochs) and wants_snapshot(job, tcg)
+    assert not wants_snapshot(job, other)
     assert not wants_snapshot(replace(job, snapshot=False), bochs)
     assert not wants_snapshot(replace(job, cpu_witness=True), bochs)
     assert not wants_snapshot(replace(job, feature_control=5), bochs)
     assert not wants_snapshot(replace(job, crash=True), bochs)
+
+
+def test_only_the_embedded_tcg_lane_restores_libvirt_saves(tmp_path: Path) -> None:
+    from rig.lanes import backend_for
+    from rig.matrix import load_matrix
+    from rig.paths import DEFAULT_MATRIX
+
+    lanes = load_matrix(DEFAULT_MATRIX).lanes
+    assert backend_for(lanes["tcg"], embed_pool=tmp_path).restores
+    assert not backend_for(lanes["tcg"], embed_pool=tmp_path, uri="qemu:///system").restores
+    assert not backend_for(lanes["kvm"], embed_pool=tmp_path).restores  # untested: no VT-x here
+
+
+SAVED_DOMAIN = """<domain type='qemu'>
+  <name>rig-libvirt-snapshots-boot</name>
+  <uuid>89a9df3c-a3d1-4aae-ab41-7b41476857dc</uuid>
+  <devices>
+    <disk type='file' device='cdrom'><source file='/cache/tmp/medium.img'/>
+      <target dev='hdc' bus='ide'/><readonly/></disk>
+    <serial type='file'><source path='/cache/tmp/boot/console.txt'/><target port='0'/></serial>
+    <serial type='file'><source path='/cache/tmp/boot/agent.txt'/><target port='1'/></serial>
+    <console type='file'><source path='/cache/tmp/boot/console.txt'/><target port='0'/></console>
+  </devices>
+</domain>"""
+
+
+def test_a_libvirt_restore_keeps_the_saves_identity_and_takes_the_cells_paths() -> None:
+    import xml.etree.ElementTree as ET
+
+    from rig.lanes.libvirt_snapshot import restore_xml
+
+    cell = Path("/runs/r1/cells/tcg-6.12-penryn")
+    name, xml = restore_xml(SAVED_DOMAIN, console=cell / "console.txt", agent=cell / "agent.txt",
+                            medium=cell / "carrier.img")  # fmt: skip
+    dom = ET.fromstring(xml)
+    assert name == "rig-libvirt-snapshots-boot" == dom.findtext("name")
+    assert dom.findtext("uuid") == "89a9df3c-a3d1-4aae-ab41-7b41476857dc"  # libvirt checks it
+    serials = [s.get("path") for s in dom.iterfind("devices/serial/source")]
+    assert serials == [str(cell / "console.txt"), str(cell / "agent.txt")]
+    assert dom.find("devices/disk/source").get("file") == str(cell / "carrier.img")  # type: ignore[union-attr]
+    assert dom.find("devices/console") is None and "/cache/tmp" not in xml
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        "<domain><devices/></domain>",
+        SAVED_DOMAIN.replace("device='cdrom'", "device='disk'"),
+        "<domain><name>x</name></domain>",
+        "not xml",
+    ],
+)
+def test_a_save_that_is_not_the_rigs_is_refused(saved: str) -> None:
+    from rig.lanes.libvirt_snapshot import restore_xml
+
+    with pytest.raises(InfraError):
+        restore_xml(saved, console=Path("c"), agent=Path("a"), medium=Path("m"))
