@@ -79,6 +79,7 @@ class LaneSpec:
     l1_kernel: KernelSpec | None = None
     l0_cpus: tuple[tuple[str, str], ...] = ()
     launcher: str = "qemu"  # nested: how L1 starts L2: "qemu" (command line) or "libvirt"
+    emulator: str = ""  # bochs: Bochs of this Debian suite (rig.artifacts.emulator); "" = host's
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,8 @@ class BootResult:
     beneath: Beneath | None = None
     # the guest was restored from this snapshot (its cache key), not booted: "" = booted
     restored: str = ""
+    # which emulator ran it, when a lane has a choice ("bochs 3.0 (trixie)"): "" = not said
+    emulator: str = ""
 
 
 @dataclass(frozen=True)
@@ -327,3 +330,4 @@ class CellVerdict:
     emulator_log: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     restored: str = ""  # the guest came from this snapshot (BootResult.restored): "" = booted
+    emulator: str = ""  # what ran the guest (BootResult.emulator): "" = not said

@@ -212,6 +212,8 @@ class StageItem(pytest.Item):
             self.user_properties.append(("uri", uri))
         if verdict.restored:  # restored from a saved guest, not booted (--snapshot)
             self.user_properties.append(("snapshot", verdict.restored))
+        if verdict.emulator:  # the lane's choice of emulator (bochs: emulator: trixie)
+            self.user_properties.append(("emulator", verdict.emulator))
         for key, secs in verdict.timings.items():
             self.user_properties.append((f"time_{key}_s", f"{secs:.1f}"))
         cell_dir = _runner(self.config).config.run_dir / "cells" / self.cell.id

@@ -155,7 +155,7 @@ BOOT_FILE = "boot.json"
 def record_boot(workdir: Path, boot: BootResult) -> None:
     """How the guest ended, beside its console and agent channel (for reports, golden data)."""
     fact = {"end": boot.end.value, "detail": boot.detail, "duration_s": round(boot.duration_s, 1),
-            "restored": boot.restored}  # fmt: skip
+            "restored": boot.restored, "emulator": boot.emulator}  # fmt: skip
     (workdir / BOOT_FILE).write_text(json.dumps(fact) + "\n")
 
 

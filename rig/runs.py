@@ -279,6 +279,7 @@ def verdict_to_json(verdict: CellVerdict) -> dict[str, Any]:
         "build_log": verdict.build_log,
         "emulator_log": verdict.emulator_log,
         "restored": verdict.restored,
+        "emulator": verdict.emulator,
     }
 
 
@@ -303,6 +304,7 @@ def verdict_from_json(data: dict[str, Any]) -> CellVerdict:
         emulator_log=str(data.get("emulator_log", "")),
         timings={k: float(v) for k, v in data.get("timings", {}).items()},
         restored=str(data.get("restored", "")),
+        emulator=str(data.get("emulator", "")),
     )
 
 

@@ -15,7 +15,7 @@ from rig.model import LaneSpec
 def backend_for(lane: LaneSpec, *, embed_pool: Path, uri: str | None = None) -> Backend:
     if lane.backend == "bochs":
         # snapshots live in the cache root, beside the embedded pool (cli/plugin)
-        return BochsBackend(name=lane.name, cache_root=embed_pool.parent)
+        return BochsBackend(name=lane.name, cache_root=embed_pool.parent, emulator=lane.emulator)
     if lane.backend == "libvirt":
         where = uri or lane.uri or EMBED
         return LibvirtBackend(

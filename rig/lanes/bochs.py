@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rig.artifacts import digest
+from rig.artifacts import Cache, digest, stderr_progress
+from rig.artifacts.emulator import DEBIAN_MIRROR, BochsRelease, bochs_release
 from rig.errors import InfraError, ToolMissing
 from rig.lanes.base import (
     AGENT_FILE,
@@ -35,6 +36,7 @@ from rig.lanes.base import (
     beneath_text,
     make_result,
     owned_process,
+    read_text,
     tail,
     watch_console,
 )
@@ -51,6 +53,7 @@ SEABIOS = Path("/usr/share/seabios/bios.bin")  # leaves IA32_FEATURE_CONTROL unl
 _MODEL_RE = re.compile(r"[a-z0-9_]{1,40}")  # fullmatch: no trailing newline
 WITNESS_DEBUG = ", cpu0=report"  # vmx.cc's VMLAUNCH/VMRESUME/VMEXIT lines are cpu0's debug
 _DEBUG_LINE = re.compile(r"\d+d\[")  # the witness's lines (bochs_witness), not for emulator_log
+_VERSION = re.compile(r"Bochs x86 Emulator (\S+)")  # its banner, in bochs.out
 _LOG_KEEP = re.compile(r"VMFAIL|VMENTER|VMEXIT FAIL|PANIC|triple fault|>>PANIC<<|\[CPU0  \] e")
 
 
@@ -63,6 +66,8 @@ def bochsrc(
     *,
     witness: bool = False,
     save: bool = False,
+    bios: Path = BIOS,
+    vgabios: Path = VGABIOS,
 ) -> str:
     """The Bochs configuration for one boot. Every value is checked, nothing user-typed leaks.
 
@@ -72,16 +77,16 @@ def bochsrc(
     """
     if not _MODEL_RE.fullmatch(spec.cpu_model):
         raise InfraError(f"not a Bochs CPU model name: {spec.cpu_model!r}")
-    for p in (iso, console, agent, log):
-        if '"' in str(p) or "\n" in str(p):
+    for p in (iso, console, agent, log, bios, vgabios):
+        if '"' in str(p) or "\n" in str(p) or (" " in str(p) and p in (bios, vgabios)):
             raise InfraError(f"path not usable in a bochsrc: {p!r}")
     return "\n".join(
         [
             f"megs: {int(spec.memory_mib)}",
             f"cpu: model={spec.cpu_model}, count=1, ips=200000000, reset_on_triple_fault=0",
             "clock: sync=none, time0=local",
-            f"romimage: file={BIOS if spec.feature_control is None else SEABIOS}",
-            f"vgaromimage: file={VGABIOS}",
+            f"romimage: file={bios if spec.feature_control is None else SEABIOS}",
+            f"vgaromimage: file={vgabios}",
             f'display_library: rfb, options="timeout=0{", no_gui_console" if save else ""}"',
             f'ata0-master: type=cdrom, path="{iso}", status=inserted',
             "boot: cdrom",
@@ -101,6 +106,38 @@ def bochsrc(
 
 
 @dataclass(frozen=True)
+class Bochs:
+    """The Bochs that runs a lane's boots: the host's (`bochs-bin`: Debian 12's 2.7, which stops
+    in its built-in debugger at start, so `-rc` says "continue") or a Debian release's
+    (rig.artifacts.emulator: the matrix lane's `emulator: trixie`)."""
+
+    command: tuple[str, ...]  # the argv that starts it (its arguments follow)
+    bios: Path
+    vgabios: Path
+    debugger: bool  # it stops in its debugger at start: `-rc FILE` with "c"
+    files: tuple[Path, ...]  # what a save's key names: the binary and its firmware
+    release: str = ""  # "" = the host's
+
+    def argv(self, workdir: Path, args: list[str]) -> list[str]:
+        """Bochs with `args`, alone in a network namespace (its RFB display listens there)."""
+        rc: list[str] = []
+        if self.debugger:
+            (workdir / "bochs.rc").write_text("c\n")
+            rc = ["-rc", str(workdir / "bochs.rc")]
+        return ["unshare", "--net", "--", *self.command, "-q", *args, *rc]
+
+
+def host_bochs() -> Bochs:
+    return Bochs((BOCHS_BIN,), BIOS, VGABIOS, True, (bochs_binary(), BIOS, VGABIOS))
+
+
+def release_bochs(release: BochsRelease) -> Bochs:
+    env = [f"{k}={v}" for k, v in release.env.items()]
+    return Bochs(("env", *env, *release.argv), release.bios, release.vgabios, False,
+                 tuple(release.files()), release.suite)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class BochsBackend:
     name: str = "bochs"
     firmware_step: bool = True  # GRUB on the boot ISO writes MSRs before the kernel
@@ -108,8 +145,17 @@ class BochsBackend:
     restores: bool = True  # --snapshot: a saved guest stands for a boot (bochs_snapshot)
     # the artifact cache, where snapshots live (None: every guest boots fresh)
     cache_root: Path | None = None
+    # Bochs from this Debian suite's packages (rig.artifacts.emulator); "" = the host's
+    emulator: str = ""
 
     def unavailable(self) -> str | None:
+        if self.emulator:
+            if self.cache_root is None:
+                return f"Bochs of {self.emulator} needs the artifact cache to live in"
+            for tool in ("debootstrap", "unshare", "setpriv"):
+                if shutil.which(tool) is None:
+                    return f"{tool} missing (apt-get install {tool}), for Bochs of {self.emulator}"
+            return None
         if shutil.which(BOCHS_BIN) is None:
             return "Bochs is not installed (apt-get install bochs bochsbios vgabios)"
         if not BIOS.exists() or not VGABIOS.exists():
@@ -129,6 +175,14 @@ class BochsBackend:
             )
         return self._run(spec, self._usable_snapshot(spec))
 
+    def bochs(self) -> Bochs:
+        """The Bochs of this lane: the host's, or the release's (made on first use)."""
+        if not self.emulator:
+            return host_bochs()
+        assert self.cache_root is not None  # unavailable() says so first
+        cache = Cache(self.cache_root)
+        return release_bochs(bochs_release(cache, self.emulator, DEBIAN_MIRROR, stderr_progress))
+
     def _usable_snapshot(self, spec: BootSpec) -> Path | None:
         """The save this boot may restore (rig.lanes.snapshots), or None: boot fresh."""
         if not spec.restorable() or self.cache_root is None:
@@ -140,7 +194,7 @@ class BochsBackend:
     def _snapshot_name(self, spec: BootSpec) -> str:
         warm = spec.image.warm
         assert warm is not None
-        emulator = [file_id(p) for p in (bochs_binary(), BIOS, VGABIOS)]
+        emulator = [file_id(p) for p in self.bochs().files]
         key = digest("bochs-snapshot", SNAPSHOT_RECIPE, warm.key, spec.cpu_model,
                      spec.memory_mib, emulator)  # fmt: skip
         return f"{spec.cpu_model}-{key}"
@@ -151,8 +205,7 @@ class BochsBackend:
         console, agent, log = wd / CONSOLE_FILE, wd / AGENT_FILE, wd / "bochs.log"
         for stale in (console, agent):
             stale.unlink(missing_ok=True)
-        cmds = wd / "bochs.rc"
-        cmds.write_text("c\n")  # bochs-bin has the debugger built in: continue at once
+        bochs = self.bochs()
         if snapshot is not None and not fit_medium(spec, snapshot):
             snapshot = None  # a carrier bigger than the CD the guest knows: boot fresh
         # Bochs logs into a fifo; its VMX lines and errors reach bochs.log (bochs_witness).
@@ -169,9 +222,10 @@ class BochsBackend:
             else:
                 rc = wd / "bochsrc"
                 iso = boot_iso(spec.image, wd, spec.feature_control)
-                rc.write_text(bochsrc(spec, iso, console, agent, fifo, witness=spec.cpu_witness))
+                rc.write_text(bochsrc(spec, iso, console, agent, fifo, witness=spec.cpu_witness,
+                                      bios=bochs.bios, vgabios=bochs.vgabios))  # fmt: skip
                 argv = ["-f", str(rc)]
-            argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", *argv, "-rc", str(cmds)]
+            argv = bochs.argv(wd, argv)
             with owned_process(argv, cwd=wd, stdout=wd / "bochs.out",
                                pidfile=wd / "emulator.pid") as p:  # fmt: skip
                 alive = lambda: p.poll() is None  # noqa: E731
@@ -179,7 +233,9 @@ class BochsBackend:
                     console, alive=alive, timeout_s=spec.timeout_s, panic_ends=not spec.expect_crash
                 )
         (wd / "boot.iso").unlink(missing_ok=True)
-        result = self._result(spec, watch)
+        said = _VERSION.search(read_text(wd / "bochs.out", cap=4096))
+        ran = f"bochs {said[1] if said else '?'} ({bochs.release or 'host'})"
+        result = replace(self._result(spec, watch), emulator=ran)
         return replace(result, restored=snapshot.parent.name) if snapshot is not None else result
 
     def _save(self, spec: BootSpec, save: Path, tmp: Path) -> dict[str, object]:
@@ -190,12 +246,12 @@ class BochsBackend:
         boot.mkdir()
         image = GuestImage(kernel=spec.image.kernel, initrd=warm.base, cmdline=spec.image.cmdline)
         iso = boot_iso(image, boot)
-        rc, cmds = boot / "bochsrc", boot / "bochs.rc"
-        text = bochsrc(replace(spec, image=image), iso, boot / CONSOLE_FILE,
-                       boot / AGENT_FILE, boot / "bochs.log", save=True)  # fmt: skip
+        rc, bochs = boot / "bochsrc", self.bochs()
+        text = bochsrc(replace(spec, image=image), iso, boot / CONSOLE_FILE, boot / AGENT_FILE,
+                       boot / "bochs.log", save=True, bios=bochs.bios,
+                       vgabios=bochs.vgabios)  # fmt: skip
         rc.write_text(text)
-        cmds.write_text("c\n")
-        argv = ["unshare", "--net", "--", BOCHS_BIN, "-q", "-f", str(rc), "-rc", str(cmds)]
+        argv = bochs.argv(boot, ["-f", str(rc)])
         # Bochs' output goes to build.log: a failed save keeps it (NAME.failed.log)
         ready = save_machine(argv, boot, save, boot / AGENT_FILE, spec.timeout_s,
                              out=tmp / "build.log")  # fmt: skip

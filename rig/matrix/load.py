@@ -79,6 +79,7 @@ def to_matrix(model: MatrixModel, source: str) -> Matrix:
             l1_kernel=kernels.get(lane.l1_kernel or ""),
             l0_cpus=(("", lane.l0_cpu), *sorted(lane.l0_cpus.items())) if lane.l0_cpu else (),
             launcher=lane.launcher or "qemu",
+            emulator=lane.emulator or "",
         )
         for name, lane in model.lanes.items()
     }

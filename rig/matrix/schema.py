@@ -151,9 +151,13 @@ class LaneModel(_Strict):
     l0_cpu: ModelName = ""  # nested: the Bochs model of L0 for every L2 model ...
     l0_cpus: dict[ModelName, ModelName] = Field(default_factory=dict)  # ... but these
     launcher: typing.Literal["qemu", "libvirt"] | None = None  # nested: how L1 starts L2
+    # bochs: Bochs from this Debian suite's packages (rig.artifacts.emulator), not the host's
+    emulator: typing.Literal["trixie"] | None = None
 
     @model_validator(mode="after")
     def _nested_keys(self) -> LaneModel:
+        if self.emulator is not None and self.backend != "bochs":
+            raise ValueError("emulator applies to the bochs backend only; expected backend: bochs")
         nested = self.l1_kernel is not None or self.l0_cpu or self.l0_cpus or self.launcher
         if self.backend == "nested" and (self.l1_kernel is None or not self.l0_cpu):
             raise ValueError("a nested lane needs l1_kernel and l0_cpu; expected both keys")

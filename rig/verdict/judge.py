@@ -312,6 +312,7 @@ def judge(
             emulator_log=bounded_log(boot.emulator_log) if boot is not None else "",
             timings={"boot": boot.duration_s} if boot is not None else {},
             restored=boot.restored if boot is not None else "",
+            emulator=boot.emulator if boot is not None else "",
         )
 
     if cell.skip_reason:

@@ -169,3 +169,20 @@ def test_cli_rig_arms_are_checked_by_their_verdicts(tmp_path: Path) -> None:
         with pytest.raises(SystemExit) as exc:
             cli_arm(ap, "x", command, passes, [])
         assert exc.value.code == 2
+
+
+def test_the_bochs_release_benchmark_changes_only_the_bochs_lanes_emulator(
+    tmp_path: Path,
+) -> None:
+    from bench.bochs_release import matrix_with_emulator
+    from rig.matrix import load_matrix
+    from rig.paths import DEFAULT_MATRIX
+
+    host = matrix_with_emulator(DEFAULT_MATRIX, "", tmp_path)
+    trixie = matrix_with_emulator(DEFAULT_MATRIX, "trixie", tmp_path)
+    assert load_matrix(host).lanes["bochs"].emulator == ""
+    assert load_matrix(trixie).lanes["bochs"].emulator == "trixie"
+    a, b = host.read_text().splitlines(), trixie.read_text().splitlines()
+    assert len(a) == len(b)
+    changed = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+    assert len(changed) == 1 and changed[0][0].startswith("  bochs: {"), changed

@@ -145,7 +145,7 @@ def test_unknown_key_reports_line_col_and_allowed_keys() -> None:
     msg = one(GOOD.replace("vmx: true,", "vmx: true, vxm: 1,"))
     assert msg == (
         "m.yaml:10:38: unknown key 'vxm'; expected one of: backend, vmx, guest, uri, "
-        "domain_type, timeout, memory, vcpus, l1_kernel, l0_cpu, l0_cpus, launcher"
+        "domain_type, timeout, memory, vcpus, l1_kernel, l0_cpu, l0_cpus, launcher, emulator"
     )
 
 
@@ -571,3 +571,11 @@ def test_cells_json_is_plain_data_for_every_cell() -> None:
     }
     assert by_id["bochs-6.1-haswell"]["skip_reason"] == "excluded in m.yaml: hangs at boot"
     assert cells_json([]) == []
+
+
+def test_an_emulator_belongs_to_the_bochs_backend_only() -> None:
+    m = parse_matrix(GOOD.replace("timeout: 600}", "timeout: 600, emulator: trixie}"), "m.yaml")
+    assert m.lanes["bochs"].emulator == "trixie" and m.lanes["tcg"].emulator == ""
+    msg = one(GOOD.replace("domain_type: qemu}", "domain_type: qemu, emulator: trixie}"))
+    assert "emulator applies to the bochs backend only" in msg, msg
+    assert "'sarge'" in one(GOOD.replace("timeout: 600}", "timeout: 600, emulator: sarge}"))
