@@ -2,6 +2,7 @@
 
     bochs_release(cache, suite, mirror, progress) -> BochsRelease   cached, made on first use
     BochsRelease.argv / .env / .bios / .vgabios                     how to run it, its BIOS
+    BochsRelease.models()                                           the CPU models it has
 
 Debian 12's Bochs 2.7 is built with the debugger and instrumentation, which turns off handler
 chaining and trace linking (configure.in forces speedup_handlers_chaining=0 with the debugger)
@@ -19,17 +20,22 @@ boot uses (ISO, console, log fifo) keeps its host path.
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from rig.artifacts.cache import Cache, Progress, digest
 from rig.artifacts.steps import in_root, require_tool, run_step
+from rig.errors import InfraError
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 BOCHS_PACKAGES: tuple[str, ...] = ("bochs", "bochs-term", "bochsbios", "vgabios")
 """Bochs, a display plugin package it depends on (bochs-gui), its BIOS and VGA BIOS."""
 LIBS = ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu")
+MODELS_FILE = "cpu-models.txt"  # beside the root: what `bochs-bin --help cpu` listed
+_MODEL = re.compile(r"[a-z0-9_]{1,40}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,11 @@ class BochsRelease:
     def vgabios(self) -> Path:
         return self.root / "usr/share/vgabios/vgabios.bin"
 
+    def models(self) -> frozenset[str]:
+        """The CPU models this Bochs has (3.0 dropped 2.7's configurable bx_generic)."""
+        listed = self.root.parent / MODELS_FILE
+        return frozenset(listed.read_text().split()) if listed.is_file() else frozenset()
+
     def files(self) -> list[Path]:
         """What a snapshot's key names: the binary, the loader, the BIOS images."""
         return [self.binary, self.root / "lib64/ld-linux-x86-64.so.2", self.bios, self.vgabios]
@@ -69,7 +80,7 @@ class BochsRelease:
 
 def bochs_release(cache: Cache, suite: str, mirror: str, progress: Progress) -> BochsRelease:
     """`suite`'s Bochs, in a cached minimal debootstrap of that suite."""
-    key = digest("bochs-release", suite, mirror, BOCHS_PACKAGES)
+    key = digest("bochs-release", suite, mirror, BOCHS_PACKAGES, MODELS_FILE)
     with cache.building("emulators", f"bochs-{suite}-{key}") as (final, tmp):
         if tmp is not None:
             for tool in ("debootstrap", "unshare"):
@@ -93,4 +104,26 @@ def bochs_release(cache: Cache, suite: str, mirror: str, progress: Progress) -> 
                 run_step(in_root(root, argv, env), log=log, what=f"{argv[1]} Bochs of {suite}")
             for cached in (root / "var/cache/apt/archives").glob("*.deb"):
                 cached.unlink()
+            models = subprocess.run(in_root(root, ["bochs-bin", "--help", "cpu"]),
+                                    capture_output=True, text=True, check=False)  # fmt: skip
+            found = cpu_models(models.stdout + models.stderr)
+            if not found:
+                with log.open("a") as fh:
+                    fh.write(models.stdout + models.stderr)
+                raise InfraError(f"Bochs of {suite} listed no CPU models (`bochs-bin --help cpu`)",
+                                 where=str(log))  # fmt: skip
+            (tmp / MODELS_FILE).write_text("\n".join(found) + "\n")
     return BochsRelease(final / "root", suite)
+
+
+def cpu_models(help_cpu: str) -> list[str]:
+    """The model names `bochs-bin --help cpu` lists after "Supported CPU models:"."""
+    _, _, rest = help_cpu.partition("Supported CPU models:")
+    names: list[str] = []
+    for line in rest.splitlines():
+        if not line.strip() and not names:
+            continue  # the blank line after the heading
+        if not _MODEL.fullmatch(line.strip()):
+            break
+        names.append(line.strip())
+    return names

@@ -137,6 +137,17 @@ def release_bochs(release: BochsRelease) -> Bochs:
                  tuple(release.files()), release.suite)  # fmt: skip
 
 
+def bochs_for(release: BochsRelease, cpu_model: str) -> Bochs:
+    """The release's Bochs when it has the model, else the host's (Bochs 3.0 dropped 2.7's
+    configurable bx_generic): the verdict's `emulator` names the one that ran."""
+    if cpu_model in release.models():
+        return release_bochs(release)
+    if shutil.which(BOCHS_BIN) is None:
+        lacks = f"model {cpu_model}, which Bochs of {release.suite} does not have"
+        raise ToolMissing(BOCHS_BIN, "bochs bochsbios vgabios", lacks)
+    return host_bochs()
+
+
 @dataclass(frozen=True)
 class BochsBackend:
     name: str = "bochs"
@@ -175,13 +186,14 @@ class BochsBackend:
             )
         return self._run(spec, self._usable_snapshot(spec))
 
-    def bochs(self) -> Bochs:
-        """The Bochs of this lane: the host's, or the release's (made on first use)."""
+    def bochs(self, cpu_model: str) -> Bochs:
+        """The Bochs of this lane for a model (bochs_for); the release's is made on first use."""
         if not self.emulator:
             return host_bochs()
         assert self.cache_root is not None  # unavailable() says so first
         cache = Cache(self.cache_root)
-        return release_bochs(bochs_release(cache, self.emulator, DEBIAN_MIRROR, stderr_progress))
+        return bochs_for(bochs_release(cache, self.emulator, DEBIAN_MIRROR, stderr_progress),
+                         cpu_model)  # fmt: skip
 
     def _usable_snapshot(self, spec: BootSpec) -> Path | None:
         """The save this boot may restore (rig.lanes.snapshots), or None: boot fresh."""
@@ -194,7 +206,7 @@ class BochsBackend:
     def _snapshot_name(self, spec: BootSpec) -> str:
         warm = spec.image.warm
         assert warm is not None
-        emulator = [file_id(p) for p in self.bochs().files]
+        emulator = [file_id(p) for p in self.bochs(spec.cpu_model).files]
         key = digest("bochs-snapshot", SNAPSHOT_RECIPE, warm.key, spec.cpu_model,
                      spec.memory_mib, emulator)  # fmt: skip
         return f"{spec.cpu_model}-{key}"
@@ -205,7 +217,7 @@ class BochsBackend:
         console, agent, log = wd / CONSOLE_FILE, wd / AGENT_FILE, wd / "bochs.log"
         for stale in (console, agent):
             stale.unlink(missing_ok=True)
-        bochs = self.bochs()
+        bochs = self.bochs(spec.cpu_model)
         if snapshot is not None and not fit_medium(spec, snapshot):
             snapshot = None  # a carrier bigger than the CD the guest knows: boot fresh
         # Bochs logs into a fifo; its VMX lines and errors reach bochs.log (bochs_witness).
@@ -246,7 +258,7 @@ class BochsBackend:
         boot.mkdir()
         image = GuestImage(kernel=spec.image.kernel, initrd=warm.base, cmdline=spec.image.cmdline)
         iso = boot_iso(image, boot)
-        rc, bochs = boot / "bochsrc", self.bochs()
+        rc, bochs = boot / "bochsrc", self.bochs(spec.cpu_model)
         text = bochsrc(replace(spec, image=image), iso, boot / CONSOLE_FILE, boot / AGENT_FILE,
                        boot / "bochs.log", save=True, bios=bochs.bios,
                        vgabios=bochs.vgabios)  # fmt: skip
@@ -275,8 +287,9 @@ class BochsBackend:
                 watch.end, watch.detail = BootEnd.POWEROFF, "guest powered off (ACPI soft off)"
             else:
                 said = out.read_text(errors="replace")
+                panics = "\n".join(ln for ln in said.splitlines() if ">>PANIC<<" in ln)
                 detail = "Bochs stopped before the guest powered off: " + (
-                    tail(kept, 5) or tail(said, 5) or "no reason logged"
+                    tail(kept, 5) or tail(panics, 3) or tail(said, 5) or "no reason logged"
                 )
         triple = bool(TRIPLE_FAULT_RE.search(kept))
         result = make_result(wd, watch, emulator_log=kept, detail=detail, triple_fault=triple)

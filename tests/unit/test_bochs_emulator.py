@@ -3,6 +3,7 @@ a Debian release's, run from its own debootstrap with that release's loader and 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,36 @@ def test_a_release_needs_the_cache_and_debootstrap_not_the_hosts_bochs(tmp_path:
         None,
         "debootstrap missing (apt-get install debootstrap), for Bochs of trixie",
     )
+
+
+HELP_CPU_3_0 = """00000000000i[      ] LTDL_LIBRARY_PATH not set. using compile time default
+Supported CPU models:
+
+core2_penryn_t9600
+corei7_haswell_4770
+tigerlake
+
+========================================================================
+                        Bochs x86 Emulator 3.0
+"""
+
+
+def test_a_releases_models_are_what_its_help_lists_and_others_run_on_the_host(
+    tmp_path: Path,
+) -> None:
+    from rig.artifacts.emulator import MODELS_FILE, cpu_models
+    from rig.lanes.bochs import bochs_for
+
+    found = cpu_models(HELP_CPU_3_0)
+    assert found == ["core2_penryn_t9600", "corei7_haswell_4770", "tigerlake"]
+    assert cpu_models("Bochs x86 Emulator 3.0\nno list\n") == []
+    (tmp_path / "root").mkdir()
+    (tmp_path / MODELS_FILE).write_text("\n".join(found) + "\n")
+    release = BochsRelease(tmp_path / "root", "trixie")
+    assert release.models() == frozenset(found)
+    assert bochs_for(release, "corei7_haswell_4770").release == "trixie"
+    if shutil.which("bochs-bin"):
+        assert bochs_for(release, "bx_generic").release == ""  # 3.0 has no bx_generic
+    else:
+        with pytest.raises(InfraError, match="bx_generic"):
+            bochs_for(release, "bx_generic")
