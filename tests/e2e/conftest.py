@@ -13,6 +13,7 @@ from typing import Protocol
 
 import pytest
 
+from rig.model import Outcome
 from rig.report import CaseResult, by_cell, read_junit
 from rig.runs import read_verdict
 
@@ -33,6 +34,17 @@ class RigRun:
     junit: Path
     runs_dir: Path
     duration_s: float
+
+    def cell_dir(self, cell_id: str) -> Path:
+        """This run's directory of the cell (from its `run directory:` line: runs of one
+        test share runs_dir)."""
+        m = re.search(r"^run directory: (\S+)$", self.output, re.M)
+        assert m, self.output[-2000:]
+        return Path(m[1]) / "cells" / cell_id
+
+    def outcomes(self, cell_id: str) -> dict[str, Outcome]:
+        """Each stage's outcome of the cell, from the JUnit."""
+        return {stage: case.outcome for stage, case in self.cells[cell_id].items()}
 
     def reasons(self, cell_id: str) -> dict[str, str]:
         """Each stage's reason, from the cell's stored verdict (the JUnit carries a reason

@@ -13,9 +13,7 @@ again: the gate fails on the driver's check line, and the cell boots fresh.
 from __future__ import annotations
 
 import json
-import re
 import shutil
-from pathlib import Path
 
 from rig.artifacts.cache import default_cache_root
 from rig.guest.carrier import gate_facts
@@ -24,16 +22,6 @@ from tests.e2e.conftest import RigRun, RigRunner
 
 CELL = "bochs-6.12-haswell"
 BOCHS = ("--lane", "bochs", "--kernel", "6.12", "--cpu", "haswell", "--snapshot")
-
-
-def cell_dir(run: RigRun) -> Path:
-    m = re.search(r"^run directory: (\S+)$", run.output, re.M)
-    assert m, run.output[-2000:]
-    return Path(m[1]) / "cells" / CELL
-
-
-def outcomes(run: RigRun) -> dict[str, Outcome]:
-    return {stage: case.outcome for stage, case in run.cells[CELL].items()}
 
 
 def snapshot_of(run: RigRun) -> str:
@@ -45,7 +33,7 @@ def test_a_restored_guest_is_judged_like_a_booted_one_and_a_corrupt_save_is_not_
 ) -> None:
     first = rig(*BOCHS)
     assert first.rc == 0, first.output[-3000:]
-    assert outcomes(first) == dict.fromkeys(outcomes(first), Outcome.PASSED)
+    assert first.outcomes(CELL) == dict.fromkeys(first.outcomes(CELL), Outcome.PASSED)
     key = snapshot_of(first)
     assert key.startswith("corei7_haswell_4770-"), first.cells[CELL]["vmxon"].properties
     entry = default_cache_root() / "bochs-snapshots" / key
@@ -55,8 +43,8 @@ def test_a_restored_guest_is_judged_like_a_booted_one_and_a_corrupt_save_is_not_
     assert any("VM-instruction error 8" in line for line in decoded), decoded
     assert any("exit reason 33" in line for line in decoded), decoded
     # the cell's own restored guest printed the lines of the probe's first, fresh, run
-    facts = gate_facts((cell_dir(first) / "console.txt").read_text(),
-                       (cell_dir(first) / "agent.txt").read_text())  # fmt: skip
+    facts = gate_facts((first.cell_dir(CELL) / "console.txt").read_text(),
+                       (first.cell_dir(CELL) / "agent.txt").read_text())  # fmt: skip
     driver = facts[:-1]
     assert driver == gate["booted"][: len(driver)], (driver, gate["booted"])
     assert facts[-1] == gate["booted"][-1]  # RIG-CPU: vmx, cpus, model
@@ -64,7 +52,7 @@ def test_a_restored_guest_is_judged_like_a_booted_one_and_a_corrupt_save_is_not_
     again = rig(*BOCHS)
     assert again.rc == 0, again.output[-3000:]
     assert snapshot_of(again) == key  # the same save, not made again
-    assert outcomes(again) == outcomes(first)
+    assert again.outcomes(CELL) == first.outcomes(CELL)
 
     cpu0 = entry / "save" / "cpu0"
     kept = {p: p.read_bytes() for p in (cpu0, entry / "gate.json")}
@@ -77,7 +65,7 @@ def test_a_restored_guest_is_judged_like_a_booted_one_and_a_corrupt_save_is_not_
         corrupt = rig(*BOCHS)
         assert corrupt.rc == 0, corrupt.output[-3000:]  # booted fresh: the driver still passes
         assert snapshot_of(corrupt) == ""
-        assert outcomes(corrupt) == outcomes(first)
+        assert corrupt.outcomes(CELL) == first.outcomes(CELL)
         failed = json.loads((entry / "gate.json").read_text())
         assert failed["ok"] is False
         assert "feature_control=0x5" in failed["why"] and "feature_control=0x1" in failed["why"]
