@@ -45,7 +45,7 @@ from rig.procs import (
 )
 
 PIDFILES = ("emulator.pid", "child.pid")
-NESTED = ("l0.iso", "l0-iso", "l2-cpio", "l2.cpio")  # rig.lanes.nested's scratch
+NESTED = ("l0.iso", "l0-iso", "l2-cpio", "l2.cpio", "l2-carrier.img", "state")  # nested lane
 SCRATCH = ("boot.iso", "initrd.gz", "initramfs", "iso", "domain-plan.json", "vm", *NESTED)
 
 

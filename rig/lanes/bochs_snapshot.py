@@ -1,7 +1,7 @@
 """Bochs snapshots: boot the base guest once, save the machine while it waits, restore per cell.
 
     save_machine(argv, workdir, folder, agent, timeout_s, out=) -> float   seconds to ready
-    restore_config(saved, console=, agent=, log=, medium=) -> str     the cell's DIR/config
+    restore_config(saved, console=, agent=, log=, medium=, more=) -> str   the cell's DIR/config
     restore_dir(folder, state, config)                                a per-cell view of a save
 
 Saving (Bochs 2.7-3.0 have one trigger, the GUI's Suspend button): Bochs runs with
@@ -122,9 +122,21 @@ def _set(config: str, key: str, value: str) -> str:
     return new
 
 
-def restore_config(saved: str, *, console: Path, agent: Path, log: Path, medium: Path) -> str:
-    """The saved config with the cell's paths, and plugins in a boot's order."""
-    config = _set(saved, "com1.dev", str(console))
+def restore_config(
+    saved: str,
+    *,
+    console: Path,
+    agent: Path,
+    log: Path,
+    medium: Path,
+    more: tuple[tuple[str, Path], ...] = (),
+) -> str:
+    """The saved config with the cell's paths (`more`: further ports, ("com3.dev", path)), and
+    plugins in a boot's order."""
+    config = saved
+    for key, path in more:
+        config = _set(config, key, str(path))
+    config = _set(config, "com1.dev", str(console))
     config = _set(config, "com2.dev", str(agent))
     config = _set(config, "ata0-master.path", str(medium))
     config = _set(config, "log", str(log))

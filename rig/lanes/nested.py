@@ -26,10 +26,8 @@ with what failed and L1's console tail: an infrastructure error, never the drive
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,18 +46,28 @@ from rig.lanes.base import (
     tail,
     watch_console,
 )
-from rig.lanes.bochs import BochsBackend, bochsrc
+from rig.lanes.bochs import BochsBackend, bochsrc, host_bochs
 from rig.lanes.libvirt import domain_xml
-from rig.lanes.nested_l1 import LIBVIRT_QEMU, QEMU, ROMS, VIRSH, L1Image, build_l1
+from rig.lanes.nested_l1 import (
+    LIBVIRT_QEMU,
+    QEMU,
+    ROMS,
+    VIRSH,
+    L1Image,
+    build_l1,
+    l0_iso,
+    l0_ports,
+)
+from rig.lanes.nested_snapshot import SNAPSHOTS, l2_carrier, restore_state, save_l1, snapshot_name
 from rig.lanes.nested_witness import beneath_from_l1_trace
+from rig.lanes.snapshots import Boot, Store, fit_carrier, usable
 from rig.model import BootEnd, BootResult, BootSpec, GuestImage, KernelSpec
 from rig.options import check_kernel_arg
 
 L1_CONSOLE = "l1-console.txt"
 L1_TRACE = "l1-trace.txt"  # KVM's trace in L1 (guests/nested/init), kept in the cell dir
 L2_MEMORY_MIB = 256  # L2's RAM inside L1 (the rig's initramfs guest needs far less)
-L1_CMDLINE = "console=ttyS0,115200 quiet loglevel=4 panic=0 8250.nr_uarts=4"
-SCRATCH = ("l0.iso", "l0-iso", "l2-cpio", "l2.cpio")  # removed after each boot (rig.sweep)
+SCRATCH = ("l0.iso", "l0-iso", "l2-cpio", "l2.cpio", "l2-carrier.img", "state")  # rig.sweep
 _FACT_RE = re.compile(r"^RIG-L1 (.*?)\r?$", re.M)
 _DROPPED_RE = re.compile(r"doesn't support requested feature: (\S+?) \[bit \d+\]")
 _QEMU_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -112,14 +120,6 @@ def l2_domain_xml(l2_model: str, cmdline: str, memory_mib: int = L2_MEMORY_MIB) 
                   timeout_s=0, workdir=Path("/tmp"))  # fmt: skip
     return domain_xml(l2, name=L2_DOMAIN, domain_type="kvm", console=Path("/dev/ttyS1"),
                       agent=Path("/dev/ttyS2"), require_vmx=True)  # fmt: skip
-
-
-def grub_cfg() -> str:
-    return (
-        "set timeout=0\nset default=0\nmenuentry rig-nested-l1 {\n"
-        f"  linux /boot/vmlinuz {L1_CMDLINE}\n"
-        "  initrd /boot/l1.gz /boot/l2.cpio\n}\n"
-    )
 
 
 def facts(l1_console: str) -> list[str]:
@@ -204,7 +204,7 @@ class NestedBackend:
     cache_root: Path
     launcher: str = "qemu"  # "qemu": QEMU's command line; "libvirt": the kvm lane's domain
     firmware_step: bool = False  # L2 boots its kernel directly (QEMU in L1); L0's ISO is ours
-    restores: bool = False  # no snapshots yet
+    restores: bool = True  # --snapshot: a saved L1 stands for L0 and L1 booting (nested_snapshot)
 
     @property
     def injects(self) -> frozenset[str]:
@@ -242,18 +242,35 @@ class NestedBackend:
             raise InfraError(f"nested lane: no L0 Bochs model for {spec.cpu_model!r}")
         if spec.inject and not set(spec.inject) <= self.injects:
             raise InfraError(f"nested lane {self.name}: cannot inject {', '.join(spec.inject)}")
+        l1 = build_l1(Artifacts(Cache(self.cache_root)), self.l1_kernel, stderr_progress,
+                      libvirt=self.launcher == "libvirt")  # fmt: skip
+        l0 = replace(spec, cpu_model=model, feature_control=None)
+        boot: Boot = lambda s, save: self._boot(s, l1, model, save)  # noqa: E731
+        snapshot = None
+        if spec.restorable() and self.l1_kernel.kind == "debian":  # L1 can wait (nested_l1)
+            make = lambda folder, tmp: save_l1(l1, l0, host_bochs(), folder, tmp)  # noqa: E731
+            name = snapshot_name(l1, model, spec.memory_mib, host_bochs())
+            snapshot = usable(spec, Store(self.cache_root, SNAPSHOTS, name, make), boot)
+        return boot(spec, snapshot)
+
+    def _boot(self, spec: BootSpec, l1: L1Image, model: str, save: Path | None) -> BootResult:
+        """Boot L0, L1 and the cell's L2; or restore L0 and L1 from `save` (nested_snapshot)
+        and bring the cell's L2 on a carrier."""
         if self.launcher == "libvirt":
             plan = ("domain.xml", l2_domain_xml(spec.cpu_model, spec.image.cmdline))
         else:
             args = qemu_args(spec.cpu_model, spec.image.cmdline, inject=bool(spec.inject))
             plan = ("qemu-args", "".join(a + "\n" for a in args))
-        libvirt = self.launcher == "libvirt"
-        l1 = build_l1(Artifacts(Cache(self.cache_root)), self.l1_kernel, stderr_progress,
-                      libvirt=libvirt)  # fmt: skip
         wd = spec.workdir
+        l0 = replace(spec, cpu_model=model, feature_control=None)
         try:
-            iso = self._l0_iso(l1, spec.image, plan, wd, spec.inject)
-            return self._run_l0(replace(spec, cpu_model=model, feature_control=None), iso)
+            cell = self._cell_cpio(spec.image, plan, wd, spec.inject)
+            if save is not None:
+                carrier = l2_carrier(cell, wd / "l2-carrier.img")
+                if fit_carrier(carrier, save):
+                    result = self._run_l0(l0, restore=(save, carrier))
+                    return replace(result, restored=save.parent.name)
+            return self._run_l0(l0, iso=l0_iso(l1, cell, wd))  # fresh, or a carrier too big
         finally:
             for name in SCRATCH:
                 p = wd / name
@@ -263,10 +280,10 @@ class NestedBackend:
                     p.unlink(missing_ok=True)
 
     @staticmethod
-    def _l0_iso(
-        l1: L1Image, l2: GuestImage, plan: tuple[str, str], wd: Path, inject: tuple[str, ...]
+    def _cell_cpio(
+        l2: GuestImage, plan: tuple[str, str], wd: Path, inject: tuple[str, ...]
     ) -> Path:
-        """The El Torito ISO Bochs boots: GRUB, L1's kernel, L1's image and the cell's cpio."""
+        """The cell's part of L1: /l2 with L2's kernel, initrd and launch plan, as a cpio."""
         cell = wd / "l2-cpio"
         (cell / "l2").mkdir(parents=True)
         shutil.copyfile(l2.kernel, cell / "l2/vmlinuz")
@@ -274,39 +291,29 @@ class NestedBackend:
         (cell / "l2" / plan[0]).write_text(plan[1])  # qemu-args, or libvirt's domain.xml
         if inject:
             (cell / "l2" / INJECT_FILE).write_text("".join(e + "\n" for e in inject))
-        tree = wd / "l0-iso"
-        (tree / "boot/grub").mkdir(parents=True)
-        write_cpio(cell, tree / "boot/l2.cpio", compress=False)
+        write_cpio(cell, wd / "l2.cpio", compress=False)
         shutil.rmtree(cell)
-        shutil.copyfile(l1.vmlinuz, tree / "boot/vmlinuz")
-        try:  # the cached 30+ MB image: a hard link when the run dir is on the cache's disk
-            os.link(l1.initrd, tree / "boot/l1.gz")
-        except OSError:
-            shutil.copyfile(l1.initrd, tree / "boot/l1.gz")
-        (tree / "boot/grub/grub.cfg").write_text(grub_cfg())
-        iso = wd / "l0.iso"
-        proc = subprocess.run(["grub-mkrescue", "-o", str(iso), str(tree)],
-                              capture_output=True, text=True, check=False)  # fmt: skip
-        shutil.rmtree(tree)
-        if proc.returncode != 0 or not iso.exists():
-            raise InfraError(f"grub-mkrescue failed: {proc.stderr.strip()[-500:]}")
-        return iso
+        return wd / "l2.cpio"
 
-    def _run_l0(self, spec: BootSpec, iso: Path) -> BootResult:
+    def _run_l0(
+        self, spec: BootSpec, *, iso: Path | None = None, restore: tuple[Path, Path] | None = None
+    ) -> BootResult:
+        """Bochs booting `iso`, or restoring `restore` (a save and the cell's carrier)."""
         wd = spec.workdir
         l1con, console, agent = wd / L1_CONSOLE, wd / CONSOLE_FILE, wd / AGENT_FILE
         trace = wd / L1_TRACE
-        log, rc, cmds = wd / "bochs.log", wd / "bochsrc", wd / "bochs.rc"
+        log, rc = wd / "bochs.log", wd / "bochsrc"
         for stale in (l1con, console, agent, trace):
             stale.unlink(missing_ok=True)
-        for path in (agent, trace):
-            if '"' in str(path) or "\n" in str(path):
-                raise InfraError(f"path not usable in a bochsrc: {path!r}")
-        text = bochsrc(spec, iso, l1con, console, log)  # com1 = L1 console, com2 = L2 console
-        rc.write_text(text + f'com3: enabled=1, mode=file, dev="{agent}"\n'
-                      f'com4: enabled=1, mode=file, dev="{trace}"\n')  # fmt: skip
-        cmds.write_text("c\n")
-        argv = ["unshare", "--net", "--", "bochs-bin", "-q", "-f", str(rc), "-rc", str(cmds)]
+        if restore is not None:
+            restore_state(restore[0], wd / "state", l1_console=l1con, console=console,
+                          agent=agent, trace=trace, log=log, carrier=restore[1])  # fmt: skip
+            argv = host_bochs().argv(wd, ["-r", str(wd / "state")])
+        else:
+            assert iso is not None
+            text = bochsrc(spec, iso, l1con, console, log)  # com1 = L1 console, com2 = L2 console
+            rc.write_text(text + l0_ports(agent, trace))
+            argv = host_bochs().argv(wd, ["-f", str(rc)])
         with owned_process(argv, cwd=wd, stdout=wd / "bochs.out", pidfile=wd / "emulator.pid") as p:
             watch = watch_console(l1con, alive=lambda: p.poll() is None, timeout_s=spec.timeout_s)
         bochs_log = read_text(log)

@@ -5,6 +5,7 @@
     usable(spec, store, boot) -> Path | None  the save this boot may restore (made on first use,
                                               gated before any cell restores it)
     fit_medium(spec, folder) -> bool          the cell's carrier sized as the saved guest's CD
+    fit_carrier(carrier, folder) -> bool      the same for a carrier the lane made itself
     gate(spec, folder, boot) -> Gate          may cells restore the save in `folder`?
 
 A lane that restores (bochs: rig.lanes.bochs_snapshot; tcg: rig.lanes.libvirt_snapshot) says
@@ -92,16 +93,21 @@ def usable(spec: BootSpec, store: Store, boot: Boot) -> Path | None:
 
 
 def fit_medium(spec: BootSpec, folder: Path) -> bool:
+    """fit_carrier for the guest's own carrier (WarmStart.carrier)."""
+    warm = spec.image.warm
+    assert warm is not None
+    return fit_carrier(warm.carrier, folder)
+
+
+def fit_carrier(carrier: Path, folder: Path) -> bool:
     """Size the cell's carrier as the CD the saved guest knows (its capacity was read at boot:
     an emulator may stop on a read past a medium's end, and the kernel reads ahead). False when
     the carrier does not fit in it."""
-    warm = spec.image.warm
-    assert warm is not None
     made = json.loads((folder.parent / MADE_FILE).read_text())
-    size, medium = warm.carrier.stat().st_size, int(made["medium_bytes"])
+    size, medium = carrier.stat().st_size, int(made["medium_bytes"])
     if size > medium:
         return False
-    os.truncate(warm.carrier, medium)  # zeros past the payload (sparse)
+    os.truncate(carrier, medium)  # zeros past the payload (sparse)
     return True
 
 

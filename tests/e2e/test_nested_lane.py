@@ -4,8 +4,11 @@ nested VMX: its VMCS revision is KVM's, not Bochs' 0x2b. About 4 minutes on 2 co
 
 from __future__ import annotations
 
+import json
 import re
 
+from rig.artifacts.cache import default_cache_root
+from rig.guest.carrier import gate_facts
 from rig.model import STAGES, Outcome
 from rig.runs import processes_mentioning
 from tests.e2e.conftest import RigRunner
@@ -13,8 +16,13 @@ from tests.e2e.conftest import RigRunner
 NESTED = ("--lane", "nested", "--kernel", "6.12")
 
 
-def test_nested_haswell_passes_under_kvm_nested_vmx(rig: RigRunner) -> None:
-    run = rig(*NESTED, "--cpu", "haswell")
+def test_nested_haswell_passes_under_kvm_nested_vmx_restored_from_a_gated_l1(
+    rig: RigRunner,
+) -> None:
+    """With --snapshot: L0 and L1 are saved once with L1 waiting (KVM loaded), the fidelity
+    gate runs the probe's L2 under a fresh and a restored L1 (its lines must be equal), and
+    the cell restores the save, gets its L2 on the carrier and is judged as a booted one."""
+    run = rig(*NESTED, "--cpu", "haswell", "--snapshot")
     assert run.rc == 0, run.output[-3000:]
     cell = run.cells["nested-6.12-haswell"]
     assert [s for s in STAGES if cell[s].outcome is not Outcome.PASSED] == [], {
@@ -36,10 +44,27 @@ def test_nested_haswell_passes_under_kvm_nested_vmx(rig: RigRunner) -> None:
                        ("vmcall_exit", "exit 18 (VMCALL)"), ("teardown", "VMXOFF")):  # fmt: skip
         assert f"KVM in L1 saw {saw}" in reasons[stage], reasons[stage]
     assert "exit 18" in (cell_dir / "beneath.txt").read_text()
-    # the cell's scratch (L0's ISO, the cell's cpio) is gone, and no emulator is left
-    assert not any((cell_dir / n).exists() for n in ("l0.iso", "l0-iso", "l2-cpio", "initrd.gz"))
-    assert (cell_dir / "l1-console.txt").exists()
+    # the cell's scratch (L0's ISO, the cell's cpio, its carrier, the restore's state) is gone,
+    # and no emulator is left
+    scratch = ("l0.iso", "l0-iso", "l2-cpio", "initrd.gz", "l2-carrier.img", "state")
+    assert not any((cell_dir / n).exists() for n in scratch)
     assert processes_mentioning(str(cell_dir)) == []
+    # restored, not booted: L1 said so on the cell's own L1 console, then its preflight again
+    key = cell["vmxon"].properties.get("snapshot", "")
+    assert key.startswith("corei7_haswell_4770-"), cell["vmxon"].properties
+    l1 = (cell_dir / "l1-console.txt").read_text()
+    assert "RIG-L1 restored: the cell's L2 came on a carrier" in l1, l1[-2000:]
+    assert "RIG-L1 preflight ok" in l1 and "RIG-L1 begin" not in l1, l1[-2000:]
+    # the gate passed: the probe's L2 printed the same lines under a fresh and a restored L1,
+    # both injected faults decoded; the cell printed what the probe's first, fresh, run did
+    gate = json.loads((default_cache_root() / "nested-snapshots" / key / "gate.json").read_text())
+    assert gate["ok"] is True and gate["booted"] == gate["restored"], gate["why"]
+    decoded = [line for line in gate["booted"] if " FAIL " in line]
+    assert any("VM-instruction error 8" in line for line in decoded), decoded
+    assert any("exit reason 33" in line for line in decoded), decoded
+    facts = gate_facts(out, (cell_dir / "agent.txt").read_text())
+    assert facts[:-1] == gate["booted"][: len(facts) - 1], (facts, gate["booted"])
+    assert facts[-1] == gate["booted"][-1]  # RIG-CPU: L2's vmx, cpus, model
 
 
 def test_nmis_and_machine_checks_from_l1_reach_the_driver_and_it_goes_on(rig: RigRunner) -> None:

@@ -10,7 +10,8 @@ import pytest
 from tests.unit.test_workflows import _tool
 
 GUESTS = Path(__file__).resolve().parents[2] / "guests"
-SCRIPTS = ["agent/rig-agent", "initramfs/init", "nested/init", "crash/init", "lib/drain.sh"]
+SCRIPTS = ["agent/rig-agent", "initramfs/init", "nested/init", "crash/init", "lib/drain.sh",
+           "lib/carrier.sh"]  # fmt: skip
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

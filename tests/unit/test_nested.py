@@ -16,8 +16,8 @@ from rig.guest.initramfs import InitramfsFlavour
 from rig.lanes import NestedBackend, backend_for
 from rig.lanes.base import ConsoleWatch
 from rig.lanes.bochs import BochsBackend, bochsrc
-from rig.lanes.nested import facts, grub_cfg, judge_levels, l0_model, qemu_args
-from rig.lanes.nested_l1 import l1_key
+from rig.lanes.nested import facts, judge_levels, l0_model, qemu_args
+from rig.lanes.nested_l1 import grub_cfg, l1_key
 from rig.matrix import load_matrix, parse_matrix
 from rig.matrix.source import MatrixFileError
 from rig.model import BootEnd, BootSpec, GuestImage, KernelSpec
@@ -91,9 +91,15 @@ def test_qemu_args_refuse_cmdline_words_a_shell_or_qemu_would_read() -> None:
 
 
 def test_grub_loads_l1_image_then_the_cells_cpio() -> None:
-    cfg = grub_cfg()
+    cfg = grub_cfg(cell=True)
     assert "initrd /boot/l1.gz /boot/l2.cpio" in cfg
     assert "console=ttyS0" in cfg
+
+
+def test_a_snapshots_l1_boots_without_a_cell_and_waits_for_its_carrier() -> None:
+    cfg = grub_cfg(cell=False)
+    assert "  initrd /boot/l1.gz\n" in cfg
+    assert "l2.cpio" not in cfg
 
 
 def test_bochsrc_for_l0_has_l1_console_and_l2_console(tmp_path: Path) -> None:

@@ -17,17 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rig.artifacts.media import BLOCK, MAGIC, carrier_bytes, depends, load_order
 from rig.errors import InfraError
-from rig.guest.carrier import (
-    BLOCK,
-    MAGIC,
-    carrier_bytes,
-    cpio_names,
-    depends,
-    gate_facts,
-    load_order,
-    pack_carrier,
-)
+from rig.guest.carrier import cpio_names, gate_facts, pack_carrier
 from rig.guest.initramfs import wants_snapshot, write_plan
 from rig.lanes.bochs_rfb import HEADER_Y, SUSPEND_FROM_RIGHT, RfbError, press_suspend
 from rig.lanes.bochs_snapshot import restore_config, restore_dir
