@@ -1,0 +1,126 @@
+"""A tcg cell on a libvirt host that shares no filesystem with the controller (#22): kernel and
+initrd uploaded into the host's pool, the console streamed back, orphans autodestroyed.
+
+The host is real libvirtd + sshd in a mount namespace of their own (tests/e2e/fake_host.py),
+where the checkout, the run directory's parent and the artifact cache are hidden under
+tmpfs; the controller reaches it over qemu+ssh only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rig.artifacts.cache import default_cache_root
+from rig.lanes.libvirt_remote import HOST_XML_FILE, POOL, REMOTE_FILE
+from tests.e2e.conftest import REPO, RigRun, RigRunner
+from tests.e2e.fake_host import FakeHost, fake_host
+
+CELL = "tcg-6.12-penryn"
+TCG = ("--lane", "tcg", "--kernel", "6.12", "--cpu", "penryn")
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[FakeHost]:
+    with fake_host(hide=[REPO, tmp_path, default_cache_root()]) as h:
+        yield h
+
+
+def controller_paths(tmp_path: Path) -> list[str]:
+    return [str(REPO), str(tmp_path), str(default_cache_root())]
+
+
+def facts(run: RigRun) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads((run.cell_dir(CELL) / REMOTE_FILE).read_text())
+    return record
+
+
+def volumes(host: FakeHost) -> list[str]:
+    out = host.run("virsh", "-c", "qemu:///system", "vol-list", POOL)
+    assert out.returncode == 0, out.stderr
+    return [line.split()[0] for line in out.stdout.splitlines()[2:] if line.strip()]
+
+
+def test_a_tcg_cell_passes_on_a_host_that_shares_no_filesystem(
+    rig: RigRunner, host: FakeHost, tmp_path: Path
+) -> None:
+    local = rig(*TCG)
+    assert local.rc == 0, local.output[-3000:]
+    remote = rig(*TCG, "--uri", host.uri)
+    assert remote.rc == 0, remote.output[-3000:]
+    assert remote.outcomes(CELL) == local.outcomes(CELL)
+    assert remote.cells[CELL]["teardown"].properties["uri"] == host.uri
+    cell = remote.cell_dir(CELL)
+    console = (cell / "console.txt").read_text(errors="replace")
+    assert "vmlaunch:" in console and "reboot: Power down" in console, console[-2000:]
+    assert "RIG-" in (cell / "agent.txt").read_text(errors="replace")
+    record = facts(remote)
+    assert record["uri"] == host.uri
+    assert [v for v in record["uploaded"] if v.startswith("vmlinuz-")], record  # a fresh host
+    assert record["deleted"] == record["per_boot"], record  # the cell's initrd is gone again
+    # what the host ran names none of the controller's paths: its domain XML (as its libvirt
+    # reported it, running) and the QEMU command line in its own log
+    host_xml = (cell / HOST_XML_FILE).read_text()
+    name = host_xml.split("<name>", 1)[1].split("</name>", 1)[0]
+    qemu_log = host.read(f"/var/log/libvirt/qemu/{name}.log")
+    assert "-kernel /var/lib/libvirt/vmlaunch-rig/vmlinuz-" in qemu_log, qemu_log
+    for path in controller_paths(tmp_path):
+        assert path not in host_xml, path
+        assert path not in qemu_log, path
+    assert "<serial type='pty'>" in host_xml
+    assert host.domains() == []
+
+
+def test_a_second_run_uploads_no_kernel(rig: RigRunner, host: FakeHost) -> None:
+    first = rig(*TCG, "--uri", host.uri)
+    assert first.rc == 0, first.output[-3000:]
+    second = rig(*TCG, "--uri", host.uri)
+    assert second.rc == 0, second.output[-3000:]
+    one, two = facts(first), facts(second)
+    kernel = [v for v in one["uploaded"] if v.startswith("vmlinuz-")]
+    assert len(kernel) == 1, one
+    # the second run sends only what no run can share: its cell's initrd (it holds the run id
+    # and the module), deleted when the boot ended
+    assert two["uploaded"] == two["per_boot"] == two["deleted"], two
+    assert [v.endswith(".initrd") for v in two["uploaded"]] == [True], two
+    assert two["reused"] == kernel, two
+    assert volumes(host) == kernel  # no partial upload, no initrd left behind
+
+
+def test_a_killed_child_leaves_no_domain_on_the_host(host: FakeHost, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    argv = [sys.executable, "-m", "rig", "run", "--junit", str(tmp_path / "junit.xml"),
+            "--runs-dir", str(runs), *TCG, "--uri", host.uri]  # fmt: skip
+    with (tmp_path / "rig.log").open("wb") as log:
+        rig = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not host.domains():
+            assert rig.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "rig.log"
+            ).read_text()[-3000:]
+            time.sleep(0.5)
+        pidfile = next(runs.glob(f"*/cells/{CELL}/child.pid"))
+        child = int(pidfile.read_text().split()[0])
+        assert b"rig.lanes.libvirt_child" in Path(f"/proc/{child}/cmdline").read_bytes()
+        os.kill(child, signal.SIGKILL)  # no chance to destroy its domain itself
+        killed = time.monotonic()
+        while host.domains():
+            assert time.monotonic() - killed < 10, host.domains()
+            time.sleep(0.2)
+        print(f"domain gone {time.monotonic() - killed:.1f} s after kill -9 of the child")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(rig.pid, signal.SIGKILL)
+        rig.wait()
