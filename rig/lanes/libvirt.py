@@ -30,7 +30,7 @@ from rig.lanes.base import (
     read_text,
     tail,
 )
-from rig.lanes.libvirt_remote import REMOTE_FILE, is_remote
+from rig.lanes.libvirt_remote import REMOTE_FILE, is_remote, remote_kvm_unusable
 from rig.lanes.libvirt_snapshot import (
     CDROM_TARGET,
     MEDIUM_BYTES,
@@ -277,8 +277,8 @@ class LibvirtBackend:
             import libvirt  # noqa: F401
         except ImportError:
             return "libvirt-python is not installed (pip install libvirt-python)"
-        if self.domain_type == "kvm" and not is_remote(self.uri):  # not our /dev/kvm there
-            why = kvm_usable()
+        if self.domain_type == "kvm":  # a remote host's KVM is its own, not our /dev/kvm
+            why = remote_kvm_unusable(self.uri) if is_remote(self.uri) else kvm_usable()
             if why is not None:
                 return why
         return None

@@ -34,9 +34,12 @@ leaves what the guest printed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -64,6 +67,43 @@ def is_remote(uri: str) -> bool:
     parts = urlsplit(uri)
     transport = parts.scheme.partition("+")[2]
     return bool(parts.hostname) or transport not in ("", "unix")
+
+
+@functools.lru_cache(maxsize=16)
+def remote_kvm_unusable(uri: str, timeout_s: float = 90.0) -> str | None:
+    """Why the host behind `uri` cannot run kvm domains (None: it can), from its libvirt's
+    domain capabilities for type kvm. Asked in a child process, as boots are (libvirt's
+    process-wide state stays out of ours); once per URI and process."""
+    argv = [sys.executable, "-m", "rig.lanes.libvirt_remote", "kvm", uri]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"libvirt host {uri}: no answer about KVM in {timeout_s:.0f} s"
+    if out.returncode == 0:
+        return None
+    why = (out.stdout.strip() or out.stderr.strip()).splitlines()[-1:] or ["no reason given"]
+    return f"libvirt host {uri} has no usable KVM: {why[0]}"
+
+
+def _kvm_probe(uri: str) -> int:
+    """`python -m rig.lanes.libvirt_remote kvm URI`: exit 0 when the host offers kvm domains
+    for x86_64, else print why and exit 1."""
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        conn = libvirt.open(uri)
+        try:
+            caps = ET.fromstring(conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0))  # noqa: S314
+        finally:
+            conn.close()
+    except libvirt.libvirtError as exc:
+        print(exc)
+        return 1
+    if caps.findtext("domain") != "kvm":
+        print(f"its domain capabilities are for {caps.findtext('domain')!r}, not kvm")
+        return 1
+    return 0
 
 
 def sha256_of(path: Path) -> str:
@@ -323,3 +363,7 @@ class ConsoleStreams:
                 pipe.done.wait(max(0.0, deadline - time.monotonic()))
                 pipe.close()
         self._stack.close()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["kvm"]:
+    sys.exit(_kvm_probe(sys.argv[2]))

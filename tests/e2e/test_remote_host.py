@@ -23,6 +23,7 @@ import pytest
 
 from rig.artifacts.cache import default_cache_root
 from rig.lanes.libvirt_remote import HOST_XML_FILE, POOL, REMOTE_FILE
+from rig.model import Outcome
 from tests.e2e.conftest import REPO, RigRun, RigRunner
 from tests.e2e.fake_host import FakeHost, fake_host
 
@@ -124,3 +125,16 @@ def test_a_killed_child_leaves_no_domain_on_the_host(host: FakeHost, tmp_path: P
         with contextlib.suppress(ProcessLookupError):
             os.killpg(rig.pid, signal.SIGKILL)
         rig.wait()
+
+
+def test_a_host_without_kvm_skips_the_kvm_lane_naming_the_host(
+    rig: RigRunner, host: FakeHost
+) -> None:
+    # the host's /dev/kvm is a read-only placeholder: its libvirt offers no kvm domains,
+    # whatever this machine's own /dev/kvm can do
+    run = rig("--lane", "kvm", "--kernel", "6.12", "--cpu", "haswell", "--uri", host.uri)
+    assert run.rc == 0, run.output[-3000:]
+    cell = run.cells["kvm-6.12-haswell"]
+    assert {case.outcome for case in cell.values()} == {Outcome.SKIPPED}
+    reason = cell["build"].message
+    assert f"libvirt host {host.uri} has no usable KVM" in reason, reason
