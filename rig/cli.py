@@ -38,8 +38,9 @@ split: `rig matrix --all --shard I/N` lists the same cells). An empty shard is n
 Progress: a line when a cell starts and ends (verdict, seconds), what an artifact build is
 doing; at the end the run directory and the console of every cell that did not pass.
 
-Several --uri spread the cells of libvirt lanes over those connections; they must be local
-ones today (the console, the images and SSH are local paths).
+Several --uri spread the cells of libvirt lanes over those connections. A remote one (e.g.
+qemu+ssh://root@HOST/system) gets the kernel and initrd uploaded into the host's storage pool
+and its consoles streamed back; it boots initramfs guests (README: "A libvirt host of its own").
 
 Exit codes: 0 every check passed or was skipped, 1 a check failed (the driver misbehaved),
 2 bad input or usage, 3 infrastructure error (a tool missing, a guest that never booted,

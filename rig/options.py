@@ -130,7 +130,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(
         "uri",
         "libvirt URI for libvirt lanes (default: embedded); repeat to spread cells over several "
-        "connections (local ones today: console, images and SSH are local paths)",
+        "connections; a remote host (qemu+ssh://...) gets kernel and initrd uploaded and its "
+        "consoles streamed back (initramfs guests)",
         repeat=True,
     ),
     Option("guest", "guest flavour (default: per lane)", choices=GUESTS),
