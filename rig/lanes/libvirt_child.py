@@ -212,7 +212,10 @@ def remote_domain(
     import libvirt
 
     conn.setKeepAlive(5, 3)
-    conn.registerCloseCallback(lambda _c, reason, _o: closed.append(str(reason)), None)
+    why = {0: "an error", 1: "end of file", 2: "keepalive timeout", 3: "closed by us"}
+    conn.registerCloseCallback(
+        lambda _c, reason, _o: closed.append(why.get(reason, f"reason {reason}")), None
+    )
     console = Path(plan["console"])
     files = {"serial0": console, "serial1": Path(plan["agent"])}
     streams = stack.enter_context(ConsoleStreams(files))
@@ -265,7 +268,9 @@ def main(plan_path: str, out_path: str) -> int:
             def alive() -> bool:
                 try:
                     return not closed and bool(dom.isActive())
-                except libvirt.libvirtError:
+                except libvirt.libvirtError as exc:
+                    if not closed and plan.get("remote") and not conn.isAlive():
+                        closed.append(str(exc))  # before the close callback says why
                     return False
 
             if plan.get("save_to"):

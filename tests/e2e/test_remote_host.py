@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from rig.artifacts.cache import default_cache_root
-from rig.lanes.libvirt_remote import HOST_XML_FILE, POOL, REMOTE_FILE
+from rig.lanes.libvirt_remote import HOST_XML_FILE, POOL, REMOTE_FILE, sha256_of
 from rig.model import Outcome
 from tests.e2e.conftest import REPO, RigRun, RigRunner
 from tests.e2e.fake_host import FakeHost, fake_host
@@ -138,3 +138,91 @@ def test_a_host_without_kvm_skips_the_kvm_lane_naming_the_host(
     assert {case.outcome for case in cell.values()} == {Outcome.SKIPPED}
     reason = cell["build"].message
     assert f"libvirt host {host.uri} has no usable KVM" in reason, reason
+
+
+UPLOADER = """
+import json, sys, time
+from pathlib import Path
+import libvirt
+from rig.lanes.libvirt_remote import ensure_pool, shared_volume
+libvirt.registerErrorHandler(lambda _c, _e: None, None)
+conn = libvirt.open(sys.argv[1])
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.01)
+pool = ensure_pool(conn, libvirt)
+vol, uploaded = shared_volume(conn, pool, libvirt, Path(sys.argv[2]), "vmlinuz")
+print(json.dumps({"name": vol.name(), "path": vol.path(), "uploaded": uploaded}))
+"""
+
+
+def test_two_controllers_uploading_one_kernel_at_once_share_one_whole_volume(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(os.urandom(24 << 20))  # big enough that both find no volume
+    gate = tmp_path / "go"
+    argv = [sys.executable, "-c", UPLOADER, host.uri, str(kernel), str(gate)]
+    procs = [
+        subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        time.sleep(8)  # both connected (an ssh login and the host's first probe each)
+        gate.touch()
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    got = [json.loads(out.decode().splitlines()[-1]) for out, _err in outs]
+    print(got)
+    assert got[0]["name"] == got[1]["name"] == f"vmlinuz-{sha256_of(kernel)[:16]}"
+    assert any(g["uploaded"] for g in got)
+    assert volumes(host) == [got[0]["name"]]  # no partial left, one volume
+    on_host = host.run("sha256sum", got[0]["path"]).stdout.split()[0]
+    assert on_host == sha256_of(kernel)  # whole, as the file
+
+
+def test_a_host_that_freezes_mid_boot_ends_the_cell_and_keeps_its_console(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    argv = [sys.executable, "-m", "rig", "run", "--junit", str(tmp_path / "junit.xml"),
+            "--runs-dir", str(runs), *TCG, "--uri", host.uri]  # fmt: skip
+    daemons = [pid for pid in host.processes() if pid != host.pid]
+    with (tmp_path / "rig.log").open("wb") as log:
+        rig = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
+    frozen: list[int] = []
+    try:
+        deadline = time.monotonic() + 600
+        while not any(p.stat().st_size for p in runs.glob(f"*/cells/{CELL}/console.txt")):
+            assert rig.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        # every process of the host but its init (libvirtd, QEMU, the ssh session): the TCP
+        # connection stays open, nothing answers; only libvirt's keepalive can tell
+        frozen = [pid for pid in host.processes() if pid != host.pid]
+        assert set(daemons) <= set(frozen)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        rc = rig.wait(timeout=120)
+        took = time.monotonic() - stopped
+        print(f"cell ended {took:.1f} s after the host froze")
+        assert rc == 3, (tmp_path / "rig.log").read_text()[-3000:]
+        cell = next(runs.glob(f"*/cells/{CELL}"))
+        result = json.loads((cell / "domain-result.json").read_text())
+        assert "connection to the libvirt host lost" in result["detail"], result
+        assert (cell / "console.txt").read_text(errors="replace").strip()
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(rig.pid, signal.SIGKILL)
+        rig.wait()
+    deadline = time.monotonic() + 30  # thawed, the host sees the connection gone
+    while host.domains():
+        assert time.monotonic() < deadline, host.domains()
+        time.sleep(0.5)
