@@ -226,3 +226,33 @@ def test_a_host_that_freezes_mid_boot_ends_the_cell_and_keeps_its_console(
     while host.domains():
         assert time.monotonic() < deadline, host.domains()
         time.sleep(0.5)
+
+
+SWEEPER = """
+import json, sys
+import libvirt
+from rig.lanes.libvirt_remote import ensure_pool, sweep_stale
+libvirt.registerErrorHandler(lambda _c, _e: None, None)
+conn = libvirt.open(sys.argv[1])
+print(json.dumps(sweep_stale(ensure_pool(conn, libvirt), libvirt)))
+"""
+
+
+def test_a_killed_runs_leftover_volumes_are_swept_once_a_day_old(host: FakeHost) -> None:
+    virsh = ("virsh", "-c", "qemu:///system")
+    assert host.run(*virsh, "pool-list").returncode == 0
+    argv = [sys.executable, "-c", SWEEPER, host.uri]
+    swept = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert swept.returncode == 0 and json.loads(swept.stdout) == [], swept.stderr  # the pool
+    names = ["vmlinuz-0123456789abcdef.partial-dead", "rig-r-c.initrd", "rig-new-c.initrd",
+             "vmlinuz-0123456789abcdef"]  # fmt: skip
+    for name in names:
+        made = host.run(*virsh, "vol-create-as", POOL, name, "1M")
+        assert made.returncode == 0, made.stderr
+    for name in [*names[:2], names[3]]:  # two days old; the kernel too: kept all the same
+        old = host.run("touch", "-d", "2 days ago", f"/var/lib/libvirt/vmlaunch-rig/{name}")
+        assert old.returncode == 0, old.stderr
+    swept = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert swept.returncode == 0, swept.stderr
+    assert sorted(json.loads(swept.stdout)) == sorted(names[:2])
+    assert sorted(volumes(host)) == sorted(names[2:])
