@@ -276,6 +276,7 @@ def main(plan_path: str, out_path: str) -> int:
             if plan.get("save_to"):
                 result = save_when_ready(conn, dom, plan, alive)
             else:
+                watched = time.monotonic()
                 watch = watch_console(
                     Path(plan["console"]), alive=alive, timeout_s=float(plan["timeout_s"])
                 )
@@ -283,7 +284,8 @@ def main(plan_path: str, out_path: str) -> int:
                 result = {
                     "end": watch.end.value,
                     "detail": watch.detail + lost,
-                    "duration_s": watch.duration_s,
+                    # a lost host's last RPC blocks until keepalive gives up: count that too
+                    "duration_s": time.monotonic() - watched if closed else watch.duration_s,
                     "panic_line": watch.panic_line,
                     "panic_to_stop_s": watch.panic_to_stop_s,
                 }

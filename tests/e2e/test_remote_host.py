@@ -214,6 +214,7 @@ def test_a_host_that_freezes_mid_boot_ends_the_cell_and_keeps_its_console(
         cell = next(runs.glob(f"*/cells/{CELL}"))
         result = json.loads((cell / "domain-result.json").read_text())
         assert "connection to the libvirt host lost" in result["detail"], result
+        assert result["duration_s"] > 15, result  # keepalive: 5 s, then 3 probes unanswered
         assert (cell / "console.txt").read_text(errors="replace").strip()
     finally:
         for pid in frozen:
