@@ -76,8 +76,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"--junitxml={args.junit}", "-rfE", "--show-capture=no",
         *pytest_words(values),
     ]  # fmt: skip
-    if args.jobs not in ("0", "1"):
-        argv += ["-n", args.jobs, "--dist", "loadscope"]
+    from rig.pool import total_slots
+
+    slots = total_slots(settings.uris)  # a bad slots= is exit 2 here
+    jobs = args.jobs or (str(slots) if len(settings.uris) > 1 else "1")
+    if jobs not in ("0", "1"):
+        argv += ["-n", jobs, "--dist", "loadscope"]
     argv += list(args.pytest_args)
     outcome = _Outcome()
     try:

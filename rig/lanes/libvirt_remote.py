@@ -365,5 +365,23 @@ class ConsoleStreams:
         self._stack.close()
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["kvm"]:
-    sys.exit(_kvm_probe(sys.argv[2]))
+def _ping(uri: str) -> int:
+    """`python -m rig.lanes.libvirt_remote ping URI`: exit 0 when the host's libvirt answers
+    (rig.pool leases its slots), else print why and exit 1."""
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        conn = libvirt.open(uri)
+        try:
+            conn.getLibVersion()
+        finally:
+            conn.close()
+    except libvirt.libvirtError as exc:
+        print(exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] in (["kvm"], ["ping"]):
+    sys.exit((_kvm_probe if sys.argv[1] == "kvm" else _ping)(sys.argv[2]))

@@ -1,0 +1,189 @@
+"""Pool mode: a run's libvirt cells lease slots on several hosts (`--uri URI?slots=N ...`).
+
+    parse_uri(text) -> PoolHost          the libvirt URI (slots= stripped) and its slot count
+    public(uri) -> str                   the URI without credentials (user, keyfile, command)
+    Pool(run_dir, hosts).lease(cell)     ctx[Lease]: the first free slot of a live host
+
+A lease is an flock on `<run>/slots/<host-hash>-<i>.lock`, so the run's xdist workers (local
+processes) share the slots; a cell waits while every slot of every live host is held. Before
+a remote host's slot is handed out its libvirt is asked for its version (`python -m
+rig.lanes.libvirt_remote ping URI`, in a child process with a timeout): a host whose
+connection fails is dead for the rest of the run (`<run>/dead/<host-hash>.json`, its reason)
+and its slots are never leased again. Every URI the run may use is in `<run>/uris.json`
+(rig.remote_sweep destroys what a dead run left on each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from rig.errors import InfraError, UsageError
+from rig.lanes.libvirt_remote import is_remote
+
+URIS_FILE = "uris.json"
+SLOTS_DIR = "slots"
+DEAD_DIR = "dead"
+PING_TIMEOUT_S = 30.0
+MAX_SLOTS = 64
+SECRET_PARAMS = ("keyfile", "command", "sshauth", "known_hosts")
+
+
+@dataclass(frozen=True)
+class PoolHost:
+    uri: str  # what libvirt is given: slots= stripped
+    slots: int = 1
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.uri.encode()).hexdigest()[:12]
+
+    @property
+    def host(self) -> str:
+        return public(self.uri)
+
+
+def parse_uri(text: str) -> PoolHost:
+    """`URI?slots=N`: slots is the rig's own parameter (default 1), never passed to libvirt."""
+    if text == "embed":
+        return PoolHost(text)
+    parts = urlsplit(text)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    slots = [v for k, v in query if k == "slots"]
+    rest = [(k, v) for k, v in query if k != "slots"]
+    n = 1
+    if slots:
+        if len(slots) > 1 or not slots[0].isdigit() or not 1 <= int(slots[0]) <= MAX_SLOTS:
+            raise UsageError(f"--uri {text}: slots= takes one number from 1 to {MAX_SLOTS}")
+        n = int(slots[0])
+    # urlencode with safe='/': the libvirt query parameters keep their paths readable
+    uri = urlunsplit(parts._replace(query=urlencode(rest, safe="/")))
+    return PoolHost(uri if slots else text, n)
+
+
+def public(uri: str) -> str:
+    """The URI as a report may show it: no user name, no key file or ssh command."""
+    if uri == "embed":
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if k not in SECRET_PARAMS]  # fmt: skip
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/")))
+
+
+def ping(uri: str, timeout_s: float = PING_TIMEOUT_S) -> str | None:
+    """Why the libvirt behind `uri` does not answer (None: it does)."""
+    argv = [sys.executable, "-m", "rig.lanes.libvirt_remote", "ping", uri]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"no answer in {timeout_s:.0f} s"
+    if out.returncode == 0:
+        return None
+    why = (out.stdout.strip() or out.stderr.strip()).splitlines()[-1:] or ["no reason given"]
+    return why[0]
+
+
+@dataclass(frozen=True)
+class Lease:
+    host: PoolHost
+    slot: int
+
+
+class Pool:
+    """The run's hosts and their slots (shared by every process of the run)."""
+
+    def __init__(self, run_dir: Path, hosts: Sequence[PoolHost], wait_s: float = 0.5) -> None:
+        self.run_dir = run_dir
+        self.hosts = list(hosts)
+        self.wait_s = wait_s
+        (run_dir / SLOTS_DIR).mkdir(parents=True, exist_ok=True)
+        (run_dir / DEAD_DIR).mkdir(exist_ok=True)
+        record = run_dir / URIS_FILE
+        if not record.exists():
+            tmp = record.with_name(f".{URIS_FILE}.{os.getpid()}")
+            tmp.write_text(json.dumps([h.uri for h in self.hosts], indent=1) + "\n")
+            tmp.replace(record)
+
+    def dead(self) -> dict[str, str]:
+        """host (public URI) -> why, for every host this run gave up on."""
+        found = {}
+        for h in self.hosts:
+            with contextlib.suppress(OSError, ValueError):
+                found[h.host] = json.loads((self.run_dir / DEAD_DIR / f"{h.key}.json").read_text())[
+                    "reason"
+                ]
+        return found
+
+    def is_dead(self, host: PoolHost) -> bool:
+        return (self.run_dir / DEAD_DIR / f"{host.key}.json").exists()
+
+    def mark_dead(self, host: PoolHost, reason: str) -> None:
+        fact = {"host": host.host, "reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        path = self.run_dir / DEAD_DIR / f"{host.key}.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(fact) + "\n")
+        tmp.replace(path)
+        print(f"rig: libvirt host {host.host} is dead for this run: {reason}", flush=True)
+
+    def _try(self, host: PoolHost, slot: int) -> IO[str] | None:
+        fh = (self.run_dir / SLOTS_DIR / f"{host.key}-{slot}.lock").open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return None
+        return fh
+
+    @contextlib.contextmanager
+    def lease(self, holder: str, avoid: Sequence[PoolHost] = ()) -> Iterator[Lease]:
+        """The first free slot of a live host (not in `avoid`), held until the block ends.
+        Raises InfraError once every host (but those avoided) is dead."""
+        while True:
+            live = [h for h in self.hosts if not self.is_dead(h) and h not in avoid]
+            if not live:
+                dead = "; ".join(f"{h}: {why}" for h, why in self.dead().items())
+                raise InfraError(f"no live libvirt host left for this cell ({dead or 'none'})")
+            got = self._first_free(live, holder)
+            if got is not None:
+                lease, fh = got
+                try:
+                    yield lease
+                finally:
+                    fh.close()
+                return
+            time.sleep(self.wait_s)
+
+    def _first_free(self, live: Sequence[PoolHost], holder: str) -> tuple[Lease, IO[str]] | None:
+        for host in live:
+            for slot in range(host.slots):
+                fh = self._try(host, slot)
+                if fh is None:
+                    continue
+                why = ping(host.uri) if is_remote(host.uri) else None
+                if why is not None:
+                    fh.close()
+                    self.mark_dead(host, why)
+                    break
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"{os.getpid()} {holder}\n")
+                fh.flush()
+                return Lease(host, slot), fh
+        return None
+
+
+def total_slots(uris: Sequence[str]) -> int:
+    return sum(parse_uri(u).slots for u in uris)
