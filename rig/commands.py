@@ -97,6 +97,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"rig: cleaning up the run directory failed ({exc}); the next run or "
                   "`rig clean` retries", file=sys.stderr)  # fmt: skip
+    from rig.pool_run import dead_hosts
+
+    for host, why in dead_hosts(settings.runs_dir / values["run_id"]):
+        print(f"rig: libvirt host {host} was dead for this run (its cells went to the others): "
+              f"{why}")  # fmt: skip
     if args.junit.exists() and rc != pytest.ExitCode.USAGE_ERROR:
         print(f"rig: JUnit: {args.junit}; logs: {settings.runs_dir / values['run_id']}/cells/; "
               f"the page: rig report {args.junit} --html rig-report/index.html")  # fmt: skip

@@ -20,8 +20,10 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -86,13 +88,21 @@ def public(uri: str) -> str:
 def ping(uri: str, timeout_s: float = PING_TIMEOUT_S) -> str | None:
     """Why the libvirt behind `uri` does not answer (None: it does)."""
     argv = [sys.executable, "-m", "rig.lanes.libvirt_remote", "ping", uri]
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return f"no answer in {timeout_s:.0f} s"
-    if out.returncode == 0:
-        return None
-    why = (out.stdout.strip() or out.stderr.strip()).splitlines()[-1:] or ["no reason given"]
+    # a session of its own: on timeout its ssh (waiting on a frozen host) goes with it; the
+    # output in a file, not a pipe that an ssh outside the group could hold open
+    with tempfile.TemporaryFile("w+") as log:
+        with subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True) as proc:  # fmt: skip
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return f"no answer in {timeout_s:.0f} s"
+        if proc.returncode == 0:
+            return None
+        log.seek(0)
+        why = log.read().strip().splitlines()[-1:] or ["no reason given"]
     return why[0]
 
 

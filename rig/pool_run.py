@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from rig.errors import InfraError
 from rig.lanes.libvirt_remote import is_remote
 from rig.model import Cell, CellVerdict, Outcome, StageVerdict
-from rig.pool import Lease, Pool, parse_uri, ping
+from rig.pool import DEAD_DIR, Lease, Pool, parse_uri, ping
+from rig.runs import PIDFILES, SCRATCH
 
 if TYPE_CHECKING:
     from rig.runner import CellRunner
@@ -53,11 +54,13 @@ def _errored(verdict: CellVerdict) -> StageVerdict | None:
 
 
 def _set_aside(workdir: Path, attempt: int) -> None:
-    """The files of an attempt that lost its host, kept in `attempt-N/`."""
+    """The logs of an attempt that lost its host, kept in `attempt-N/` (the verdict's lock,
+    pid files and scratch stay where rig.runs looks for them)."""
     keep = workdir / f"attempt-{attempt}"
     keep.mkdir(exist_ok=True)
+    stay = {*KEPT, "verdict.lock", *PIDFILES, *SCRATCH}
     for entry in workdir.iterdir():
-        if entry.name in KEPT or entry.name.startswith("attempt-"):
+        if entry.name in stay or entry.name.startswith("attempt-") or entry.is_symlink():
             continue
         shutil.move(str(entry), str(keep / entry.name))
 
@@ -121,4 +124,17 @@ def where_it_ran(cell_dir: Path, default_uri: str) -> list[tuple[str, str]]:
         return [("uri", default_uri)]
     props = [("uri", str(lease["uri"])), ("host", str(lease["host"])), ("slot", str(lease["slot"]))]
     props += [("lost_host", str(a["host"])) for a in read_attempts(cell_dir) if a.get("host_lost")]
+    props += [("dead_host", f"{host}: {why}") for host, why in dead_hosts(cell_dir.parent.parent)]
     return props
+
+
+def dead_hosts(run_dir: Path) -> list[tuple[str, str]]:
+    """(host, why) of every host the run gave up on so far (rig.pool.DEAD_DIR)."""
+    found = []
+    for path in sorted((run_dir / DEAD_DIR).glob("*.json")):
+        try:
+            fact = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        found.append((str(fact["host"]), str(fact["reason"])))
+    return found

@@ -74,7 +74,8 @@ def serve(state: Path, hide: Sequence[str]) -> int:
     Path("/etc/libvirt/qemu.conf").write_text(QEMU_CONF)
     daemons: list[subprocess.Popen[bytes]] = []
     for name, argv in (
-        ("virtlogd", ["/usr/sbin/virtlogd"]),
+        # its pid file in the host's /run/libvirt, not /run: two hosts run side by side
+        ("virtlogd", ["/usr/sbin/virtlogd", "--pid-file", "/run/libvirt/virtlogd.pid"]),
         ("libvirtd", ["/usr/sbin/libvirtd", "-f", str(state / "libvirtd.conf"),
                       "--pid-file", "/run/libvirt/libvirtd.pid"]),
         ("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(state / "sshd_config")]),

@@ -1,0 +1,164 @@
+"""One run over several libvirt hosts (#22, pool mode): cells lease slots on live hosts.
+
+Two fake hosts (tests/e2e/fake_host.py), each its own mount namespace, libvirtd and sshd port;
+the controller reaches them over qemu+ssh only. slots=1 each, so at most two boots at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rig.artifacts.cache import default_cache_root
+from rig.model import Outcome
+from rig.pool import public
+from rig.pool_run import ATTEMPTS_FILE
+from rig.report import by_cell, read_junit
+from tests.e2e.conftest import REPO, RigRunner
+from tests.e2e.fake_host import FakeHost, fake_host
+
+CELLS = ("tcg-6.12-penryn", "tcg-6.12-nehalem")
+PASSED = Outcome.PASSED
+TWO = ("--lane", "tcg", "--kernel", "6.12", "--cpu", "penryn", "--cpu", "nehalem")
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[tuple[FakeHost, FakeHost]]:
+    hide = [REPO, tmp_path, default_cache_root()]
+    with fake_host(hide=hide) as a, fake_host(hide=hide) as b:
+        yield a, b
+
+
+class Watch:
+    """Polls each host's domains while a run goes on: the most it ever saw at once."""
+
+    def __init__(self, hosts: tuple[FakeHost, ...]) -> None:
+        self.hosts = hosts
+        self.most = [0] * len(hosts)
+        self.polls = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll)
+
+    def _poll(self) -> None:
+        while not self.stop.is_set():
+            for i, host in enumerate(self.hosts):
+                out = host.run("virsh", "-c", "qemu:///system", "list", "--name")
+                if out.returncode == 0:
+                    self.most[i] = max(self.most[i], len(out.stdout.split()))
+            self.polls += 1
+            time.sleep(0.3)
+
+    def __enter__(self) -> Watch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(120)
+
+
+def test_two_hosts_with_one_slot_each_run_one_cell_each(
+    rig: RigRunner, hosts: tuple[FakeHost, FakeHost]
+) -> None:
+    a, b = hosts
+    with Watch(hosts) as watch:
+        run = rig(*TWO, "--uri", a.uri + "&slots=1", "--uri", b.uri + "&slots=1")
+    print(f"{watch.polls} polls, most domains at once per host: {watch.most}")
+    assert run.rc == 0, run.output[-3000:]
+    assert watch.most == [1, 1], watch.most  # both hosts booted, never over their slot
+    used = {}
+    for cell_id in CELLS:
+        props = run.cells[cell_id]["teardown"].properties
+        # tcg has no VMX: its three VMX stages skip, build and teardown pass
+        assert run.outcomes(cell_id)["build"] is run.outcomes(cell_id)["teardown"] is PASSED
+        assert props["slot"] == "0"
+        assert "keyfile" not in props["host"] and "root@" not in props["host"], props
+        used[cell_id] = props["host"]
+    assert sorted(used.values()) == sorted([public(a.uri), public(b.uri)]), used
+    assert "-n 2" in run.output or "2 workers" in run.output, run.output[:2000]
+    assert a.domains() == b.domains() == []
+
+
+def _kill_libvirtd(host: FakeHost) -> None:
+    for pid in host.processes():
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/usr/sbin/libvirtd\0"):
+                os.kill(pid, signal.SIGKILL)
+                return
+    raise AssertionError("no libvirtd in the host's namespace")
+
+
+def test_a_host_dead_before_the_run_gets_no_cell(
+    rig: RigRunner, hosts: tuple[FakeHost, FakeHost]
+) -> None:
+    a, b = hosts
+    _kill_libvirtd(b)  # the host's init stops sshd too: its connection fails
+    run = rig(*TWO, "--uri", a.uri, "--uri", b.uri)
+    assert run.rc == 0, run.output[-3000:]
+    for cell_id in CELLS:
+        props = run.cells[cell_id]["teardown"].properties
+        assert props["host"] == public(a.uri), props
+    assert f"libvirt host {public(b.uri)} was dead for this run" in run.output, run.output[-3000:]
+    named = [run.cells[c]["teardown"].properties.get("dead_host", "") for c in CELLS]
+    assert all(v.startswith(public(b.uri) + ": ") for v in named), named  # in the JUnit
+    dead = list(run.runs_dir.glob("*/dead/*.json"))
+    assert [json.loads(p.read_text())["host"] for p in dead] == [public(b.uri)]
+
+
+def test_a_cell_whose_host_freezes_mid_boot_runs_again_on_the_other(
+    hosts: tuple[FakeHost, FakeHost], tmp_path: Path
+) -> None:
+    a, b = hosts
+    runs, junit = tmp_path / "runs", tmp_path / "junit.xml"
+    argv = [sys.executable, "-m", "rig", "run", "--junit", str(junit), "--runs-dir", str(runs),
+            *TWO, "--uri", a.uri, "--uri", b.uri]  # fmt: skip
+    with (tmp_path / "rig.log").open("wb") as log:
+        rig = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
+    frozen: list[int] = []
+    try:
+        deadline = time.monotonic() + 600
+        while not b.domains():  # the cell that leased b's slot has its domain there
+            assert rig.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+        frozen = [pid for pid in b.processes() if pid != b.pid]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        rc = rig.wait(timeout=600)
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(rig.pid, signal.SIGKILL)
+        rig.wait()
+    output = (tmp_path / "rig.log").read_text(errors="replace")
+    print(output[-4000:])
+    assert rc == 0, output[-3000:]  # every cell ended on the live host, and passed
+    cells = by_cell(read_junit(junit))
+    retried = []
+    for cell_id in CELLS:
+        props = cells[cell_id]["teardown"].properties
+        assert props["host"] == public(a.uri), props
+        cell_dir = next(runs.glob(f"*/cells/{cell_id}"))
+        attempts = json.loads((cell_dir / ATTEMPTS_FILE).read_text())
+        if len(attempts) == 2:
+            retried.append(cell_id)
+            first, second = attempts
+            assert first["host"] == public(b.uri) and first["outcome"] == "error", first
+            assert first["host_lost"] and public(b.uri) in first["reason"], first
+            assert second["host"] == public(a.uri) and second["outcome"] == "passed", second
+            assert props["lost_host"] == public(b.uri), props
+            assert (cell_dir / "attempt-1" / "console.txt").exists()
+    assert len(retried) == 1, retried
+    assert f"libvirt host {public(b.uri)} was dead for this run" in output
