@@ -85,11 +85,10 @@ def public(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/")))
 
 
-def ping(uri: str, timeout_s: float = PING_TIMEOUT_S) -> str | None:
-    """Why the libvirt behind `uri` does not answer (None: it does)."""
-    argv = [sys.executable, "-m", "rig.lanes.libvirt_remote", "ping", uri]
-    # a session of its own: on timeout its ssh (waiting on a frozen host) goes with it; the
-    # output in a file, not a pipe that an ssh outside the group could hold open
+def run_child(argv: Sequence[str], timeout_s: float) -> tuple[int | None, str]:
+    """(exit status or None on timeout, output) of a child that talks to a libvirt host. A
+    session of its own: on timeout its ssh (waiting on a frozen host) is killed with it; the
+    output in a file, not a pipe that an ssh outside the group could hold open."""
     with tempfile.TemporaryFile("w+") as log:
         with subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True) as proc:  # fmt: skip
@@ -98,12 +97,19 @@ def ping(uri: str, timeout_s: float = PING_TIMEOUT_S) -> str | None:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                return f"no answer in {timeout_s:.0f} s"
-        if proc.returncode == 0:
-            return None
+                return None, ""
         log.seek(0)
-        why = log.read().strip().splitlines()[-1:] or ["no reason given"]
-    return why[0]
+        return proc.returncode, log.read()
+
+
+def ping(uri: str, timeout_s: float = PING_TIMEOUT_S) -> str | None:
+    """Why the libvirt behind `uri` does not answer (None: it does)."""
+    rc, out = run_child([sys.executable, "-m", "rig.lanes.libvirt_remote", "ping", uri], timeout_s)
+    if rc is None:
+        return f"no answer in {timeout_s:.0f} s"
+    if rc == 0:
+        return None
+    return (out.strip().splitlines() or ["no reason given"])[-1]
 
 
 @dataclass(frozen=True)

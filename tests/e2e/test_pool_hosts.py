@@ -20,12 +20,15 @@ from pathlib import Path
 import pytest
 
 from rig.artifacts.cache import default_cache_root
+from rig.lanes.libvirt_remote import POOL, POOL_TARGET
 from rig.model import Outcome
-from rig.pool import public
+from rig.pool import URIS_FILE, public
 from rig.pool_run import ATTEMPTS_FILE
+from rig.remote_sweep import SWEPT_FILE
 from rig.report import by_cell, read_junit
 from tests.e2e.conftest import REPO, RigRunner
 from tests.e2e.fake_host import FakeHost, fake_host
+from tests.e2e.test_remote_host import volumes
 
 CELLS = ("tcg-6.12-penryn", "tcg-6.12-nehalem")
 PASSED = Outcome.PASSED
@@ -162,3 +165,68 @@ def test_a_cell_whose_host_freezes_mid_boot_runs_again_on_the_other(
             assert (cell_dir / "attempt-1" / "console.txt").exists()
     assert len(retried) == 1, retried
     assert f"libvirt host {public(b.uri)} was dead for this run" in output
+
+
+IDLE_DOMAIN = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>
+<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>
+<devices><memballoon model='none'/></devices></domain>"""
+
+
+def _leftovers(host: FakeHost, run_id: str, cell: str) -> str:
+    """A dead run's domain (running, transient) and per-boot volume on the host."""
+    name = f"rig-{run_id}-{cell}"
+    xml = host.state / f"{name}.xml"
+    xml.write_text(IDLE_DOMAIN.format(name=name))  # the host's state dir: seen from inside
+    made = host.run("virsh", "-c", "qemu:///system", "create", str(xml))
+    assert made.returncode == 0, made.stderr
+    vol = host.run("virsh", "-c", "qemu:///system", "vol-create-as", POOL, f"{name}.initrd", "1M")
+    assert vol.returncode == 0, vol.stderr
+    return name
+
+
+def _dead_run(runs: Path, run_id: str, cell: str, uris: list[str]) -> Path:
+    run_dir = runs / run_id
+    (run_dir / "cells" / cell).mkdir(parents=True)
+    (run_dir / "run.lock").touch()  # nobody holds it: the run is dead
+    (run_dir / URIS_FILE).write_text(json.dumps(uris))
+    return run_dir
+
+
+def test_clean_and_the_next_run_sweep_a_dead_runs_domains_and_volumes_on_its_hosts(
+    rig: RigRunner, hosts: tuple[FakeHost, FakeHost], tmp_path: Path
+) -> None:
+    a, b = hosts
+    virsh = ("virsh", "-c", "qemu:///system")
+    for h in (a, b):  # the rig's pool, as a run of the rig defines it
+        (h.state / "pool.xml").write_text(f"<pool type='dir'><name>{POOL}</name><target><path>"
+                                          f"{POOL_TARGET}</path></target></pool>")  # fmt: skip
+        for step in (("pool-define", str(h.state / "pool.xml")), ("pool-build", POOL),
+                     ("pool-start", POOL)):  # fmt: skip
+            done = h.run(*virsh, *step)
+            assert done.returncode == 0, done.stderr
+    runs = tmp_path / "runs"
+    dead = "20260101-000000-dead01"
+    mine = [_leftovers(a, dead, CELLS[0]), _leftovers(b, dead, CELLS[1])]
+    _dead_run(runs, dead, CELLS[0], [a.uri, b.uri, "embed"])
+    (runs / dead / "cells" / CELLS[1]).mkdir()
+    other = _leftovers(a, "20260101-000000-other1", CELLS[0])  # another run's: not in runs/
+    same_cell_elsewhere = _leftovers(b, "20260101-000000-dead01x", CELLS[0])  # a longer run id
+    clean = subprocess.run([sys.executable, "-m", "rig", "clean", "--runs-dir", str(runs)],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    print(clean.stdout, clean.stderr)
+    assert clean.returncode == 0, clean.stderr
+    assert f"destroyed domain {public(a.uri)}: {mine[0]}" in clean.stdout
+    assert f"deleted volume {public(b.uri)}: {mine[1]}.initrd" in clean.stdout
+    assert a.domains() == [other] and b.domains() == [same_cell_elsewhere]
+    assert volumes(a) == [f"{other}.initrd"]
+    assert volumes(b) == [f"{same_cell_elsewhere}.initrd"]
+    assert (runs / dead / SWEPT_FILE).exists() and not (runs / dead / URIS_FILE).exists()
+    # the next run sweeps too: a second dead run, then a run of one cell on host a
+    later = "20260101-000001-dead02"
+    left = _leftovers(a, later, CELLS[0])
+    _dead_run(runs, later, CELLS[0], [a.uri])
+    run = rig("--lane", "tcg", "--kernel", "6.12", "--cpu", "penryn", "--uri", a.uri)
+    assert run.rc == 0, run.output[-3000:]
+    assert f"destroyed domain {public(a.uri)}: {left}" in run.output
+    assert a.domains() == [other] and left + ".initrd" not in volumes(a)
+    assert f"{other}.initrd" in volumes(a)
