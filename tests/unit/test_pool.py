@@ -4,6 +4,7 @@ processes, a dead host's slots are never leased again, xdist's remote options ar
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -95,3 +96,28 @@ def test_xdist_remote_options_are_refused_pointing_to_the_pool(
     assert p.returncode == 2, p.stdout + p.stderr
     assert "--uri" in p.stderr and "shard" in p.stderr, p.stderr
     assert not (tmp_path / "r").exists()  # nothing started
+
+
+def _run(runs: Path, run_id: str, uris: list[str]) -> Path:
+    run_dir = runs / run_id
+    (run_dir / "cells" / "tcg-6.12-penryn").mkdir(parents=True)
+    (run_dir / "run.lock").touch()
+    (run_dir / URIS_FILE).write_text(json.dumps(uris))
+    return run_dir
+
+
+def test_the_remote_sweep_leaves_live_runs_and_old_records_and_embedded_uris(
+    tmp_path: Path,
+) -> None:
+    from rig.remote_sweep import SWEPT_FILE, sweep_remote
+    from rig.runs import run_lock
+
+    done = _run(tmp_path, "r-embedded", ["embed", "qemu:///embed?root=/x"])
+    old = _run(tmp_path, "r-old", ["qemu+ssh://nosuchhost.invalid/system"])
+    os.utime(old / URIS_FILE, (time.time() - 2 * 86400,) * 2)
+    live = _run(tmp_path, "r-live", ["qemu+ssh://nosuchhost.invalid/system"])
+    with run_lock(live):
+        swept = sweep_remote(tmp_path)
+    assert swept.domains == swept.volumes == swept.unreachable == []  # nobody asked
+    assert (done / SWEPT_FILE).exists()  # embedded: rig.runs.sweep_embed_pool's business
+    assert (old / URIS_FILE).exists() and (live / URIS_FILE).exists()
