@@ -15,6 +15,12 @@ key against this host's own known_hosts (libvirt's ssh transport passes no known
 `no_verify=1` would write into root's ~/.ssh/known_hosts). On SIGTERM the server destroys
 its domains, stops its daemons and kills every process left in its namespace.
 
+`fake_host(hide, net=True)`: the host has a network namespace of its own too, reached over a
+veth pair (this side 10.77.K.1/30, the host's eth0 10.77.K.2/30, sshd listening there; the
+server waits for the link before its daemons start). Taking the host's eth0 down cuts it off
+without a reset: this side keeps its route and every packet is dropped. Several hosts run side
+by side (virtlogd's pid file is in the host's own /run/libvirt).
+
 Only the standard library is imported: the checkout (and its .venv) is hidden in there.
 """
 
@@ -39,6 +45,7 @@ LIBVIRTD_CONF = 'unix_sock_dir = "/run/libvirt"\nauth_unix_rw = "none"\nauth_uni
 # ("Unable to move /run/libvirt/qemu/N-NAME.kvm mount to /dev/kvm: Invalid argument")
 QEMU_CONF = "namespaces = []\n"
 READY = "ready"
+NET, NET_READY = "net", "net-ready"  # the host has a network namespace; its veth is up
 
 
 def _mount_tmpfs(path: str) -> None:
@@ -63,6 +70,9 @@ def serve(state: Path, hide: Sequence[str]) -> int:
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda sig, _f: stop.append(sig))
     signal.signal(signal.SIGINT, lambda sig, _f: stop.append(sig))
+    if (state / NET).exists():  # a network namespace of its own: sshd waits for its link
+        while not stop and not (state / NET_READY).exists():
+            time.sleep(0.05)
     for path in STATE_DIRS:
         _mount_tmpfs(path)
     for path in hide:
@@ -117,6 +127,7 @@ class FakeHost:
     state: Path
     pid: int  # the server's: its mount namespace is the host's
     ns: str  # that namespace (readlink /proc/PID/ns/mnt)
+    link: str = ""  # net=True: this side's end of its veth pair
 
     def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """argv inside the host's mount namespace."""
@@ -152,15 +163,15 @@ def _free_port() -> int:
         return port
 
 
-def _keys(state: Path, port: int) -> None:
+def _keys(state: Path, port: int, addr: str) -> None:
     for key in ("host", "client"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"rig-{key}",
                         "-f", str(state / key)], check=True)  # fmt: skip
     (state / "authorized_keys").write_text((state / "client.pub").read_text())
     host_pub = (state / "host.pub").read_text().split()
-    (state / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    (state / "known_hosts").write_text(f"[{addr}]:{port} {host_pub[0]} {host_pub[1]}\n")
     (state / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {state / 'host'}\n"
+        f"Port {port}\nListenAddress {addr}\nHostKey {state / 'host'}\n"
         f"AuthorizedKeysFile {state / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
         "StrictModes no\nPidFile none\n"
@@ -175,32 +186,63 @@ def _keys(state: Path, port: int) -> None:
     ssh.chmod(0o755)
 
 
+def _veth(pid: int, state: Path, link: str, addr: str) -> None:
+    """The host's end of a veth pair moved into its network namespace (pid's), both ends up:
+    LINK (this side) 10.77.K.1/30, the host's 10.77.K.2/30 and its loopback."""
+    ours = addr.rsplit(".", 1)[0] + ".1"
+    deadline = time.monotonic() + 10  # unshare(1) may not have unshared yet
+    while os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+        assert time.monotonic() < deadline, "the host's network namespace never came"
+        time.sleep(0.02)
+    steps = [
+        ["ip", "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", str(pid)],
+        ["ip", "addr", "add", f"{ours}/30", "dev", link],
+        ["ip", "link", "set", link, "up"],
+        *(["nsenter", "-t", str(pid), "-n", "ip", *cmd] for cmd in (
+            ["addr", "add", f"{addr}/30", "dev", "eth0"], ["link", "set", "eth0", "up"],
+            ["link", "set", "lo", "up"])),
+    ]  # fmt: skip
+    for argv in steps:
+        subprocess.run(argv, check=True, capture_output=True)
+    (state / NET_READY).touch()
+
+
 @contextlib.contextmanager
-def fake_host(hide: Sequence[Path]) -> Iterator[FakeHost]:
-    """Start the host, hiding `hide` from it; on exit stop it and check nothing is left."""
+def fake_host(hide: Sequence[Path], net: bool = False) -> Iterator[FakeHost]:
+    """Start the host, hiding `hide` from it; on exit stop it and check nothing is left.
+    `net`: in a network namespace of its own too, reached over a veth pair (FakeHost.link,
+    this side's end: `ip link set LINK down` cuts the host off without a reset)."""
     from rig.lanes.base import owned_process
 
     state = Path(tempfile.mkdtemp(prefix="rig-host-", dir="/tmp"))
     for path in hide:
         assert not state.is_relative_to(path), f"{state} would be hidden by {path}"
     port = _free_port()
-    _keys(state, port)
-    argv = ["unshare", "--mount", "--propagation", "private", "--", sys.executable,
+    k = port % 250 + 2
+    addr, link = (f"10.77.{k}.2", f"righ{port}") if net else ("127.0.0.1", "")
+    _keys(state, port, addr)
+    if net:
+        (state / NET).touch()
+    unshare = ["unshare", "--mount", *(["--net"] if net else []), "--propagation", "private"]
+    argv = [*unshare, "--", sys.executable,
             str(Path(__file__).resolve()), "serve", str(state), *map(str, hide)]  # fmt: skip
     try:
         with owned_process(argv, cwd=state, stdout=state / "server.log", deathsig="TERM") as p:
             try:
+                if net:
+                    _veth(p.pid, state, link, addr)
                 deadline = time.monotonic() + 60
                 while not (state / READY).exists():
                     logs = {n: _read(state / f"{n}.log") for n in ("server", "libvirtd", "sshd")}
                     assert p.poll() is None and time.monotonic() < deadline, logs
                     time.sleep(0.2)
                 host = FakeHost(
-                    uri=f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={state / 'client'}"
+                    uri=f"qemu+ssh://root@{addr}:{port}/system?keyfile={state / 'client'}"
                     f"&command={state / 'ssh'}",
                     state=state,
                     pid=p.pid,
                     ns=os.readlink(f"/proc/{p.pid}/ns/mnt"),
+                    link=link,
                 )
                 assert host.ns != os.readlink("/proc/self/ns/mnt")
                 yield host

@@ -230,3 +230,55 @@ def test_clean_and_the_next_run_sweep_a_dead_runs_domains_and_volumes_on_its_hos
     assert f"destroyed domain {public(a.uri)}: {left}" in run.output
     assert a.domains() == [other] and left + ".initrd" not in volumes(a)
     assert f"{other}.initrd" in volumes(a)
+
+
+def test_a_host_cut_off_without_a_reset_errs_within_keepalive_while_the_other_finishes(
+    tmp_path: Path,
+) -> None:
+    hide = [REPO, tmp_path, default_cache_root()]
+    with fake_host(hide=hide) as a, fake_host(hide=hide, net=True) as b:
+        _cut_mid_cell(a, b, tmp_path)
+
+
+def _cut_mid_cell(a: FakeHost, b: FakeHost, tmp_path: Path) -> None:
+    runs, junit = tmp_path / "runs", tmp_path / "junit.xml"
+    argv = [sys.executable, "-m", "rig", "run", "--junit", str(junit), "--runs-dir", str(runs),
+            *TWO, "--uri", a.uri, "--uri", b.uri]  # fmt: skip
+    with (tmp_path / "rig.log").open("wb") as log:
+        rig = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not b.domains():  # b's own socket (its mount namespace): no network needed
+            assert rig.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+        # the host's end goes down: ours loses its carrier, keeps its route, and every packet
+        # to the host is dropped; no RST, no ICMP: only libvirt's keepalive can tell
+        cut = b.run("nsenter", "-t", str(b.pid), "-n", "ip", "link", "set", "eth0", "down")
+        assert cut.returncode == 0, cut.stderr
+        cut_at = time.time()
+        rc = rig.wait(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(rig.pid, signal.SIGKILL)
+        rig.wait()
+    output = (tmp_path / "rig.log").read_text(errors="replace")
+    print(output[-3000:])
+    assert rc == 0, output[-3000:]
+    cells = by_cell(read_junit(junit))
+    lost = []
+    for cell_id in CELLS:
+        assert cells[cell_id]["teardown"].properties["host"] == public(a.uri)
+        cell_dir = next(runs.glob(f"*/cells/{cell_id}"))
+        attempts = json.loads((cell_dir / ATTEMPTS_FILE).read_text())
+        if attempts[0]["host"] == public(b.uri):
+            lost.append(cell_id)
+            assert attempts[0]["outcome"] == "error" and attempts[0]["host_lost"], attempts
+            ended = (cell_dir / "attempt-1" / "domain-result.json").stat().st_mtime - cut_at
+            print(f"{cell_id}: its boot on the cut host ended {ended:.1f} s after the cut")
+            assert ended < 30, ended  # keepalive: 5 s x 3 unanswered, then the child's end
+            result = json.loads((cell_dir / "attempt-1" / "domain-result.json").read_text())
+            assert "keepalive" in result["detail"], result
+        else:
+            assert attempts == [{**attempts[0], "outcome": "passed", "host_lost": None}]
+    assert len(lost) == 1, lost
