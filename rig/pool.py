@@ -37,7 +37,7 @@ from rig.lanes.libvirt_remote import is_remote
 URIS_FILE = "uris.json"
 SLOTS_DIR = "slots"
 DEAD_DIR = "dead"
-PING_TIMEOUT_S = 30.0
+PING_TIMEOUT_S = 20.0
 MAX_SLOTS = 64
 SECRET_PARAMS = ("keyfile", "command", "sshauth", "known_hosts")
 
@@ -112,6 +112,10 @@ def ping(uri: str, timeout_s: float = PING_TIMEOUT_S) -> str | None:
     return (out.strip().splitlines() or ["no reason given"])[-1]
 
 
+class NoLiveHost(InfraError):
+    """Every host of the pool (but those a cell avoids) is dead for this run."""
+
+
 @dataclass(frozen=True)
 class Lease:
     host: PoolHost
@@ -143,6 +147,9 @@ class Pool:
                 ]
         return found
 
+    def live(self) -> list[PoolHost]:
+        return [h for h in self.hosts if not self.is_dead(h)]
+
     def is_dead(self, host: PoolHost) -> bool:
         return (self.run_dir / DEAD_DIR / f"{host.key}.json").exists()
 
@@ -166,12 +173,12 @@ class Pool:
     @contextlib.contextmanager
     def lease(self, holder: str, avoid: Sequence[PoolHost] = ()) -> Iterator[Lease]:
         """The first free slot of a live host (not in `avoid`), held until the block ends.
-        Raises InfraError once every host (but those avoided) is dead."""
+        Raises NoLiveHost once every host (but those avoided) is dead."""
         while True:
-            live = [h for h in self.hosts if not self.is_dead(h) and h not in avoid]
+            live = [h for h in self.live() if h not in avoid]
             if not live:
                 dead = "; ".join(f"{h}: {why}" for h, why in self.dead().items())
-                raise InfraError(f"no live libvirt host left for this cell ({dead or 'none'})")
+                raise NoLiveHost(f"no live libvirt host left for this cell ({dead or 'none'})")
             got = self._first_free(live, holder)
             if got is not None:
                 lease, fh = got

@@ -13,10 +13,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rig.errors import InfraError
 from rig.lanes.libvirt_remote import is_remote
 from rig.model import Cell, CellVerdict, Outcome, StageVerdict
-from rig.pool import DEAD_DIR, Lease, Pool, parse_uri, ping
+from rig.pool import DEAD_DIR, Lease, NoLiveHost, Pool, parse_uri, ping
 from rig.runs import PIDFILES, SCRATCH
 
 if TYPE_CHECKING:
@@ -89,9 +88,12 @@ def run_leased(runner: CellRunner, cell: Cell) -> CellVerdict:
                 _write(workdir / LEASE_FILE, fact)
                 verdict = runner.run_on(cell, lease.host.uri)
                 why = None
-                if _errored(verdict) is not None and is_remote(lease.host.uri):
-                    why = ping(lease.host.uri)  # the host or the boot?
-        except InfraError as exc:  # every host dead
+                # the host or the boot? Asked only when another live host could take the cell
+                # (a frozen host answers nothing: the ask costs PING_TIMEOUT_S)
+                others = [h for h in pool.live() if h != lease.host]
+                if _errored(verdict) is not None and is_remote(lease.host.uri) and others:
+                    why = ping(lease.host.uri)
+        except NoLiveHost as exc:
             from rig.runner import infra_reason, uniform
 
             verdict = uniform(cell, Outcome.ERROR, infra_reason(exc))
@@ -107,7 +109,7 @@ def run_leased(runner: CellRunner, cell: Cell) -> CellVerdict:
         attempts.append({**fact, "outcome": worst.outcome.value, "reason": worst.reason,
                          "host_lost": why})  # fmt: skip
         _write(workdir / ATTEMPTS_FILE, attempts)
-        if why is None or attempt == 2:
+        if why is None or attempt == 2 or not pool.live():
             return verdict
         lost = verdict
         _set_aside(workdir, attempt)
