@@ -6,8 +6,9 @@ is left (its run.lock unheld), each of those hosts is asked, in a child process 
 exactly `rig-<run id>-<cell>` for the run's cell directories, and to delete the per-boot
 volumes `<that name>.initrd` from the rig's pool: nothing of another run, nothing shared (the
 kernels). A run whose every host answered is done: its record becomes `uris.swept.json`. A
-host that does not answer is tried again next time, for a day (then its host's own sweep of
-stale volumes, rig.lanes.libvirt_remote.sweep_stale, and AUTODESTROY have the rest).
+host that does not answer (asked once per sweep, TIMEOUT_S at most) is tried again next time,
+for a day (then the host's own sweep of stale volumes, rig.lanes.libvirt_remote.sweep_stale,
+and AUTODESTROY have the rest).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rig.pool import URIS_FILE, public, run_child
 from rig.runs import lock_held
 
 SWEPT_FILE = "uris.swept.json"
-TIMEOUT_S = 60.0
+TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -47,6 +48,7 @@ def _local_only(uri: str) -> bool:
 
 def sweep_remote(runs_root: Path, now: float | None = None) -> RemoteSweep:
     result = RemoteSweep()
+    failed: set[str] = set()
     now = time.time() if now is None else now
     if not runs_root.is_dir():
         return result
@@ -65,9 +67,13 @@ def sweep_remote(runs_root: Path, now: float | None = None) -> RemoteSweep:
         for uri in uris:
             if _local_only(uri) or not names:
                 continue
+            if uri in failed:  # asked once per sweep: a dead host costs TIMEOUT_S once
+                done = False
+                continue
             why = _sweep_host(uri, names, result)
             if why is not None:
                 done = False
+                failed.add(uri)
                 result.unreachable.append(f"{public(uri)}: {why}")
         if done:
             record.replace(run_dir / SWEPT_FILE)

@@ -121,3 +121,18 @@ def test_the_remote_sweep_leaves_live_runs_and_old_records_and_embedded_uris(
     assert swept.domains == swept.volumes == swept.unreachable == []  # nobody asked
     assert (done / SWEPT_FILE).exists()  # embedded: rig.runs.sweep_embed_pool's business
     assert (old / URIS_FILE).exists() and (live / URIS_FILE).exists()
+
+
+def test_a_host_that_does_not_answer_is_asked_once_per_sweep_and_kept_for_next_time(
+    tmp_path: Path,
+) -> None:
+    from rig.remote_sweep import sweep_remote
+
+    closed = "qemu+ssh://root@127.0.0.1:1/system?no_tty=1"  # nothing listens on port 1
+    runs = [_run(tmp_path, f"r-{i}", [closed]) for i in range(2)]
+    t0 = time.monotonic()
+    swept = sweep_remote(tmp_path)
+    assert len(swept.unreachable) == 1, swept.unreachable
+    assert swept.unreachable[0].startswith("qemu+ssh://127.0.0.1:1/system"), swept.unreachable
+    assert all((r / URIS_FILE).exists() for r in runs)  # tried again by the next sweep
+    assert time.monotonic() - t0 < 30
