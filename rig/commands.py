@@ -103,8 +103,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rig.pool_run import dead_hosts
 
     for host, why in dead_hosts(settings.runs_dir / values["run_id"]):
-        print(f"rig: libvirt host {host} was dead for this run (its cells went to the others): "
-              f"{why}")  # fmt: skip
+        what = "could not run" if why.startswith("lane ") else "was dead for this run"
+        print(f"rig: libvirt host {host} {what} (its cells went to the others): {why}")
     if args.junit.exists() and rc != pytest.ExitCode.USAGE_ERROR:
         print(f"rig: JUnit: {args.junit}; logs: {settings.runs_dir / values['run_id']}/cells/; "
               f"the page: rig report {args.junit} --html rig-report/index.html")  # fmt: skip

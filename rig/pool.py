@@ -25,11 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 from rig.errors import InfraError, UsageError
 from rig.lanes.libvirt_remote import is_remote
@@ -69,9 +69,14 @@ def parse_uri(text: str) -> PoolHost:
         if len(slots) > 1 or not slots[0].isdigit() or not 1 <= int(slots[0]) <= MAX_SLOTS:
             raise UsageError(f"--uri {text}: slots= takes one number from 1 to {MAX_SLOTS}")
         n = int(slots[0])
-    # urlencode with safe='/': the libvirt query parameters keep their paths readable
-    uri = urlunsplit(parts._replace(query=urlencode(rest, safe="/")))
-    return PoolHost(uri if slots else text, n)
+    return PoolHost(_join(parts, parts.netloc, rest) if slots else text, n)
+
+
+def _join(parts: SplitResult, netloc: str, query: Sequence[tuple[str, str]]) -> str:
+    """scheme://netloc/path?query (urlunsplit drops the `//` of an empty host: qemu:///system),
+    urlencoded with safe='/': the query's paths stay readable."""
+    q = urlencode(query, safe="/")
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{q}" if q else "")
 
 
 def public(uri: str) -> str:
@@ -82,7 +87,7 @@ def public(uri: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
              if k not in SECRET_PARAMS]  # fmt: skip
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/")))
+    return _join(parts, netloc, query)
 
 
 def run_child(argv: Sequence[str], timeout_s: float) -> tuple[int | None, str]:
@@ -116,6 +121,9 @@ class NoLiveHost(InfraError):
     """Every host of the pool (but those a cell avoids) is dead for this run."""
 
 
+Preflight = Callable[[PoolHost], str | None] | None
+
+
 @dataclass(frozen=True)
 class Lease:
     host: PoolHost
@@ -137,29 +145,38 @@ class Pool:
             tmp.write_text(json.dumps([h.uri for h in self.hosts], indent=1) + "\n")
             tmp.replace(record)
 
-    def dead(self) -> dict[str, str]:
-        """host (public URI) -> why, for every host this run gave up on."""
+    def _marker(self, host: PoolHost, lane: str | None) -> Path:
+        """dead/<key>.json: dead for every lane; dead/<key>.<lane>.json: cannot run that lane."""
+        return self.run_dir / DEAD_DIR / (f"{host.key}.{lane}.json" if lane else f"{host.key}.json")
+
+    def dead(self, lane: str | None = None) -> dict[str, str]:
+        """host (public URI) -> why, for every host this run gave up on (for `lane` too)."""
         found = {}
         for h in self.hosts:
-            with contextlib.suppress(OSError, ValueError):
-                found[h.host] = json.loads((self.run_dir / DEAD_DIR / f"{h.key}.json").read_text())[
-                    "reason"
-                ]
+            for marker in {self._marker(h, None), self._marker(h, lane)}:
+                with contextlib.suppress(OSError, ValueError):
+                    found[h.host] = str(json.loads(marker.read_text())["reason"])
         return found
 
-    def live(self) -> list[PoolHost]:
-        return [h for h in self.hosts if not self.is_dead(h)]
+    def live(self, lane: str | None = None) -> list[PoolHost]:
+        return [h for h in self.hosts if not self.is_dead(h, lane)]
 
-    def is_dead(self, host: PoolHost) -> bool:
-        return (self.run_dir / DEAD_DIR / f"{host.key}.json").exists()
+    def is_dead(self, host: PoolHost, lane: str | None = None) -> bool:
+        return self._marker(host, None).exists() or (
+            lane is not None and self._marker(host, lane).exists()
+        )
 
-    def mark_dead(self, host: PoolHost, reason: str) -> None:
-        fact = {"host": host.host, "reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        path = self.run_dir / DEAD_DIR / f"{host.key}.json"
+    def mark_dead(self, host: PoolHost, reason: str, lane: str | None = None) -> None:
+        """Dead for the run (`lane` None: its connection failed) or for one lane (its
+        preflight failed there: no usable KVM)."""
+        fact = {"host": host.host, "reason": reason, "lane": lane,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+        path = self._marker(host, lane)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(fact) + "\n")
         tmp.replace(path)
-        print(f"rig: libvirt host {host.host} is dead for this run: {reason}", flush=True)
+        what = f"cannot run lane {lane}" if lane else "is dead"
+        print(f"rig: libvirt host {host.host} {what} for this run: {reason}", flush=True)
 
     def _try(self, host: PoolHost, slot: int) -> IO[str] | None:
         fh = (self.run_dir / SLOTS_DIR / f"{host.key}-{slot}.lock").open("a+")
@@ -171,15 +188,18 @@ class Pool:
         return fh
 
     @contextlib.contextmanager
-    def lease(self, holder: str, avoid: Sequence[PoolHost] = ()) -> Iterator[Lease]:
+    def lease(self, holder: str, lane: str | None = None, preflight: Preflight = None,
+              avoid: Sequence[PoolHost] = ()) -> Iterator[Lease]:  # fmt: skip
         """The first free slot of a live host (not in `avoid`), held until the block ends.
-        Raises NoLiveHost once every host (but those avoided) is dead."""
+        `preflight(host)`: why the host cannot run `lane` (None: it can), asked once the host
+        answered; a host that cannot is marked so and the next is tried. Raises NoLiveHost
+        once every host (but those avoided) is dead, for this lane or for all."""
         while True:
-            live = [h for h in self.live() if h not in avoid]
+            live = [h for h in self.live(lane) if h not in avoid]
             if not live:
-                dead = "; ".join(f"{h}: {why}" for h, why in self.dead().items())
+                dead = "; ".join(f"{h}: {why}" for h, why in self.dead(lane).items())
                 raise NoLiveHost(f"no live libvirt host left for this cell ({dead or 'none'})")
-            got = self._first_free(live, holder)
+            got = self._first_free(live, holder, lane, preflight)
             if got is not None:
                 lease, fh = got
                 try:
@@ -189,7 +209,8 @@ class Pool:
                 return
             time.sleep(self.wait_s)
 
-    def _first_free(self, live: Sequence[PoolHost], holder: str) -> tuple[Lease, IO[str]] | None:
+    def _first_free(self, live: Sequence[PoolHost], holder: str, lane: str | None,
+                    preflight: Preflight) -> tuple[Lease, IO[str]] | None:  # fmt: skip
         for host in live:
             for slot in range(host.slots):
                 fh = self._try(host, slot)
@@ -199,6 +220,11 @@ class Pool:
                 if why is not None:
                     fh.close()
                     self.mark_dead(host, why)
+                    break
+                why = preflight(host) if preflight is not None else None
+                if why is not None:
+                    fh.close()
+                    self.mark_dead(host, why, lane)
                     break
                 fh.seek(0)
                 fh.truncate()

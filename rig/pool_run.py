@@ -13,9 +13,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rig.lanes import backend_for
 from rig.lanes.libvirt_remote import is_remote
 from rig.model import Cell, CellVerdict, Outcome, StageVerdict
-from rig.pool import DEAD_DIR, Lease, NoLiveHost, Pool, parse_uri, ping
+from rig.pool import DEAD_DIR, Lease, NoLiveHost, Pool, PoolHost, parse_uri, ping
 from rig.runs import PIDFILES, SCRATCH
 
 if TYPE_CHECKING:
@@ -73,16 +74,36 @@ def _lost(cell: Cell, verdict: CellVerdict, lease: Lease, why: str) -> CellVerdi
     return CellVerdict(cell_id=cell.id, stages=stages, build_log=verdict.build_log)
 
 
+def _unable(runner: CellRunner, cell: Cell, why: dict[str, str]) -> CellVerdict:
+    """No host of the pool can run the cell's lane: a skip, or an ERROR if it is required."""
+    from rig.runner import uniform
+
+    reasons = "; ".join(f"{host}: {reason}" for host, reason in why.items())
+    lane = cell.lane.name
+    if lane in runner.config.required_lanes:
+        why_not = f"lane {lane} is required (--require-lane) but no libvirt host of the run "
+        return uniform(cell, Outcome.ERROR, f"infrastructure: {why_not}can run it: {reasons}")
+    return uniform(
+        cell, Outcome.SKIPPED, f"lane {lane} cannot run on any libvirt host of the run: {reasons}"
+    )
+
+
 def run_leased(runner: CellRunner, cell: Cell) -> CellVerdict:
     config = runner.config
     pool = Pool(config.run_dir, [parse_uri(u) for u in config.uris])
     workdir = config.run_dir / "cells" / cell.id
     workdir.mkdir(parents=True, exist_ok=True)
+    lane = cell.lane.name
+
+    def preflight(host: PoolHost) -> str | None:  # the lane's own check, there (KVM)
+        why = backend_for(cell.lane, embed_pool=runner.embed_pool, uri=host.uri).unavailable()
+        return why.replace(host.uri, host.host) if why else None  # no key file named
+
     attempts: list[dict[str, Any]] = []
     lost: CellVerdict | None = None  # the first attempt's, when it lost its host
     for attempt in (1, 2):
         try:
-            with pool.lease(cell.id) as lease:
+            with pool.lease(cell.id, lane, preflight) as lease:
                 fact = {"attempt": attempt, "host": lease.host.host, "slot": lease.slot,
                         "uri": lease.host.uri}  # fmt: skip
                 _write(workdir / LEASE_FILE, fact)
@@ -96,6 +117,8 @@ def run_leased(runner: CellRunner, cell: Cell) -> CellVerdict:
         except NoLiveHost as exc:
             from rig.runner import infra_reason, uniform
 
+            if lost is None and pool.live():  # hosts answer, none can run the lane
+                return _unable(runner, cell, pool.dead(lane))
             verdict = uniform(cell, Outcome.ERROR, infra_reason(exc))
             reason = verdict.stages["build"].reason
             attempts.append({"attempt": attempt, "host": None, "slot": None,
@@ -131,12 +154,14 @@ def where_it_ran(cell_dir: Path, default_uri: str) -> list[tuple[str, str]]:
 
 
 def dead_hosts(run_dir: Path) -> list[tuple[str, str]]:
-    """(host, why) of every host the run gave up on so far (rig.pool.DEAD_DIR)."""
+    """(host, why) of every host the run gave up on so far (rig.pool.DEAD_DIR), for every
+    lane (why: its reason) or for one (why: `lane L: reason`)."""
     found = []
     for path in sorted((run_dir / DEAD_DIR).glob("*.json")):
         try:
             fact = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        found.append((str(fact["host"]), str(fact["reason"])))
+        lane = f"lane {fact['lane']}: " if fact.get("lane") else ""
+        found.append((str(fact["host"]), lane + str(fact["reason"])))
     return found

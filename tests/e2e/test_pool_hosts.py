@@ -282,3 +282,28 @@ def _cut_mid_cell(a: FakeHost, b: FakeHost, tmp_path: Path) -> None:
         else:
             assert attempts == [{**attempts[0], "outcome": "passed", "host_lost": None}]
     assert len(lost) == 1, lost
+
+
+def test_a_lane_no_host_can_run_skips_naming_each_while_the_others_cells_run(
+    rig: RigRunner, hosts: tuple[FakeHost, FakeHost]
+) -> None:
+    a, b = hosts  # neither offers KVM (a read-only /dev/kvm placeholder): the kvm lane's
+    # preflight fails on each, which is then out for that lane only, not for tcg
+    run = rig("--lane", "tcg", "--lane", "kvm", "--kernel", "6.12", "--cpu", "penryn",
+              "--uri", a.uri, "--uri", b.uri)  # fmt: skip
+    assert run.rc == 0, run.output[-3000:]
+    assert run.outcomes("tcg-6.12-penryn")["teardown"] is PASSED
+    kvm = [c for c in run.cells if c.startswith("kvm-")]
+    assert kvm, run.cells.keys()
+    for cell_id in kvm:
+        assert set(run.outcomes(cell_id).values()) == {Outcome.SKIPPED}, cell_id
+        reason = run.reasons(cell_id)["build"]
+        assert "lane kvm cannot run on any libvirt host of the run" in reason, reason
+        for h in (a, b):
+            host = public(h.uri)
+            assert f"{host}: libvirt host {host} has no usable KVM" in reason, reason
+        assert "keyfile" not in reason, reason
+    for h in (a, b):
+        assert f"rig: libvirt host {public(h.uri)} could not run" in run.output
+    tcg_host = run.cells["tcg-6.12-penryn"]["teardown"].properties["host"]
+    assert tcg_host in (public(a.uri), public(b.uri))

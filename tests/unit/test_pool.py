@@ -27,6 +27,7 @@ def test_slots_is_stripped_before_libvirt_sees_the_uri() -> None:
     assert parse_uri(SSH) == PoolHost(SSH, 1)
     assert parse_uri("qemu+ssh://h/system?slots=2") == PoolHost("qemu+ssh://h/system", 2)
     assert parse_uri("embed") == PoolHost("embed", 1)
+    assert parse_uri("qemu:///system?slots=2") == PoolHost("qemu:///system", 2)
     assert total_slots([SSH + "&slots=3", "embed"]) == 4
 
 
@@ -39,6 +40,7 @@ def test_a_bad_slot_count_is_a_usage_error(bad: str) -> None:
 def test_the_host_a_report_shows_has_no_credentials() -> None:
     assert public(SSH) == "qemu+ssh://10.0.0.7:2222/system"
     assert public("qemu+ssh://u@h/system?no_verify=1") == "qemu+ssh://h/system?no_verify=1"
+    assert public("qemu:///embed?root=/a") == "qemu:///embed?root=/a"
 
 
 def test_leases_take_the_first_free_slot_and_wait_when_all_are_busy(tmp_path: Path) -> None:
@@ -136,3 +138,19 @@ def test_a_host_that_does_not_answer_is_asked_once_per_sweep_and_kept_for_next_t
     assert swept.unreachable[0].startswith("qemu+ssh://127.0.0.1:1/system"), swept.unreachable
     assert all((r / URIS_FILE).exists() for r in runs)  # tried again by the next sweep
     assert time.monotonic() - t0 < 30
+
+
+def test_a_host_whose_preflight_fails_is_out_for_that_lane_only(tmp_path: Path) -> None:
+    a, b = PoolHost("qemu:///embed?root=/a", 1), PoolHost("qemu:///embed?root=/b", 1)
+    pool = Pool(tmp_path, [a, b])
+    no_kvm = {a.uri: "no usable KVM"}
+    with pool.lease("k1", "kvm", lambda h: no_kvm.get(h.uri)) as lease:
+        assert lease.host == b
+    assert pool.live("kvm") == [b] and pool.live("tcg") == pool.live() == [a, b]
+    with pool.lease("t1", "tcg") as lease:
+        assert lease.host == a  # still a host for tcg
+    no_kvm[b.uri] = "no usable KVM either"  # asked at every lease: b is out now
+    kvm = pool.lease("k2", "kvm", lambda h: no_kvm.get(h.uri))
+    with pytest.raises(InfraError, match="no live libvirt host"), kvm:
+        pass
+    assert pool.dead("kvm") == {a.host: "no usable KVM", b.host: "no usable KVM either"}
