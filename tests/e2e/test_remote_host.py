@@ -24,6 +24,7 @@ import pytest
 from rig.artifacts.cache import default_cache_root
 from rig.lanes.libvirt_remote import HOST_XML_FILE, POOL, REMOTE_FILE, sha256_of
 from rig.model import Outcome
+from rig.pool import public
 from tests.e2e.conftest import REPO, RigRun, RigRunner
 from tests.e2e.fake_host import FakeHost, fake_host
 
@@ -137,7 +138,10 @@ def test_a_host_without_kvm_skips_the_kvm_lane_naming_the_host(
     cell = run.cells["kvm-6.12-haswell"]
     assert {case.outcome for case in cell.values()} == {Outcome.SKIPPED}
     reason = cell["build"].message
-    assert f"libvirt host {host.uri} has no usable KVM" in reason, reason
+    # named without its key file and ssh command (rig.pool.public), since pool mode (#22)
+    shown = public(host.uri)
+    assert f"libvirt host {shown} has no usable KVM" in reason, reason
+    assert "keyfile" not in reason and "root@" not in reason, reason
 
 
 UPLOADER = """
