@@ -21,7 +21,7 @@ from rig.commands import (
     cmd_report,
     cmd_run,
 )
-from rig.errors import ExitCode, RigError
+from rig.errors import ExitCode, RigError, UsageError
 from rig.options import (
     add_to_argparse,
 )
@@ -38,8 +38,13 @@ split: `rig matrix --all --shard I/N` lists the same cells). An empty shard is n
 Progress: a line when a cell starts and ends (verdict, seconds), what an artifact build is
 doing; at the end the run directory and the console of every cell that did not pass.
 
-Several --uri spread the cells of libvirt lanes over those connections; they must be local
-ones today (the console, the images and SSH are local paths).
+Several --uri make a pool of libvirt hosts: each cell of a libvirt lane leases a free slot on
+a live host (`--uri qemu+ssh://root@HOST/system?slots=2`: slots= is the rig's, default 1; -n
+defaults to the pool's total slots). A host whose connection fails is dead for the run, its
+cells go to the others; a cell whose host is lost mid-boot is an infrastructure error naming
+the host and runs once more on another. A remote host gets the kernel and initrd uploaded into
+its storage pool and its consoles streamed back; it boots initramfs guests (README: "A run
+over N libvirt hosts"). xdist's --tx/--rsyncdir are refused: use --uri, or shards.
 
 Exit codes: 0 every check passed or was skipped, 1 a check failed (the driver misbehaved),
 2 bad input or usage, 3 infrastructure error (a tool missing, a guest that never booted,
@@ -78,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--matrix", type=Path, default=None, help="matrix file (any name)")
     add_to_argparse(run.add_argument)
     run.add_argument("--junit", type=Path, default=Path("rig-junit.xml"), help="JUnit XML output")
-    run.add_argument("-n", dest="jobs", type=_jobs, default="1", help="workers: N or auto")
+    run.add_argument(
+        "-n", dest="jobs", type=_jobs, default=None,
+        help="workers: N or auto (default 1; with several --uri, their total slots)",
+    )  # fmt: skip
     run.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
 
     mat = sub.add_parser(
@@ -161,8 +169,30 @@ def _bisect(args: argparse.Namespace) -> int:
     return cmd_bisect(args)
 
 
+XDIST_REMOTE = ("--tx", "--rsyncdir", "--rsyncignore")
+
+
+def refuse_xdist_remote(argv: Sequence[str]) -> None:
+    """xdist's remote workers (--tx ssh=..., --rsyncdir) would run the rig on other machines
+    with this machine's paths: refused (UsageError), pointing to what does scale out."""
+    for word in argv:
+        if word.split("=", 1)[0] in XDIST_REMOTE:
+            raise UsageError(
+                f"{word.split('=', 1)[0]}: xdist's remote workers are not supported by rig run",
+                fix="spread cells over KVM hosts with --uri qemu+ssh://HOST/system?slots=N "
+                "(pool mode), or split the run into shards (--shard I/N, README: CI and shards)",
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["run"]:
+        try:
+            refuse_xdist_remote(words[1:])
+        except UsageError as exc:
+            print(f"rig: error: {exc.render()}", file=sys.stderr)
+            return int(exc.exit_code)
     args = parser.parse_args(argv)
     handlers = {
         "run": cmd_run,

@@ -25,6 +25,7 @@ from rig.options import (
     values_of,
 )
 from rig.paths import DEFAULT_DRIVER, DEFAULT_MATRIX
+from rig.remote_sweep import RemoteSweep, sweep_remote
 from rig.runner import RunConfig, arrangements, check_required
 
 
@@ -62,6 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     arrangements(RunConfig.from_settings(settings, run_id="check", run_dir=Path()))
     from rig.runs import new_run_id
 
+    # what dead runs left on their libvirt hosts (domains, per-boot volumes)
+    _report_remote(sweep_remote(settings.runs_dir))
     values["run_id"] = settings.run_id or new_run_id()
     values["driver"] = str(settings.driver)
     values["runs_dir"] = str(settings.runs_dir)
@@ -76,8 +79,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"--junitxml={args.junit}", "-rfE", "--show-capture=no",
         *pytest_words(values),
     ]  # fmt: skip
-    if args.jobs not in ("0", "1"):
-        argv += ["-n", args.jobs, "--dist", "loadscope"]
+    from rig.pool import total_slots
+
+    slots = total_slots(settings.uris)  # a bad slots= is exit 2 here
+    jobs = args.jobs or (str(slots) if len(settings.uris) > 1 else "1")
+    if jobs not in ("0", "1"):
+        argv += ["-n", jobs, "--dist", "loadscope"]
     argv += list(args.pytest_args)
     outcome = _Outcome()
     try:
@@ -93,6 +100,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"rig: cleaning up the run directory failed ({exc}); the next run or "
                   "`rig clean` retries", file=sys.stderr)  # fmt: skip
+    from rig.pool_run import dead_hosts
+
+    for host, why in dead_hosts(settings.runs_dir / values["run_id"]):
+        what = "could not run" if why.startswith("lane ") else "was dead for this run"
+        print(f"rig: libvirt host {host} {what} (its cells went to the others): {why}")
     if args.junit.exists() and rc != pytest.ExitCode.USAGE_ERROR:
         print(f"rig: JUnit: {args.junit}; logs: {settings.runs_dir / values['run_id']}/cells/; "
               f"the page: rig report {args.junit} --html rig-report/index.html")  # fmt: skip
@@ -225,6 +237,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report(args)
 
 
+def _report_remote(swept: RemoteSweep) -> None:
+    for what in swept.domains:
+        print(f"destroyed domain {what}")
+    for what in swept.volumes:
+        print(f"deleted volume {what}")
+    for what in swept.unreachable:
+        print(f"libvirt host not swept (tried again next time): {what}", file=sys.stderr)
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from rig.runs import sweep, sweep_embed_pool
 
@@ -232,6 +253,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     qemus = sweep_embed_pool((args.cache or default_cache_root()) / "libvirt-embed")
     for path in result.skipped:
         print(f"skipped {path}")
+    _report_remote(sweep_remote(args.runs_dir.resolve()))
     print(
         f"checked {result.runs_checked} dead runs: killed {result.processes_killed + qemus} "
         f"processes, removed {result.scratch_removed} scratch files"

@@ -129,8 +129,10 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("timeout", "per-cell timeout in seconds (default: the matrix's)", metavar="SECONDS"),
     Option(
         "uri",
-        "libvirt URI for libvirt lanes (default: embedded); repeat to spread cells over several "
-        "connections (local ones today: console, images and SSH are local paths)",
+        "libvirt URI for libvirt lanes (default: embedded); repeat for a pool of hosts: each "
+        "cell leases a free slot on a live one (URI?slots=N, the rig's own parameter, default "
+        "1); a remote host (qemu+ssh://...) gets kernel and initrd uploaded and its consoles "
+        "streamed back (initramfs guests)",
         repeat=True,
     ),
     Option("guest", "guest flavour (default: per lane)", choices=GUESTS),

@@ -24,6 +24,7 @@ from rig.matrix import load_matrix
 from rig.model import STAGES, Cell, CellVerdict, Outcome, StageVerdict, worst
 from rig.options import RUN_OPTIONS, add_to_pytest, select, settings_from, values_of
 from rig.paths import PROJECT_ROOT
+from rig.pool_run import where_it_ran
 from rig.report.shape import LOG_FILES, NOT_REACHED, carrier, case_name, dead
 from rig.runner import CellRunner, RunConfig, check_required
 from rig.runs import new_run_id, run_lock, sweep, sweep_embed_pool, verdict_for
@@ -207,16 +208,15 @@ class StageItem(pytest.Item):
         self.user_properties.append(("reason", sv.reason))
         if sv.witness:  # who beneath the guest saw this stage ("none": nobody could)
             self.user_properties.append(("witness", sv.witness))
+        cell_dir = _runner(self.config).config.run_dir / "cells" / self.cell.id
         if self.cell.lane.backend == "libvirt":
-            uri = _runner(self.config).uri_for(self.index) or self.cell.lane.uri or "embed"
-            self.user_properties.append(("uri", uri))
+            self.user_properties += where_it_ran(cell_dir, self.cell.lane.uri or "embed")
         if verdict.restored:  # restored from a saved guest, not booted (--snapshot)
             self.user_properties.append(("snapshot", verdict.restored))
         if verdict.emulator:  # the lane's choice of emulator (bochs: emulator: trixie)
             self.user_properties.append(("emulator", verdict.emulator))
         for key, secs in verdict.timings.items():
             self.user_properties.append((f"time_{key}_s", f"{secs:.1f}"))
-        cell_dir = _runner(self.config).config.run_dir / "cells" / self.cell.id
         self.user_properties.append(("cell_dir", str(cell_dir)))
         logs = [(k, cell_dir / f) for k, f in LOG_FILES.items() if (cell_dir / f).is_file()]
         self.user_properties += [(f"log_{key}", str(path)) for key, path in logs]

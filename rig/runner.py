@@ -44,8 +44,9 @@ class RunConfig:
     strict_build: bool = False  # build warnings fatal whatever the profile
     module_params: tuple[str, ...] = ()
     timeout_s: int | None = None  # overrides the matrix's per-cell timeout
-    # libvirt connections for the libvirt lanes (empty = the lane's default). Cells are spread
-    # over several by their index in the selection: how a team scales out over KVM runners.
+    # libvirt connections for the libvirt lanes (empty = the lane's default), each may carry
+    # `slots=N`: every libvirt cell leases a free slot on a live one (rig.pool): how a team
+    # scales out over KVM runners.
     uris: tuple[str, ...] = ()
     guest: str | None = None  # "initramfs" | "vm": overrides the lane's guest flavour
     repeat: int = 1  # load/unload cycles of the driver in one guest
@@ -187,10 +188,18 @@ class CellRunner:
     embed_pool: Path
     timings: dict[str, float] = field(default_factory=dict)
 
-    def uri_for(self, index: int) -> str | None:
-        return self.config.uris[index % len(self.config.uris)] if self.config.uris else None
-
     def run(self, cell: Cell, index: int = 0) -> CellVerdict:
+        """The cell's verdict; a libvirt cell of a run with --uri leases a slot on a live
+        host first (rig.pool) and is retried once elsewhere when its host is lost mid-cell."""
+        pooled = cell.lane.backend == "libvirt" and self.config.uris
+        if pooled and not cell.skip_reason and cell.cpu_model is not None:
+            from rig.pool_run import run_leased
+
+            return run_leased(self, cell)
+        return self.run_on(cell, None)
+
+    def run_on(self, cell: Cell, uri: str | None) -> CellVerdict:
+        """The cell's verdict, its libvirt lane (if any) on `uri` (None: the lane's own)."""
         if cell.skip_reason:
             return uniform(cell, Outcome.SKIPPED, cell.skip_reason)
         model = cell.cpu_model
@@ -198,7 +207,7 @@ class CellRunner:
             return uniform(
                 cell, Outcome.SKIPPED, f"lane {cell.lane.name} has no model for {cell.cpu.name}"
             )
-        backend = backend_for(cell.lane, embed_pool=self.embed_pool, uri=self.uri_for(index))
+        backend = backend_for(cell.lane, embed_pool=self.embed_pool, uri=uri)
         why = backend.unavailable()
         if why is not None and cell.lane.name in self.config.required_lanes:
             return uniform(

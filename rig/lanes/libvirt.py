@@ -30,6 +30,7 @@ from rig.lanes.base import (
     read_text,
     tail,
 )
+from rig.lanes.libvirt_remote import REMOTE_FILE, is_remote, remote_kvm_unusable
 from rig.lanes.libvirt_snapshot import (
     CDROM_TARGET,
     MEDIUM_BYTES,
@@ -62,6 +63,11 @@ class DomainPlan:
     save_to: str = ""
     agent: str = ""
     restore_from: str = ""  # restore this save with domain_xml, instead of starting one
+    # a host that shares no filesystem with us (rig.lanes.libvirt_remote): these files are
+    # uploaded into its storage pool and the serial ports are streamed back
+    remote: bool = False
+    kernel: str = ""
+    initrd: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,9 +99,11 @@ def domain_xml(
     agent: Path | None = None,
     vm: VmDevices | None = None,
     medium: Path | None = None,
+    pty: bool = False,
 ) -> str:
     """The transient domain, built with ElementTree (names and paths are escaped by it).
-    `medium`: an IDE CD-ROM with it inserted (a snapshot's base guest, libvirt_snapshot)."""
+    `medium`: an IDE CD-ROM with it inserted (a snapshot's base guest, libvirt_snapshot).
+    `pty`: the serial ports are ptys on the host (a remote host streams them back)."""
     dom = ET.Element("domain", type=domain_type)
     ET.SubElement(dom, "name").text = name
     ET.SubElement(dom, "memory", unit="MiB").text = str(int(spec.memory_mib))
@@ -147,8 +155,9 @@ def domain_xml(
         ET.SubElement(el, "readonly")
     # ttyS0: the kernel's console; ttyS1: the guest agent's protocol channel
     for port, path in enumerate([console] if agent is None else [console, agent]):
-        serial = ET.SubElement(devices, "serial", type="file")
-        ET.SubElement(serial, "source", path=str(path))
+        serial = ET.SubElement(devices, "serial", type="pty" if pty else "file")
+        if not pty:
+            ET.SubElement(serial, "source", path=str(path))
         ET.SubElement(serial, "target", port=str(port))
     if vm is not None and vm.rng:
         rng = ET.SubElement(devices, "rng", model="virtio")
@@ -268,8 +277,8 @@ class LibvirtBackend:
             import libvirt  # noqa: F401
         except ImportError:
             return "libvirt-python is not installed (pip install libvirt-python)"
-        if self.domain_type == "kvm":
-            why = kvm_usable()
+        if self.domain_type == "kvm":  # a remote host's KVM is its own, not our /dev/kvm
+            why = remote_kvm_unusable(self.uri) if is_remote(self.uri) else kvm_usable()
             if why is not None:
                 return why
         return None
@@ -350,7 +359,10 @@ class LibvirtBackend:
         console, agent = wd / CONSOLE_FILE, wd / AGENT_FILE
         started = wd / "domain-started"
         result_file = wd / "domain-result.json"
-        for stale in (console, agent, started, result_file):
+        remote = is_remote(self.uri)
+        if remote and (vm is not None or restore is not None or save_to is not None):
+            raise InfraError(f"{self.uri}: a remote libvirt host boots initramfs guests only")
+        for stale in (console, agent, started, result_file, wd / REMOTE_FILE):
             stale.unlink(missing_ok=True)
         # Unique across concurrent runs: the run id (cells/<cell> lives in runs/<run-id>).
         name = f"rig-{wd.parent.parent.name}-{wd.name}"
@@ -361,19 +373,22 @@ class LibvirtBackend:
             restore = None
             xml = domain_xml(spec, name=name, domain_type=self.domain_type, console=console,
                              require_vmx=self.require_vmx, agent=agent if vm is None else None,
-                             vm=vm, medium=medium)  # fmt: skip
+                             vm=vm, medium=medium, pty=remote)  # fmt: skip
         plan = DomainPlan(
             uri=self.uri,
             name=name,
             domain_xml=xml,
             console=str(console),
             timeout_s=spec.timeout_s + extra_s,
-            hide_kvm=self.domain_type == "qemu" and kvm_usable() is not None,
+            hide_kvm=not remote and self.domain_type == "qemu" and kvm_usable() is not None,
             embed_pool=str(self.embed_pool),
             started=str(started),
             save_to=str(save_to or ""),
             agent=str(agent),
             restore_from=str(restore / SAVE_FILE) if restore is not None else "",
+            remote=remote,
+            kernel=str(spec.image.kernel),
+            initrd=str(spec.image.initrd),
         )
         plan_file = wd / "domain-plan.json"
         plan_file.write_text(json.dumps(asdict(plan)))

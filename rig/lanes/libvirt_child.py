@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from rig.errors import InfraError
 from rig.lanes.base import ConsoleWatch, read_text, watch_console
+from rig.lanes.libvirt_remote import HOST_XML_FILE, REMOTE_FILE, ConsoleStreams, remote_media
 from rig.lanes.libvirt_snapshot import XML_FILE
 from rig.lanes.snapshots import ready_line
 from rig.model import BootEnd
@@ -157,14 +158,16 @@ def sweep_leftover_domains(conn: Any, libvirt: Any, *, embedded: bool) -> None:
 
 
 @contextlib.contextmanager
-def transient_domain(conn: Any, xml: str, name: str, restore_from: str = "") -> Iterator[Any]:
-    """The domain `name`, started from `xml`, or restored from the save `restore_from` with it
-    (rig.lanes.libvirt_snapshot); destroyed when the block ends."""
+def transient_domain(
+    conn: Any, xml: str, name: str, restore_from: str = "", flags: int = 0
+) -> Iterator[Any]:
+    """The domain `name`, started from `xml` (with createXML's `flags`), or restored from the
+    save `restore_from` with it (rig.lanes.libvirt_snapshot); destroyed when the block ends."""
     if restore_from:
         conn.restoreFlags(restore_from, xml, 0)
         dom = conn.lookupByName(name)
     else:
-        dom = conn.createXML(xml, 0)
+        dom = conn.createXML(xml, flags)
     try:
         yield dom
     finally:
@@ -200,6 +203,31 @@ def save_when_ready(conn: Any, dom: Any, plan: dict[str, Any], alive: Any) -> di
             "duration_s": time.monotonic() - start}  # fmt: skip
 
 
+def remote_domain(
+    stack: contextlib.ExitStack, conn: Any, plan: dict[str, Any], closed: list[str]
+) -> Any:
+    """On a remote host (rig.lanes.libvirt_remote): kernel and initrd uploaded, the domain
+    started paused and destroyed by the host should this process (or its connection) die,
+    both serial ports streamed into the cell's files before the guest runs a cycle."""
+    import libvirt
+
+    conn.setKeepAlive(5, 3)
+    why = {0: "an error", 1: "end of file", 2: "keepalive timeout", 3: "closed by us"}
+    conn.registerCloseCallback(
+        lambda _c, reason, _o: closed.append(why.get(reason, f"reason {reason}")), None
+    )
+    console = Path(plan["console"])
+    files = {"serial0": console, "serial1": Path(plan["agent"])}
+    streams = stack.enter_context(ConsoleStreams(files))
+    xml = stack.enter_context(remote_media(conn, libvirt, plan, console.with_name(REMOTE_FILE)))
+    flags = libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY
+    dom = stack.enter_context(transient_domain(conn, xml, plan["name"], flags=flags))
+    streams.open(conn, dom)
+    console.with_name(HOST_XML_FILE).write_text(dom.XMLDesc(0))
+    dom.resume()
+    return dom
+
+
 def main(plan_path: str, out_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
     out = Path(out_path)
@@ -229,29 +257,38 @@ def main(plan_path: str, out_path: str) -> int:
             stack.callback(conn.close)
             sweep_leftover_domains(conn, libvirt, embedded=plan["uri"] == "embed")
             xml, restore_from = plan["domain_xml"], plan.get("restore_from", "")
-            with transient_domain(conn, xml, plan["name"], restore_from) as dom:
-                if plan.get("started"):
-                    Path(plan["started"]).touch()
+            closed: list[str] = []
+            if plan.get("remote"):
+                dom = remote_domain(stack, conn, plan, closed)
+            else:
+                dom = stack.enter_context(transient_domain(conn, xml, plan["name"], restore_from))
+            if plan.get("started"):
+                Path(plan["started"]).touch()
 
-                def alive() -> bool:
-                    try:
-                        return bool(dom.isActive())
-                    except libvirt.libvirtError:
-                        return False
+            def alive() -> bool:
+                try:
+                    return not closed and bool(dom.isActive())
+                except libvirt.libvirtError as exc:
+                    if not closed and plan.get("remote") and not conn.isAlive():
+                        closed.append(str(exc))  # before the close callback says why
+                    return False
 
-                if plan.get("save_to"):
-                    result = save_when_ready(conn, dom, plan, alive)
-                else:
-                    watch = watch_console(
-                        Path(plan["console"]), alive=alive, timeout_s=float(plan["timeout_s"])
-                    )
-                    result = {
-                        "end": watch.end.value,
-                        "detail": watch.detail,
-                        "duration_s": watch.duration_s,
-                        "panic_line": watch.panic_line,
-                        "panic_to_stop_s": watch.panic_to_stop_s,
-                    }
+            if plan.get("save_to"):
+                result = save_when_ready(conn, dom, plan, alive)
+            else:
+                watched = time.monotonic()
+                watch = watch_console(
+                    Path(plan["console"]), alive=alive, timeout_s=float(plan["timeout_s"])
+                )
+                lost = f" (connection to the libvirt host lost: {closed[0]})" if closed else ""
+                result = {
+                    "end": watch.end.value,
+                    "detail": watch.detail + lost,
+                    # a lost host's last RPC blocks until keepalive gives up: count that too
+                    "duration_s": time.monotonic() - watched if closed else watch.duration_s,
+                    "panic_line": watch.panic_line,
+                    "panic_to_stop_s": watch.panic_to_stop_s,
+                }
     except Terminated:
         result = {
             "end": BootEnd.EMULATOR.value,
