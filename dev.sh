@@ -23,6 +23,8 @@ APT_PACKAGES=(
   mmdebstrap e2fsprogs openssh-client
   # a real sshd for the tests of the pinned per-cell host key
   openssh-server
+  # the fake libvirt hosts of the pool tests: a network namespace behind a veth pair
+  iproute2
   # util-linux gives unshare and setpriv; python3-venv for the .venv
   util-linux python3-venv python3-dev gcc
   # the sandbox that builds module code (the driver, the test fixtures): bwrap

@@ -65,6 +65,12 @@ def _same_namespace() -> list[int]:
     return pids
 
 
+def outermost(paths: Sequence[str]) -> list[str]:
+    """`paths` less those inside another of them (CI's cache lives in the checkout)."""
+    real = sorted({os.path.realpath(p) for p in paths})
+    return [p for p in real if not any(p.startswith(q.rstrip("/") + "/") for q in real)]
+
+
 def serve(state: Path, hide: Sequence[str]) -> int:
     """The host's init, inside its own mount namespace."""
     stop: list[int] = []
@@ -75,7 +81,7 @@ def serve(state: Path, hide: Sequence[str]) -> int:
             time.sleep(0.05)
     for path in STATE_DIRS:
         _mount_tmpfs(path)
-    for path in hide:
+    for path in outermost(hide):  # a path inside one hidden already is hidden with it
         subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", path], check=True)
     if Path("/dev/kvm").exists():  # TCG only: no KVM probes on every start
         (state / "kvm-placeholder").touch()
