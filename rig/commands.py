@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_matrix(args: argparse.Namespace) -> int:
     import json
 
-    from rig.matrix import cells_json, parse_shard, shard
+    from rig.matrix import cells_json, parse_shard, runner_plan, shard
 
     matrix = load_matrix((args.matrix or _default_matrix()).resolve())
     cells = matrix.select(lanes=args.lane, kernels=args.kernel, cpus=args.cpu, everything=args.all)
@@ -132,6 +132,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         if args.shards is not None:
             data = {
                 "shards": [f"{i}/{args.shards}" for i in range(1, args.shards + 1)],
+                # per shard, the self-hosted runner labels it needs (rig.matrix.runners)
+                "runners": runner_plan(cells, args.shards),
                 "runnable": sum(1 for r in rows if not r["skip_reason"]),
                 "cells": rows,
             }

@@ -55,12 +55,16 @@ def verdict(cell: str, stages: dict[str, tuple[str, str]], console: str) -> dict
 
 
 def fake_run(
-    tmp: Path, name: str, cells: dict[str, dict[str, tuple[str, str]]], *args: str
+    tmp: Path,
+    name: str,
+    cells: dict[str, dict[str, tuple[str, str]]],
+    *args: str,
+    matrix: str = MATRIX,
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
     """`rig run` in tmp/name with these cells' verdicts stored first; returns (process, JUnit)."""
     where = tmp / name
     where.mkdir(parents=True)
-    (where / "matrix.yaml").write_text(MATRIX)
+    (where / "matrix.yaml").write_text(matrix)
     run_id = f"run-{name}"
     for cell, stages in cells.items():
         cell_dir = where / "runs" / run_id / "cells" / cell

@@ -14,10 +14,20 @@ import pytest
 
 from rig.model import Outcome
 from rig.report import by_cell, read_junit, read_run
-from rig.report.cells import Status
+from rig.report.cells import BAD, Status
 from rig.report.compare import Change, Snapshot, classify, compare
 from rig.report.history import Night, dump, flakiness, load
-from tests.unit.reportkit import DEAD, LAUNCH_FAILS, PASS, REPO, STAGES, TCG, fake_run, rig
+from tests.unit.reportkit import (
+    DEAD,
+    LAUNCH_FAILS,
+    MATRIX,
+    PASS,
+    REPO,
+    STAGES,
+    TCG,
+    fake_run,
+    rig,
+)
 
 XSD = REPO / "tests" / "data" / "junit-jenkins.xsd"
 
@@ -245,6 +255,54 @@ def test_report_fails_when_coverage_goes(tmp_path: Path) -> None:
     assert p.returncode == 3, p.stdout + p.stderr
     assert "1 planned cells have no result" in p.stdout and "1/2, 2/2" in p.stdout
     assert 'data-status="missing"' in (tmp_path / "r" / "index.html").read_text()
+
+
+def test_a_shard_that_sent_nothing_is_exactly_its_cells_missing(tmp_path: Path) -> None:
+    """A plan of 4 shards, JUnit from 1/4, 3/4 and 4/4 only: the runnable cells of 2/4, and
+    only they, are reported as lost (status missing, a bad one), and the exit code is 3."""
+    models = ("penryn", "haswell", "nehalem", "westmere", "skylake", "icelake", "broadwell")
+    matrix = MATRIX.replace(
+        "  icelake: {bochs: corei7_icelake_u}\n",
+        "".join(f"  {m}: {{bochs: bx_{m}}}\n" for m in models[2:]),
+    )
+    verdicts = {f"bochs-6.12-{m}": PASS for m in models} | {"tcg-6.12-penryn": TCG}
+    junits = []
+    for i in (1, 3, 4):
+        proc, junit = fake_run(
+            tmp_path, f"s{i}", verdicts, "--all", "--shard", f"{i}/4", matrix=matrix
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        junits.append(str(junit))
+    where = tmp_path / "s1"
+    plan = json.loads(rig("matrix", "--all", "--json", "--shards", "4", cwd=where).stdout)
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    lost = {
+        c["id"]
+        for c in json.loads(rig("matrix", "--all", "--shard", "2/4", "--json", cwd=where).stdout)
+        if not c["skip_reason"]
+    }
+    assert len(lost) >= 2
+    runnable = {c["id"] for c in plan["cells"] if not c["skip_reason"]}
+    p = rig(
+        "report",
+        *junits,
+        "--expect",
+        "plan.json",
+        "--expect-shards",
+        "4",
+        "--history-out",
+        "h.json",
+        "--html",
+        "r/index.html",
+        cwd=tmp_path,
+    )
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert f"{len(lost)} planned cells have no result" in p.stdout
+    assert "shards without a result: 2/4" in p.stdout
+    night = load(tmp_path / "h.json")[-1].cells
+    assert {c for c, s in night.items() if s.status is Status.MISSING} == lost
+    assert all(night[c].status is Status.PASSED for c in runnable - lost)
+    assert {c for c, s in night.items() if s.status in BAD} == lost
 
 
 def test_matrix_json_all_and_shards_partition_the_matrix() -> None:

@@ -130,3 +130,26 @@ def test_the_nightly_uploads_every_log_a_report_links() -> None:
     paths = set(upload["with"]["path"].split())
     for kind, name in LOG_FILES.items():
         assert f"rig-runs/*/cells/*/{name}" in paths, (kind, name)
+
+
+def test_the_nightly_routes_each_shard_by_the_plans_labels() -> None:
+    """The shard job iterates over the plan's "runners" (rig/matrix/runners.py), runs on each
+    one's labels, and asks for the kvm lane only on kvm-nested shards; more shards than runners."""
+    from rig.matrix import EMULATION_LABEL, KVM_LABEL
+
+    nightly = yaml.safe_load((REPO / ".github" / "workflows" / "nightly.yml").read_text())
+    plan, job = nightly["jobs"]["plan"], nightly["jobs"]["shard"]
+    assert "runners" in plan["outputs"]
+    assert job["strategy"]["matrix"] == {"runner": "${{ fromJSON(needs.plan.outputs.runners) }}"}
+    assert job["runs-on"] == "${{ matrix.runner.labels }}"
+    assert int(nightly["env"]["SHARDS"]) >= 8
+    steps = {s.get("name", ""): s for s in job["steps"]}
+    run = steps["run the shard"]
+    assert run["env"]["SHARD"] == "${{ matrix.runner.shard }}"
+    assert run["env"]["KVM"] == "${{ matrix.runner.kvm }}"
+    assert "require=(--require-lane kvm)" in run["run"]
+    assert "--require-lane kvm \\" not in run["run"]  # not on every shard
+    doctor = next(s for n, s in steps.items() if n.startswith("doctor"))
+    assert doctor["env"]["KVM"] == "${{ matrix.runner.kvm }}" and "--lane kvm" in doctor["run"]
+    config = yaml.safe_load((REPO / ".github" / "actionlint.yaml").read_text())
+    assert {KVM_LABEL, EMULATION_LABEL} <= set(config["self-hosted-runner"]["labels"])
