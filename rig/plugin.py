@@ -24,7 +24,7 @@ from rig.matrix import load_matrix
 from rig.model import STAGES, Cell, CellVerdict, Outcome, StageVerdict, worst
 from rig.options import RUN_OPTIONS, add_to_pytest, select, settings_from, values_of
 from rig.paths import PROJECT_ROOT
-from rig.pool_run import where_it_ran
+from rig.pool_run import run_cell, where_it_ran
 from rig.report.shape import LOG_FILES, NOT_REACHED, carrier, case_name, dead
 from rig.runner import CellRunner, RunConfig, check_required
 from rig.runs import new_run_id, run_lock, sweep, sweep_embed_pool, verdict_for
@@ -176,7 +176,7 @@ class StageItem(pytest.Item):
             capman = self.config.pluginmanager.getplugin("capturemanager")
             with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
                 verdicts[self.cell.id] = verdict_for(
-                    cell_dir, self.cell.id, lambda: runner.run(self.cell, self.index)
+                    cell_dir, self.cell.id, lambda: run_cell(runner, self.cell)
                 )
         return verdicts[self.cell.id]
 

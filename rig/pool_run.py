@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rig.lanes import backend_for
 from rig.lanes.libvirt_remote import is_remote
 from rig.model import Cell, CellVerdict, Outcome, StageVerdict
 from rig.pool import DEAD_DIR, Lease, NoLiveHost, Pool, PoolHost, parse_uri, ping
+from rig.runner import CellRunner, infra_reason, uniform
 from rig.runs import PIDFILES, SCRATCH
-
-if TYPE_CHECKING:
-    from rig.runner import CellRunner
 
 LEASE_FILE = "lease.json"
 ATTEMPTS_FILE = "attempts.json"
@@ -76,8 +74,6 @@ def _lost(cell: Cell, verdict: CellVerdict, lease: Lease, why: str) -> CellVerdi
 
 def _unable(runner: CellRunner, cell: Cell, why: dict[str, str]) -> CellVerdict:
     """No host of the pool can run the cell's lane: a skip, or an ERROR if it is required."""
-    from rig.runner import uniform
-
     reasons = "; ".join(f"{host}: {reason}" for host, reason in why.items())
     lane = cell.lane.name
     if lane in runner.config.required_lanes:
@@ -86,6 +82,16 @@ def _unable(runner: CellRunner, cell: Cell, why: dict[str, str]) -> CellVerdict:
     return uniform(
         cell, Outcome.SKIPPED, f"lane {lane} cannot run on any libvirt host of the run: {reasons}"
     )
+
+
+def run_cell(runner: CellRunner, cell: Cell) -> CellVerdict:
+    """The cell's verdict: a libvirt cell of a run with --uri leases a slot on a live host
+    first and is retried once elsewhere when its host is lost mid-cell (run_leased); any
+    other cell runs on its lane's own (CellRunner.run)."""
+    pooled = cell.lane.backend == "libvirt" and runner.config.uris
+    if pooled and not cell.skip_reason and cell.cpu_model is not None:
+        return run_leased(runner, cell)
+    return runner.run(cell)
 
 
 def run_leased(runner: CellRunner, cell: Cell) -> CellVerdict:
@@ -115,8 +121,6 @@ def run_leased(runner: CellRunner, cell: Cell) -> CellVerdict:
                 if _errored(verdict) is not None and is_remote(lease.host.uri) and others:
                     why = ping(lease.host.uri)
         except NoLiveHost as exc:
-            from rig.runner import infra_reason, uniform
-
             if lost is None and pool.live():  # hosts answer, none can run the lane
                 return _unable(runner, cell, pool.dead(lane))
             verdict = uniform(cell, Outcome.ERROR, infra_reason(exc))

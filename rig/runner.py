@@ -188,14 +188,9 @@ class CellRunner:
     embed_pool: Path
     timings: dict[str, float] = field(default_factory=dict)
 
-    def run(self, cell: Cell, index: int = 0) -> CellVerdict:
-        """The cell's verdict; a libvirt cell of a run with --uri leases a slot on a live
-        host first (rig.pool) and is retried once elsewhere when its host is lost mid-cell."""
-        pooled = cell.lane.backend == "libvirt" and self.config.uris
-        if pooled and not cell.skip_reason and cell.cpu_model is not None:
-            from rig.pool_run import run_leased
-
-            return run_leased(self, cell)
+    def run(self, cell: Cell) -> CellVerdict:
+        """The cell's verdict on its lane's own libvirt URI, if any (a run over a pool of
+        hosts leases a slot first: rig.pool_run.run_cell)."""
         return self.run_on(cell, None)
 
     def run_on(self, cell: Cell, uri: str | None) -> CellVerdict:
