@@ -244,7 +244,11 @@ def main() -> int:
                 comparisons.append(("boot-overhead-tcg", bare_qemu(s), rig_lane(s)))
                 vng = shutil.which("vng")
                 if vng and not args.no_vng:
-                    command = [vng, "--run", str(image.kernel), "--disable-kvm", "--verbose",
+                    # the package's own vmlinuz (the same bytes as the rig's copy), where vng
+                    # finds the kernel's modules beside it (../lib/modules: 9p, virtio)
+                    packaged = sorted((kernel.vmlinuz.parent / "root/boot").glob("vmlinuz-*"))
+                    run = packaged[0] if packaged else image.kernel
+                    command = [vng, "--run", str(run), "--disable-kvm", "--verbose",
                                "--exec", "true"]  # fmt: skip
                     vng_arm = Arm("virtme-ng (no driver)", command, cwd=wd, check=vng_ran)
                     comparisons.append(("boot-overhead-vng", rig_lane(s), vng_arm))
