@@ -270,3 +270,23 @@ def _read(path: Path) -> str:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
     sys.exit(serve(Path(sys.argv[2]), sys.argv[3:]))
+
+
+def freeze(host: FakeHost) -> list[int]:
+    """SIGSTOP every process of the host but its init (libvirtd, QEMU, the ssh session): the
+    TCP connection stays open and nothing answers; only libvirt's keepalive can tell."""
+    frozen = [pid for pid in host.processes() if pid != host.pid]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    return frozen
+
+
+def thaw_and_end(frozen: Sequence[int], rig: subprocess.Popen[bytes]) -> None:
+    """A test's cleanup: the frozen processes go on, the `rig run` (a session of its own)
+    is killed with everything it started, and reaped."""
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(rig.pid, signal.SIGKILL)
+    rig.wait()

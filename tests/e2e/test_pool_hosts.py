@@ -27,7 +27,7 @@ from rig.pool_run import ATTEMPTS_FILE
 from rig.remote_sweep import SWEPT_FILE
 from rig.report import by_cell, read_junit
 from tests.e2e.conftest import REPO, RigRunner
-from tests.e2e.fake_host import FakeHost, fake_host
+from tests.e2e.fake_host import FakeHost, fake_host, freeze, thaw_and_end
 from tests.e2e.test_remote_host import volumes
 
 CELLS = ("tcg-6.12-penryn", "tcg-6.12-nehalem")
@@ -134,17 +134,10 @@ def test_a_cell_whose_host_freezes_mid_boot_runs_again_on_the_other(
         while not b.domains():  # the cell that leased b's slot has its domain there
             assert rig.poll() is None and time.monotonic() < deadline
             time.sleep(0.3)
-        frozen = [pid for pid in b.processes() if pid != b.pid]
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
+        frozen = freeze(b)
         rc = rig.wait(timeout=600)
     finally:
-        for pid in frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(rig.pid, signal.SIGKILL)
-        rig.wait()
+        thaw_and_end(frozen, rig)
     output = (tmp_path / "rig.log").read_text(errors="replace")
     print(output[-4000:])
     assert rc == 0, output[-3000:]  # every cell ended on the live host, and passed

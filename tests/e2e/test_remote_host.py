@@ -26,7 +26,7 @@ from rig.lanes.libvirt_remote import HOST_XML_FILE, POOL, REMOTE_FILE, sha256_of
 from rig.model import Outcome
 from rig.pool import public
 from tests.e2e.conftest import REPO, RigRun, RigRunner
-from tests.e2e.fake_host import FakeHost, fake_host
+from tests.e2e.fake_host import FakeHost, fake_host, freeze, thaw_and_end
 
 CELL = "tcg-6.12-penryn"
 TCG = ("--lane", "tcg", "--kernel", "6.12", "--cpu", "penryn")
@@ -204,13 +204,9 @@ def test_a_host_that_freezes_mid_boot_ends_the_cell_and_keeps_its_console(
         while not any(p.stat().st_size for p in runs.glob(f"*/cells/{CELL}/console.txt")):
             assert rig.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        # every process of the host but its init (libvirtd, QEMU, the ssh session): the TCP
-        # connection stays open, nothing answers; only libvirt's keepalive can tell
-        frozen = [pid for pid in host.processes() if pid != host.pid]
-        assert set(daemons) <= set(frozen)
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
+        frozen = freeze(host)
         stopped = time.monotonic()
+        assert set(daemons) <= set(frozen)
         rc = rig.wait(timeout=120)
         took = time.monotonic() - stopped
         print(f"cell ended {took:.1f} s after the host froze")
@@ -221,12 +217,7 @@ def test_a_host_that_freezes_mid_boot_ends_the_cell_and_keeps_its_console(
         assert result["duration_s"] > 15, result  # keepalive: 5 s, then 3 probes unanswered
         assert (cell / "console.txt").read_text(errors="replace").strip()
     finally:
-        for pid in frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(rig.pid, signal.SIGKILL)
-        rig.wait()
+        thaw_and_end(frozen, rig)
     deadline = time.monotonic() + 30  # thawed, the host sees the connection gone
     while host.domains():
         assert time.monotonic() < deadline, host.domains()
