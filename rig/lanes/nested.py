@@ -244,12 +244,12 @@ class NestedBackend:
             raise InfraError(f"nested lane {self.name}: cannot inject {', '.join(spec.inject)}")
         l1 = build_l1(Artifacts(Cache(self.cache_root)), self.l1_kernel, stderr_progress,
                       libvirt=self.launcher == "libvirt")  # fmt: skip
-        l0 = replace(spec, cpu_model=model, feature_control=None)
         boot: Boot = lambda s, save: self._boot(s, l1, model, save)  # noqa: E731
         snapshot = None
         if spec.restorable() and self.l1_kernel.kind == "debian":  # L1 can wait (nested_l1)
-            make = lambda folder, tmp: save_l1(l1, l0, host_bochs(), folder, tmp)  # noqa: E731
-            name = snapshot_name(l1, model, spec.memory_mib, host_bochs())
+            l0, bochs = replace(spec, cpu_model=model, feature_control=None), host_bochs()
+            make = lambda folder, tmp: save_l1(l1, l0, bochs, folder, tmp)  # noqa: E731
+            name = snapshot_name(l1, model, spec.memory_mib, bochs)
             snapshot = usable(spec, Store(self.cache_root, SNAPSHOTS, name, make), boot)
         return boot(spec, snapshot)
 
